@@ -1,0 +1,3 @@
+from qwen_chat.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""The `qwen-chat` command: `serve` runs the service under gunicorn, `make-tiny-model` builds the test model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qwen-chat", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service (gunicorn with uvicorn workers)")
+    serve.add_argument("--host", help="overrides QWEN_CHAT_HOST (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="overrides QWEN_CHAT_PORT (default 8000)")
+    serve.add_argument("--workers", type=int, help="overrides QWEN_CHAT_WORKERS (default 1)")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="development: listen on 127.0.0.1, create a development key, and fall back to the tiny "
+        "model when no model is configured and the hub cannot be reached",
+    )
+
+    tiny = commands.add_parser("make-tiny-model", help="build the small random Qwen2 model used by tests")
+    tiny.add_argument("directory", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+
+    args = parser.parse_args(argv)
+    if args.command == "make-tiny-model":
+        from qwen_chat.tiny_model import make_tiny_model
+
+        print(make_tiny_model(args.directory, seed=args.seed))
+        return 0
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    environ = os.environ
+    for name in ("host", "port", "workers"):
+        value = getattr(args, name)
+        if value is not None:
+            environ[f"QWEN_CHAT_{name.upper()}"] = str(value)
+    if args.dev:
+        from qwen_chat import dev
+
+        dev.announce(dev.prepare(environ))
+    # Validate settings here, so a typo is one clear line rather than a traceback in every worker.
+    from pydantic import ValidationError
+
+    from qwen_chat.settings import Settings
+
+    try:
+        Settings()
+    except ValidationError as exc:
+        print(f"qwen-chat: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    # exec: gunicorn's master becomes this process, so signals from Kubernetes reach it directly.
+    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "--config", "python:qwen_chat.gunicorn_conf"])
+    return 0  # unreachable
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""structlog for the app, with the standard library's loggers (uvicorn, gunicorn) sent through it,
+so every line has one format: JSON for machines, or a console layout for humans."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from typing import Any
+
+import structlog
+
+_SHARED: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def logging_config(log_format: str = "json", level: str = "info") -> dict[str, Any]:
+    """A `logging.config.dictConfig` for stdlib loggers; gunicorn takes it as `logconfig_dict`."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "structlog": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    renderer,
+                ],
+                "foreign_pre_chain": _SHARED,
+            }
+        },
+        "handlers": {
+            "default": {"class": "logging.StreamHandler", "formatter": "structlog", "stream": "ext://sys.stderr"}
+        },
+        "root": {"handlers": ["default"], "level": level.upper()},
+        "loggers": {
+            # Under gunicorn, UvicornWorker hands gunicorn's handlers to the uvicorn loggers.
+            **{
+                name: {"handlers": ["default"], "propagate": False, "level": level.upper()}
+                for name in ("gunicorn.error", "gunicorn.access")
+            },
+            **{name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
+        },
+    }
+
+
+def configure_logging(log_format: str = "json", level: str = "info") -> None:
+    logging.config.dictConfig(logging_config(log_format, level))
+    structlog.configure(
+        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )

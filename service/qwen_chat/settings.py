@@ -1,0 +1,62 @@
+"""The one source of configuration: environment variables prefixed `QWEN_CHAT_` (see docs/settings.md)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QWEN_CHAT_", extra="ignore")
+
+    # Model and inference.
+    model: str = DEFAULT_MODEL
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_input_tokens: int | None = Field(default=None, ge=16, description="None: derived from the model")
+    max_new_tokens: int = Field(default=512, ge=1)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.8, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.05, gt=0.0, le=2.0)
+    max_running: int = Field(default=4, ge=1, description="sequences decoding at once per worker")
+    max_waiting: int = Field(default=32, ge=0, description="requests queued per worker before refusing")
+
+    # HTTP server.
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
+    drain_seconds: float = Field(default=30.0, ge=0.0)
+
+    # Authentication.
+    credentials_dir: Path = Path("/etc/qwen-chat/credentials")
+    credentials_reload_seconds: float = Field(default=10.0, gt=0.0)
+    auth_enabled: bool = True
+    allow_query_auth: bool = False
+    # Comma-separated in the environment: "https://chat.example.com,https://ops.example.com".
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # WebSocket limits.
+    max_message_bytes: int = Field(default=256 * 1024, ge=1024, description="largest accepted /ws frame")
+
+    # Logging.
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_prompts: bool = False
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,118 @@
+"""Build a small random Qwen2 chat model offline, for tests, demos and CI.
+
+The model runs through exactly the same transformers code path as a real Qwen checkpoint: a Qwen2 config,
+`save_pretrained` weights, a byte-level BPE tokenizer with ChatML special tokens and a chat template.
+Its weights are random, so its replies are gibberish, but they stream, stop and sample like real ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers.utils import logging as transformers_logging
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# Qwen2.5's template, without tool calls: a default system turn, ChatML turns, the generation prompt.
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+_WORDS = (
+    "the a model chat token stream reply user assistant system hello world question answer kubernetes "
+    "service cluster pod secret key socket batch queue latency prompt cache memory request response "
+    "python quick brown fox jumps over lazy dog is are was were be have has do does can will would "
+    "time first second per metric count rate limit error close open start done cancel reset history "
+    "what why how when where who which this that these those and or but not with from into onto about "
+    "café naïve déjà vu 你好 世界 こんにちは 😀 🚀 ümlaut ß 12 345 6789 , . ! ? : ; ( ) [ ] { } < > \" '"
+).split()
+
+
+def _corpus(seed: int, lines: int = 3000) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 16))) for _ in range(lines)]
+
+
+def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on a generated corpus, with Qwen's special tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=2048,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_model(vocab_size: int, seed: int = 0, hidden_size: int = 128, layers: int = 2) -> Qwen2ForCausalLM:
+    """A Qwen2 causal LM with random weights scaled so that greedy decoding wanders instead of looping."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=2,  # <|im_end|>
+        pad_token_id=0,
+        # Large random weights give peaked, context-dependent logits: greedy text varies from step to step.
+        initializer_range=0.5,
+        dtype="float32",
+    )
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        # Random special-token logits would end most replies after a few tokens; keep them possible but rare.
+        model.lm_head.weight[: len(SPECIAL_TOKENS)] *= 0.2
+        # Favour merged tokens over the 256 single bytes, so replies read like words rather than bytes.
+        model.lm_head.weight[len(SPECIAL_TOKENS) : len(SPECIAL_TOKENS) + 256] *= 0.3
+    model.generation_config.eos_token_id = [2, 0]
+    model.generation_config.pad_token_id = 0
+    model.eval()
+    return model
+
+
+def make_tiny_model(directory: Path | str, seed: int = 0) -> Path:
+    """Build the tiny model and tokenizer and save both into `directory` (created if needed)."""
+    transformers_logging.disable_progress_bar()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(seed=seed)
+    model = build_model(vocab_size=len(tokenizer), seed=seed)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def distinct_greedy_tokens(model: Qwen2ForCausalLM, prompt_ids: list[int], steps: int = 64) -> int:
+    """How many different tokens greedy decoding produces in `steps` steps: a check that it does not loop."""
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt_ids]), max_new_tokens=steps, do_sample=False, eos_token_id=None
+        )
+    return len(set(itertools.chain.from_iterable(out[:, len(prompt_ids) :].tolist())))

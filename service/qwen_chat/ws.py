@@ -1,0 +1,105 @@
+"""The /ws endpoint: check origin and key before the upgrade, then hand text frames to a ChatSession.
+
+Close codes: 1003 binary frame, 1008 policy (a key revoked while connected), 1009 frame too large.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, WebSocket
+from fastapi.responses import JSONResponse
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from qwen_chat.auth import PROTOCOL, AuthError, Principal, authenticate, origin_allowed, still_valid
+from qwen_chat.chat_session import ChatSession
+from qwen_chat.credentials import CredentialStore
+
+router = APIRouter()
+log = structlog.get_logger(__name__)
+
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+
+
+@router.websocket("/ws")
+async def chat_socket(websocket: WebSocket) -> None:
+    state = websocket.app.state
+    settings = state.settings
+    connection_id = uuid.uuid4().hex[:12]
+    headers = websocket.headers
+    if not origin_allowed(headers.get("origin"), headers.get("host"), settings.allowed_origins):
+        log.warning("ws_rejected", connection_id=connection_id, reason="origin", origin=headers.get("origin"))
+        await websocket.send_denial_response(_refusal(403, "this origin may not open the chat socket"))
+        return
+    offered = list(websocket.scope.get("subprotocols", []))
+    try:
+        principal = authenticate(
+            state.credentials, headers, websocket.query_params, offered, settings.allow_query_auth
+        )
+    except AuthError as exc:
+        log.warning("ws_rejected", connection_id=connection_id, reason="auth", detail=exc.message)
+        await websocket.send_denial_response(_refusal(exc.status, exc.message))
+        return
+
+    await websocket.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
+    context = {"connection_id": connection_id, "user": principal.user, "transport": "ws"}
+    log.info("ws_open", **context)
+    send_lock = asyncio.Lock()
+
+    async def send(frame: dict[str, Any]) -> None:
+        async with send_lock:
+            await websocket.send_json(frame)
+
+    session = ChatSession(state.engine, settings, send, context)
+    watcher = asyncio.create_task(_close_when_revoked(websocket, state.credentials, principal, settings))
+    close_code = 1000
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                close_code = message.get("code", 1000)
+                break
+            text = message.get("text")
+            if text is None:
+                close_code = CLOSE_UNSUPPORTED_DATA
+                await websocket.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
+                break
+            if len(text) > settings.max_message_bytes or len(text.encode()) > settings.max_message_bytes:
+                close_code = CLOSE_TOO_BIG
+                await websocket.close(CLOSE_TOO_BIG, f"frames are limited to {settings.max_message_bytes} bytes")
+                break
+            await session.handle_text(text)
+    except WebSocketDisconnect as exc:
+        close_code = exc.code
+    finally:
+        watcher.cancel()
+        await session.close()
+        log.info("ws_closed", code=close_code, **context)
+
+
+async def _close_when_revoked(
+    websocket: WebSocket, store: CredentialStore | None, principal: Principal, settings: Any
+) -> None:
+    """A key removed from the Secret ends the connections that use it, within one reload period."""
+    if store is None:
+        return
+    while True:
+        await asyncio.sleep(settings.credentials_reload_seconds)
+        if not still_valid(store, principal):
+            log.warning("ws_key_revoked", user=principal.user)
+            if websocket.application_state is WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):
+                    await websocket.close(CLOSE_POLICY, "the API key was revoked")
+            return
+
+
+def _refusal(status: int, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="qwen-chat"'} if status == 401 else None
+    return JSONResponse({"error": {"code": "unauthorized" if status == 401 else "forbidden", "message": message}},
+                        status_code=status, headers=headers)
