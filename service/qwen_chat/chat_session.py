@@ -114,7 +114,12 @@ class ChatSession:
         self._task = asyncio.create_task(self._stream(mid, request, kept, epoch, received))
 
     async def _stream(
-        self, mid: str | None, request: GenerationRequest, kept: list[Message], epoch: int | None, received: float
+        self,
+        mid: str | None,
+        request: GenerationRequest,
+        kept: list[Message],
+        epoch: int | None,
+        received: float,
     ) -> None:
         first_token_at: float | None = None
         reply: list[str] = []
@@ -130,12 +135,21 @@ class ChatSession:
                 elif isinstance(event, Finished):
                     ended = time.perf_counter()
                     ttft = (first_token_at or ended) - received
-                    speed = event.completion_tokens / event.generation_seconds if event.generation_seconds else 0.0
+                    speed = (
+                        event.completion_tokens / event.generation_seconds
+                        if event.generation_seconds
+                        else 0.0
+                    )
                     if epoch == self._epoch:
                         self._remember(kept, "".join(reply))
                     await self._send(
                         wire.done(
-                            mid, event.reason, event.prompt_tokens, event.completion_tokens, ttft * 1000, speed
+                            mid,
+                            event.reason,
+                            event.prompt_tokens,
+                            event.completion_tokens,
+                            ttft * 1000,
+                            speed,
                         )
                     )
                     self._log.info(

@@ -1,4 +1,4 @@
-"""The `qwen-chat` command: `serve` runs the service under gunicorn, `make-tiny-model` builds the test model."""
+"""The `qwen-chat` command: `serve` runs the service, `make-tiny-model` builds the test model."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 from qwen_chat.settings import DEFAULT_MODEL
@@ -47,7 +48,7 @@ def dev_credentials(directory: Path) -> str:
     return key_file.read_text().strip()
 
 
-def prepare(environ: dict[str, str]) -> list[str]:
+def prepare(environ: MutableMapping[str, str]) -> list[str]:
     """Fill in what a developer has not configured; returns the lines to show them."""
     from qwen_chat.tiny_model import make_tiny_model
 
@@ -66,7 +67,10 @@ def prepare(environ: dict[str, str]) -> list[str]:
             f"!! Set {ENV_PREFIX}MODEL to a model id or local path to serve a real model.",
             "!" * 78,
         ]
-    if ENV_PREFIX + "CREDENTIALS_DIR" not in environ and environ.get(ENV_PREFIX + "AUTH_ENABLED", "true") != "false":
+    if (
+        ENV_PREFIX + "CREDENTIALS_DIR" not in environ
+        and environ.get(ENV_PREFIX + "AUTH_ENABLED", "true") != "false"
+    ):
         directory = cache_dir() / "dev-credentials"
         key = dev_credentials(directory)
         environ[ENV_PREFIX + "CREDENTIALS_DIR"] = str(directory)

@@ -10,7 +10,9 @@ configure_logging(_settings.log_format, _settings.log_level)
 
 wsgi_app = "qwen_chat.app:create_app()"
 worker_class = "qwen_chat.worker.QwenChatWorker"
-bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]
+bind = [
+    f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
+]
 workers = _settings.workers
 # The model loads in a thread after the worker has booted, so the heartbeat keeps going during a load.
 timeout = 120
@@ -22,5 +24,5 @@ logconfig_dict = logging_config(_settings.log_format, _settings.log_level)
 accesslog = "-"
 errorlog = "-"
 proc_name = "qwen-chat"
-# gunicorn's runtime control socket would need a writable home directory (the image's root filesystem is read-only).
+# gunicorn's control socket needs a writable home; the image's root filesystem is read-only.
 control_socket_disable = True

@@ -39,7 +39,11 @@ def logging_config(log_format: str = "json", level: str = "info") -> dict[str, A
             }
         },
         "handlers": {
-            "default": {"class": "logging.StreamHandler", "formatter": "structlog", "stream": "ext://sys.stderr"}
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "structlog",
+                "stream": "ext://sys.stderr",
+            }
         },
         "root": {"handlers": ["default"], "level": level.upper()},
         "loggers": {
@@ -48,7 +52,10 @@ def logging_config(log_format: str = "json", level: str = "info") -> dict[str, A
                 name: {"handlers": ["default"], "propagate": False, "level": level.upper()}
                 for name in ("gunicorn.error", "gunicorn.access")
             },
-            **{name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
+            **{
+                name: {"handlers": [], "propagate": True}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            },
         },
     }
 

@@ -47,9 +47,8 @@ def load_model(settings: Settings) -> LoadedModel:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(settings.model)
-    model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
-    model.to(device)
-    model.eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
+    model = model.to(device).eval()
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -76,7 +75,10 @@ def unload(loaded: LoadedModel | None) -> None:
 
 
 def _context_length(model: Any, tokenizer: Any) -> int:
-    lengths = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    lengths = [
+        getattr(model.config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
     # Tokenizers without a limit report a huge sentinel (1e30); ignore it.
     valid = [n for n in lengths if isinstance(n, int) and 0 < n < 10_000_000]
     return min(valid) if valid else 2048

@@ -6,7 +6,7 @@ from typing import Any
 
 Message = dict[str, str]
 
-# For tokenizers that ship no chat template (Qwen-1_8B-Chat, the seeds' model): the ChatML they were trained on.
+# For tokenizers without a chat template (the seeds' Qwen-1_8B-Chat): the ChatML they were trained on.
 CHATML_SYSTEM = "You are a helpful assistant."
 
 

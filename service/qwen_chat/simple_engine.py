@@ -260,7 +260,9 @@ class SimpleEngine:
             reason = "stop"
         else:
             reason = "length"
-        return Finished(reason, prompt_len, len(generated), started - job.accepted_at, time.monotonic() - started)
+        return Finished(
+            reason, prompt_len, len(generated), started - job.accepted_at, time.monotonic() - started
+        )
 
     def _warm_up(self) -> None:
         assert self._prompts is not None

@@ -72,7 +72,9 @@ async def chat_socket(websocket: WebSocket) -> None:
                 break
             if len(text) > settings.max_message_bytes or len(text.encode()) > settings.max_message_bytes:
                 close_code = CLOSE_TOO_BIG
-                await websocket.close(CLOSE_TOO_BIG, f"frames are limited to {settings.max_message_bytes} bytes")
+                await websocket.close(
+                    CLOSE_TOO_BIG, f"frames are limited to {settings.max_message_bytes} bytes"
+                )
                 break
             await session.handle_text(text)
     except WebSocketDisconnect as exc:
@@ -101,5 +103,8 @@ async def _close_when_revoked(
 
 def _refusal(status: int, message: str) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="qwen-chat"'} if status == 401 else None
-    return JSONResponse({"error": {"code": "unauthorized" if status == 401 else "forbidden", "message": message}},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"code": "unauthorized" if status == 401 else "forbidden", "message": message}},
+        status_code=status,
+        headers=headers,
+    )

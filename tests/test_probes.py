@@ -1,0 +1,75 @@
+"""/livez answers from the start; /readyz turns 200 only once the model is loaded and warm."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from qwen_chat.app import create_app
+from qwen_chat.simple_engine import SimpleEngine
+from tests.conftest import run_server, wait_until
+from tests.wsclient import open_socket, receive
+
+pytestmark = pytest.mark.anyio
+
+
+class GatedEngine(SimpleEngine):
+    """The real engine, whose load waits for the test to open the gate."""
+
+    gate: threading.Event
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.gate.wait, 30)
+        await super().start()
+
+
+async def test_readyz_is_503_loading_until_warm_while_livez_is_200(make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings()
+    app = create_app(settings)
+    engine = GatedEngine(settings)
+    engine.gate = threading.Event()
+    app.state.engine = engine
+    with run_server(app, settings, wait_ready=False) as live:
+        async with httpx.AsyncClient(base_url=live.http) as client:
+            before = await client.get("/readyz")
+            assert before.status_code == 503
+            assert before.json() == {"status": "loading", "workers_ready": 0, "workers": 1}
+            assert (await client.get("/livez")).status_code == 200
+            # A chat before the model is ready is refused with a retry hint, not lost in a hang.
+            async with open_socket(live.ws) as ws:
+                await ws.send(json.dumps({"type": "chat", "content": "hi", "id": "early"}))
+                error = await receive(ws)
+            assert error["code"] == "overloaded" and error["id"] == "early" and error["retry_after"] > 0
+            engine.gate.set()
+            livez_codes = []
+
+            def ready() -> bool:
+                livez_codes.append(httpx.get(live.http + "/livez").status_code)
+                return httpx.get(live.http + "/readyz").status_code == 200
+
+            await asyncio.to_thread(wait_until, ready, 30, 0.02)
+            assert set(livez_codes) == {200}
+            after = await client.get("/readyz")
+            assert after.json() == {"status": "ready", "workers_ready": 1, "workers": 1}
+
+
+async def test_readyz_reports_failed_when_the_model_cannot_load(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(model=str(tmp_path / "no-such-model"))
+    with run_server(create_app(settings), settings, wait_ready=False) as live:
+        await asyncio.to_thread(
+            wait_until, lambda: httpx.get(live.http + "/readyz").json()["status"] == "failed", 30
+        )
+        response = httpx.get(live.http + "/readyz")
+        assert response.status_code == 503
+        assert httpx.get(live.http + "/livez").status_code == 200
+
+
+async def test_probes_need_no_key(server) -> None:  # type: ignore[no-untyped-def]
+    async with httpx.AsyncClient(base_url=server.http) as client:
+        assert (await client.get("/livez")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
