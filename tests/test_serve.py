@@ -41,7 +41,7 @@ async def test_dev_serve_falls_back_to_the_tiny_model_and_prints_a_working_key(t
             [_qwen_chat(), "serve", "--dev", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=_env(tmp_path),
+            env=_env(tmp_path, QWEN_CHAT_ALLOW_QUERY_AUTH="true"),
             start_new_session=True,
         )
     try:
@@ -60,6 +60,11 @@ async def test_dev_serve_falls_back_to_the_tiny_model_and_prints_a_working_key(t
             frames = await until_end(ws)
         assert frames[-1]["type"] == "done", frames[-1]
         assert sum(1 for f in frames if f["type"] == "token") > 1
+        # Seed-style query auth, when enabled, must not leak the secret through uvicorn's access lines.
+        async with connect(f"ws://127.0.0.1:{port}/ws?userid=dev&secret={key}") as ws:
+            await ws.send("hi")
+            assert (await until_end(ws))[-1]["type"] == "done"
+        wait_until(lambda: "secret=[redacted]" in log.read_text(), timeout=10)
         # The key is printed once for the developer, and never logged.
         assert log.read_text().count(key) == 1
     finally:

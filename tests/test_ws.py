@@ -307,3 +307,23 @@ async def test_rotated_key_works_and_old_one_fails_without_restart(serve, tmp_pa
         new = {"Authorization": "Bearer new-key-bbbbbbbbbbbb"}
         async with open_socket(live.ws, user=None, additional_headers=new) as ws:
             assert (await chat(ws, "hi", params={"max_new_tokens": 1}))[-1]["type"] == "done"
+
+
+async def test_an_unexpected_server_error_costs_one_message_not_the_connection(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qwen_chat.chat_session import ChatSession
+
+    original = ChatSession.handle_text
+
+    async def flaky(self: ChatSession, text: str) -> None:
+        if text == "explode":
+            raise ValueError("/secret/path/in/a/traceback")
+        await original(self, text)
+
+    monkeypatch.setattr(ChatSession, "handle_text", flaky)
+    async with open_socket(server.ws) as ws:
+        await ws.send("explode")
+        error = await receive(ws)
+        assert error["code"] == "internal" and "/secret/path" not in error["message"]
+        assert (await chat(ws, "fine?", params={"max_new_tokens": 2}))[-1]["type"] == "done"

@@ -5,11 +5,28 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import re
 from typing import Any
 
 import structlog
 
+# Credentials that could reach a log line through a URL or a header: `?secret=...`, `Bearer ...`.
+_SECRET = re.compile(r"(?i)((?:secret|token|key|password|api_key)=)[^&\s\"']+|(bearer\s+)[^\s\"',]+")
+
+
+def redact(text: str) -> str:
+    return _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + "[redacted]", text)
+
+
+def _redact_event(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    event = event_dict.get("event")
+    if isinstance(event, str):
+        event_dict["event"] = redact(event)
+    return event_dict
+
+
 _SHARED: list[Any] = [
+    _redact_event,
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,

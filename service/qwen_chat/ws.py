@@ -18,6 +18,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from qwen_chat.auth import PROTOCOL, AuthError, Principal, authenticate, origin_allowed, still_valid
 from qwen_chat.chat_session import ChatSession
 from qwen_chat.credentials import CredentialStore
+from qwen_chat.ws_protocol import error
 
 router = APIRouter()
 log = structlog.get_logger(__name__)
@@ -76,7 +77,14 @@ async def chat_socket(websocket: WebSocket) -> None:
                     CLOSE_TOO_BIG, f"frames are limited to {settings.max_message_bytes} bytes"
                 )
                 break
-            await session.handle_text(text)
+            try:
+                await session.handle_text(text)
+            except WebSocketDisconnect:
+                raise
+            except Exception:
+                # A bug must cost one message, not the connection.
+                log.exception("ws_message_failed", **context)
+                await send(error(None, "internal", "the server could not handle this message"))
     except WebSocketDisconnect as exc:
         close_code = exc.code
     finally:
