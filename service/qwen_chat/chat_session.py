@@ -99,7 +99,8 @@ class ChatSession:
         else:
             messages = [m.model_dump() for m in message.messages or []]
         try:
-            kept, prompt_ids = self._engine.prompts.fit(messages)
+            # Tokenising a long conversation takes milliseconds: keep it off the event loop.
+            kept, prompt_ids = await asyncio.to_thread(self._engine.prompts.fit, messages)
         except EngineNotReady as exc:
             await self._send(wire.error(mid, "overloaded", str(exc), exc.retry_after))
             return
