@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 import structlog
 from fastapi import FastAPI
 
-from qwen_chat import probes, ws
+from qwen_chat import drain, metrics, probes, ws
 from qwen_chat.credentials import CredentialStore
+from qwen_chat.drain import Drain
 from qwen_chat.engine import Engine
+from qwen_chat.readiness import WorkerStates
 from qwen_chat.settings import Settings, get_settings
 from qwen_chat.simple_engine import SimpleEngine
 
@@ -27,15 +29,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = app.state.engine
+        app.state.states.publish("loading")
+        metrics.publish_zeros(settings.model_name)
+        drain.register(app.state.drain.run)
         # Serve probes at once; the model loads in the background and /readyz reports when it is warm.
-        loading = asyncio.create_task(_load(engine))
+        loading = asyncio.create_task(_load(app.state.engine, app.state.states, settings))
         try:
             yield
         finally:
+            drain.register(None)
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
-            await engine.close()
+            metrics.MODEL_LOADED.labels(settings.model_name).set(0)
+            await app.state.engine.close()
 
     app = FastAPI(title="qwen-chat", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -45,7 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.auth_enabled
         else None
     )
-    app.state.draining = False
+    worker_dir = settings.state_dir / "workers" if settings.state_dir else None
+    app.state.states = WorkerStates(worker_dir, settings.workers)
+    app.state.drain = Drain(app.state.states, settings.drain_seconds)
     if not settings.auth_enabled:
         log.warning("auth_disabled", detail="QWEN_CHAT_AUTH_ENABLED=false: anyone who can connect may chat")
     app.include_router(probes.router)
@@ -53,8 +61,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _load(engine: Engine) -> None:
+async def _load(engine: Engine, states: WorkerStates, settings: Settings) -> None:
     try:
         await engine.start()
     except Exception as exc:
-        log.error("model_load_failed", error=f"{type(exc).__name__}: {exc}")
+        states.publish("failed")
+        log.error("model_load_failed", model=settings.model, error=f"{type(exc).__name__}: {exc}")
+        return
+    metrics.MODEL_LOAD_SECONDS.labels(settings.model_name).set(engine.stats.load_seconds or 0.0)
+    metrics.MODEL_LOADED.labels(settings.model_name).set(1)
+    states.publish("ready")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,11 +21,15 @@ from qwen_chat.engine import (
     SamplingParams,
     TextDelta,
 )
+from qwen_chat.metrics import CLIENT_DISCONNECTS, RequestMetrics
 from qwen_chat.prompts import Message, PromptTooLong
 from qwen_chat.settings import Settings
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 log = structlog.get_logger(__name__)
+
+TRANSPORT = "ws"
+DRAIN_RETRY_AFTER = 5.0
 
 
 def sampling_params(params: wire.ChatParams, settings: Settings) -> SamplingParams:
@@ -43,10 +46,18 @@ def sampling_params(params: wire.ChatParams, settings: Settings) -> SamplingPara
 
 
 class ChatSession:
-    def __init__(self, engine: Engine, settings: Settings, send: Send, log_context: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        send: Send,
+        log_context: dict[str, Any],
+        draining: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._engine = engine
         self._settings = settings
         self._send = send
+        self._draining = draining
         self._log = log.bind(**log_context)
         self.history: list[Message] = []
         self._task: asyncio.Task[None] | None = None
@@ -54,15 +65,20 @@ class ChatSession:
         self._epoch = 0  # bumped by reset, so a reply that ends after a reset is not added to the new chat
 
     @property
+    def reply(self) -> asyncio.Task[None] | None:
+        """The reply streaming now, if any."""
+        return self._task if self._task is not None and not self._task.done() else None
+
+    @property
     def generating(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self.reply is not None
 
     async def handle_text(self, text: str) -> None:
-        received = time.perf_counter()
+        usage = RequestMetrics(self._settings.model_name, TRANSPORT)
         try:
             message = wire.parse_frame(text)
         except wire.ProtocolError as exc:
-            await self._send(wire.error(exc.message_id, "bad_request", str(exc)))
+            await self._refuse(usage, exc.message_id, "bad_request", str(exc))
             return
         if isinstance(message, wire.Cancel):
             self.cancel()
@@ -71,7 +87,7 @@ class ChatSession:
             self.history = []
             self._epoch += 1
         else:
-            await self._chat(message, received)
+            await self._chat(message, usage)
 
     def cancel(self) -> None:
         if self.generating and self._request_id is not None:
@@ -80,18 +96,35 @@ class ChatSession:
     async def close(self) -> None:
         """The client is gone: stop the generation (freeing its slot) and wait for it to end."""
         if self._task is not None:
+            if not self._task.done():
+                CLIENT_DISCONNECTS.labels(TRANSPORT).inc()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def _chat(self, message: wire.ChatRequest, received: float) -> None:
+    async def _refuse(
+        self,
+        usage: RequestMetrics,
+        mid: str | None,
+        code: wire.ErrorCode,
+        message: str,
+        retry: float | None = None,
+    ) -> None:
+        usage.ended("rejected")
+        self._log.info("chat_rejected", id=mid, outcome="rejected", code=code)
+        await self._send(wire.error(mid, code, message, retry))
+
+    async def _chat(self, message: wire.ChatRequest, usage: RequestMetrics) -> None:
         mid = message.id
+        if self._draining():
+            await self._refuse(usage, mid, "overloaded", "the server is shutting down", DRAIN_RETRY_AFTER)
+            return
         if self.generating:
-            await self._send(wire.error(mid, "busy", "a reply is still streaming: wait for it or cancel it"))
+            await self._refuse(usage, mid, "busy", "a reply is still streaming: wait for it or cancel it")
             return
         try:
             params = sampling_params(message.params, self._settings)
         except ValueError as exc:
-            await self._send(wire.error(mid, "bad_request", str(exc)))
+            await self._refuse(usage, mid, "bad_request", str(exc))
             return
         stateful = message.content is not None
         if stateful:
@@ -102,17 +135,17 @@ class ChatSession:
             # Tokenising a long conversation takes milliseconds: keep it off the event loop.
             kept, prompt_ids = await asyncio.to_thread(self._engine.prompts.fit, messages)
         except EngineNotReady as exc:
-            await self._send(wire.error(mid, "overloaded", str(exc), exc.retry_after))
+            await self._refuse(usage, mid, "overloaded", str(exc), exc.retry_after)
             return
         except PromptTooLong as exc:
-            await self._send(wire.error(mid, "too_long", str(exc)))
+            await self._refuse(usage, mid, "too_long", str(exc))
             return
         if self._settings.log_prompts:
             self._log.info("prompt", id=mid, messages=kept)
         self._request_id = request_id = uuid.uuid4().hex
         request = GenerationRequest(request_id, prompt_ids, params)
         epoch = self._epoch if stateful else None
-        self._task = asyncio.create_task(self._stream(mid, request, kept, epoch, received))
+        self._task = asyncio.create_task(self._stream(mid, request, kept, epoch, usage))
 
     async def _stream(
         self,
@@ -120,9 +153,8 @@ class ChatSession:
         request: GenerationRequest,
         kept: list[Message],
         epoch: int | None,
-        received: float,
+        usage: RequestMetrics,
     ) -> None:
-        first_token_at: float | None = None
         reply: list[str] = []
         try:
             async for event in self._engine.generate(request):
@@ -130,44 +162,51 @@ class ChatSession:
                     await self._send(wire.start(mid, event.position))
                 elif isinstance(event, TextDelta):
                     await self._send(wire.token(mid, event.text))
+                    usage.tokens_sent(event.completion_tokens)
                     reply.append(event.text)
-                    if first_token_at is None:
-                        first_token_at = time.perf_counter()
                 elif isinstance(event, Finished):
-                    ended = time.perf_counter()
-                    ttft = (first_token_at or ended) - received
-                    speed = (
-                        event.completion_tokens / event.generation_seconds
-                        if event.generation_seconds
-                        else 0.0
-                    )
-                    if epoch == self._epoch:
-                        self._remember(kept, "".join(reply))
-                    await self._send(
-                        wire.done(
-                            mid,
-                            event.reason,
-                            event.prompt_tokens,
-                            event.completion_tokens,
-                            ttft * 1000,
-                            speed,
-                        )
-                    )
-                    self._log.info(
-                        "chat_done",
-                        id=mid,
-                        request_id=request.request_id,
-                        outcome=event.reason,
-                        prompt_tokens=event.prompt_tokens,
-                        completion_tokens=event.completion_tokens,
-                        ttft_ms=round(ttft * 1000, 1),
-                        tokens_per_second=round(speed, 1),
-                    )
+                    await self._finish(mid, request, event, kept, epoch, "".join(reply), usage)
         except EngineOverloaded as exc:
-            await self._send(wire.error(mid, "overloaded", str(exc), exc.retry_after))
+            await self._refuse(usage, mid, "overloaded", str(exc), exc.retry_after)
         except EngineError as exc:
-            self._log.error("chat_failed", id=mid, request_id=request.request_id, error=str(exc))
-            await self._send(wire.error(mid, exc.code, "the model failed to generate a reply"))  # type: ignore[arg-type]
+            usage.ended("error")
+            self._log.error(
+                "chat_failed", id=mid, request_id=request.request_id, outcome="error", error=str(exc)
+            )
+            await self._send(wire.error(mid, "internal", "the model failed to generate a reply"))
+        except asyncio.CancelledError:
+            usage.ended("cancelled")
+            self._log.info("chat_abandoned", id=mid, request_id=request.request_id, outcome="cancelled")
+            raise
+
+    async def _finish(
+        self,
+        mid: str | None,
+        request: GenerationRequest,
+        event: Finished,
+        kept: list[Message],
+        epoch: int | None,
+        reply: str,
+        usage: RequestMetrics,
+    ) -> None:
+        speed = event.completion_tokens / event.generation_seconds if event.generation_seconds else 0.0
+        ttft = usage.ttft_seconds
+        if epoch == self._epoch:
+            self._remember(kept, reply)
+        frame = wire.done(mid, event.reason, event.prompt_tokens, event.completion_tokens, ttft * 1000, speed)
+        await self._send(frame)
+        usage.finished(event.reason, event.prompt_tokens, event.completion_tokens, event.queue_seconds, speed)
+        self._log.info(
+            "chat_done",
+            id=mid,
+            request_id=request.request_id,
+            outcome=event.reason,
+            prompt_tokens=event.prompt_tokens,
+            completion_tokens=event.completion_tokens,
+            ttft_ms=round(ttft * 1000, 1),
+            tokens_per_second=round(speed, 1),
+            queue_ms=round(event.queue_seconds * 1000, 1),
+        )
 
     def _remember(self, kept: list[Message], reply: str) -> None:
         # A reply cut short still happened from the user's point of view; an empty one did not.

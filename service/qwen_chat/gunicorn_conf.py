@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
 from qwen_chat.logging_setup import configure_logging, logging_config
 from qwen_chat.settings import get_settings
 
+# Not imported from qwen_chat.metrics: prometheus_client must first be imported after this is set.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 _settings = get_settings()
 configure_logging(_settings.log_format, _settings.log_level)
+
+# Workers share readiness and metrics through files; the folder must exist before they fork.
+_own_state_dir = _settings.state_dir is None
+_state_dir = _settings.state_dir or Path(tempfile.mkdtemp(prefix="qwen-chat-"))
+os.environ["QWEN_CHAT_STATE_DIR"] = str(_state_dir)
+os.environ.setdefault(MULTIPROC_ENV, str(_state_dir / "metrics"))
+get_settings.cache_clear()  # workers fork from this process: let them see the folder
 
 wsgi_app = "qwen_chat.app:create_app()"
 worker_class = "qwen_chat.worker.QwenChatWorker"
@@ -16,8 +32,8 @@ bind = [
 workers = _settings.workers
 # The model loads in a thread after the worker has booted, so the heartbeat keeps going during a load.
 timeout = 120
-# SIGTERM waits this long for in-flight generations before workers are killed.
-graceful_timeout = int(_settings.drain_seconds) + 5
+# SIGTERM: workers drain for DRAIN_SECONDS (see drain.py), then need a moment to close and unload.
+graceful_timeout = int(_settings.drain_seconds) + 10
 # Longer than the idle timeout of common load balancers (60 s), so they close idle connections first.
 keepalive = 75
 logconfig_dict = logging_config(_settings.log_format, _settings.log_level)
@@ -26,3 +42,27 @@ errorlog = "-"
 proc_name = "qwen-chat"
 # gunicorn's control socket needs a writable home; the image's root filesystem is read-only.
 control_socket_disable = True
+
+
+def on_starting(server: Any) -> None:
+    """Nothing from an earlier run may count: wipe old metrics and worker states."""
+    from qwen_chat.readiness import reset
+
+    metrics_dir = Path(os.environ[MULTIPROC_ENV])
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    reset(_state_dir / "workers")
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker is gone: its live gauges leave /metrics and the pod is not ready until its replacement is."""
+    from qwen_chat.metrics import mark_worker_dead
+    from qwen_chat.readiness import remove_worker
+
+    mark_worker_dead(worker.pid)
+    remove_worker(_state_dir / "workers", worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    if _own_state_dir:
+        shutil.rmtree(_state_dir, ignore_errors=True)

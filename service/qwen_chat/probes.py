@@ -1,11 +1,14 @@
-"""Kubernetes probes: /livez while the event loop answers, /readyz once the model is loaded and warm."""
+"""Kubernetes probes and Prometheus: /livez while the event loop answers, /readyz once every worker of
+the pod has loaded and warmed the model (and none is draining), /metrics aggregated over workers."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import asyncio
+
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from qwen_chat.engine import EngineState
+from qwen_chat import metrics
 
 router = APIRouter(tags=["probes"])
 
@@ -17,12 +20,11 @@ async def livez() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    state = request.app.state.engine.state
-    ready = state is EngineState.READY and not request.app.state.draining
-    status = "ready" if ready else ("draining" if request.app.state.draining else _not_ready(state))
-    body = {"status": status, "workers_ready": int(state is EngineState.READY), "workers": 1}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    pod = request.app.state.states.pod()
+    return JSONResponse(pod.as_dict(), status_code=200 if pod.ready else 503)
 
 
-def _not_ready(state: EngineState) -> str:
-    return "failed" if state in (EngineState.FAILED, EngineState.CLOSED) else "loading"
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    body, content_type = await asyncio.to_thread(metrics.render)
+    return Response(body, media_type=content_type)

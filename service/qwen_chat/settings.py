@@ -17,6 +17,7 @@ class Settings(BaseSettings):
 
     # Model and inference.
     model: str = DEFAULT_MODEL
+    served_model_name: str | None = Field(default=None, description="the `model` label and /v1/models id")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_input_tokens: int | None = Field(default=None, ge=16, description="None: derived from the model")
@@ -32,6 +33,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
     drain_seconds: float = Field(default=30.0, ge=0.0)
+    # Where gunicorn workers share readiness and metrics files; `qwen-chat serve` picks a fresh
+    # temporary folder when unset. It must be writable (an emptyDir in Kubernetes).
+    state_dir: Path | None = None
 
     # Authentication.
     credentials_dir: Path = Path("/etc/qwen-chat/credentials")
@@ -48,6 +52,14 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False
+
+    @property
+    def model_name(self) -> str:
+        """The name clients and dashboards see: SERVED_MODEL_NAME, else the folder name of a local model."""
+        if self.served_model_name:
+            return self.served_model_name
+        path = Path(self.model)
+        return path.name if path.is_dir() else self.model
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from qwen_chat import metrics
 from qwen_chat.detokenizer import IncrementalDetokenizer
 from qwen_chat.engine import (
     EngineError,
@@ -161,6 +162,7 @@ class SimpleEngine:
         job.cancelled.set()
         if job in self._waiting:
             self._waiting.remove(job)
+            self._update_gauges()
             self._finish(job, Finished("cancelled", len(job.request.prompt_ids), 0, 0.0, 0.0))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
@@ -179,6 +181,7 @@ class SimpleEngine:
         else:
             self._waiting.append(job)
             position = len(self._waiting)
+            self._update_gauges()
         try:
             yield Queued(position)
             while True:
@@ -196,6 +199,7 @@ class SimpleEngine:
     def _launch(self, job: _Job) -> None:
         assert self._loop is not None
         self._running += 1
+        self._update_gauges()
         future = self._loop.run_in_executor(self._executor, self._run, job)
         future.add_done_callback(lambda _: self._on_slot_free())
 
@@ -203,6 +207,12 @@ class SimpleEngine:
         self._running -= 1
         while self._waiting and self._running < self._settings.max_running:
             self._launch(self._waiting.popleft())
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        model = self._settings.model_name
+        metrics.REQUESTS_RUNNING.labels(model).set(self._running)
+        metrics.REQUESTS_WAITING.labels(model).set(len(self._waiting))
 
     def _finish(self, job: _Job, event: GenerationEvent | BaseException) -> None:
         job.finished = True

@@ -1,6 +1,7 @@
 """The /ws endpoint: check origin and key before the upgrade, then hand text frames to a ChatSession.
 
-Close codes: 1003 binary frame, 1008 policy (a key revoked while connected), 1009 frame too large.
+Close codes: 1001 server shutting down, 1003 binary frame, 1008 policy (a key revoked while connected),
+1009 frame too large.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from qwen_chat.auth import PROTOCOL, AuthError, Principal, authenticate, origin_allowed, still_valid
-from qwen_chat.chat_session import ChatSession
+from qwen_chat.chat_session import DRAIN_RETRY_AFTER, TRANSPORT, ChatSession
 from qwen_chat.credentials import CredentialStore
+from qwen_chat.metrics import ACTIVE_CONNECTIONS, AUTH_FAILURES
 from qwen_chat.ws_protocol import error
 
 router = APIRouter()
@@ -28,13 +30,39 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 
 
+class SocketConnection:
+    """What the drain needs of an open socket: is it generating, cancel it, close it."""
+
+    def __init__(self, websocket: WebSocket, session: ChatSession) -> None:
+        self._websocket = websocket
+        self._session = session
+
+    @property
+    def reply(self) -> asyncio.Task[None] | None:
+        return self._session.reply
+
+    def cancel(self) -> None:
+        self._session.cancel()
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._websocket.application_state is WebSocketState.CONNECTED:
+            await self._websocket.close(code, reason)
+
+
 @router.websocket("/ws")
 async def chat_socket(websocket: WebSocket) -> None:
+    """Streaming chat; the protocol is in ws_protocol.py."""
     state = websocket.app.state
     settings = state.settings
     connection_id = uuid.uuid4().hex[:12]
     headers = websocket.headers
+    if state.drain.draining:
+        await websocket.send_denial_response(
+            _refusal(503, "the server is shutting down", {"Retry-After": str(int(DRAIN_RETRY_AFTER))})
+        )
+        return
     if not origin_allowed(headers.get("origin"), headers.get("host"), settings.allowed_origins):
+        AUTH_FAILURES.labels(TRANSPORT, "origin").inc()
         log.warning("ws_rejected", connection_id=connection_id, reason="origin", origin=headers.get("origin"))
         await websocket.send_denial_response(_refusal(403, "this origin may not open the chat socket"))
         return
@@ -44,12 +72,13 @@ async def chat_socket(websocket: WebSocket) -> None:
             state.credentials, headers, websocket.query_params, offered, settings.allow_query_auth
         )
     except AuthError as exc:
+        AUTH_FAILURES.labels(TRANSPORT, "key").inc()
         log.warning("ws_rejected", connection_id=connection_id, reason="auth", detail=exc.message)
         await websocket.send_denial_response(_refusal(exc.status, exc.message))
         return
 
     await websocket.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
-    context = {"connection_id": connection_id, "user": principal.user, "transport": "ws"}
+    context = {"connection_id": connection_id, "user": principal.user, "transport": TRANSPORT}
     log.info("ws_open", **context)
     send_lock = asyncio.Lock()
 
@@ -57,7 +86,10 @@ async def chat_socket(websocket: WebSocket) -> None:
         async with send_lock:
             await websocket.send_json(frame)
 
-    session = ChatSession(state.engine, settings, send, context)
+    session = ChatSession(state.engine, settings, send, context, lambda: state.drain.draining)
+    connection = SocketConnection(websocket, session)
+    state.drain.connections.add(connection)
+    ACTIVE_CONNECTIONS.labels(TRANSPORT).inc()
     watcher = asyncio.create_task(_close_when_revoked(websocket, state.credentials, principal, settings))
     close_code = 1000
     try:
@@ -89,6 +121,8 @@ async def chat_socket(websocket: WebSocket) -> None:
         close_code = exc.code
     finally:
         watcher.cancel()
+        state.drain.connections.discard(connection)
+        ACTIVE_CONNECTIONS.labels(TRANSPORT).dec()
         await session.close()
         log.info("ws_closed", code=close_code, **context)
 
@@ -109,10 +143,9 @@ async def _close_when_revoked(
             return
 
 
-def _refusal(status: int, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Bearer realm="qwen-chat"'} if status == 401 else None
-    return JSONResponse(
-        {"error": {"code": "unauthorized" if status == 401 else "forbidden", "message": message}},
-        status_code=status,
-        headers=headers,
-    )
+def _refusal(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    codes = {401: "unauthorized", 403: "forbidden", 503: "overloaded"}
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="qwen-chat"', **(headers or {})}
+    body = {"error": {"code": codes.get(status, "error"), "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -1,0 +1,211 @@
+"""Prometheus metrics (prefix `qwen_chat_`), correct across gunicorn workers.
+
+Under `qwen-chat serve` every worker writes its values into PROMETHEUS_MULTIPROC_DIR and `/metrics`
+aggregates them (prometheus-client multiprocess mode): counters and histograms add up, `livesum` gauges
+sum over live workers, `liveall` gauges keep one series per live worker (label `pid`). Without that
+directory (one process, as in unit tests) the default registry is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+NAMESPACE = "qwen_chat"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5)
+_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0)
+_SPEED_BUCKETS = (1, 2.5, 5, 10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640, 1000, 2000)
+
+GENERATION_TOKENS = Counter(
+    "generation_tokens_total", "Tokens generated and sent to clients.", ["model"], namespace=NAMESPACE
+)
+PROMPT_TOKENS = Counter(
+    "prompt_tokens_total", "Prompt tokens of accepted requests.", ["model"], namespace=NAMESPACE
+)
+TOKENS_PER_SECOND = Histogram(
+    "generation_tokens_per_second",
+    "Decode speed of each request (tokens/s).",
+    ["model"],
+    namespace=NAMESPACE,
+    buckets=_SPEED_BUCKETS,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "time_to_first_token_seconds",
+    "From receiving a chat to sending its first token.",
+    ["model"],
+    namespace=NAMESPACE,
+    buckets=_LATENCY_BUCKETS,
+)
+INTER_TOKEN_LATENCY = Histogram(
+    "inter_token_latency_seconds",
+    "Between two token messages sent to a client.",
+    ["model"],
+    namespace=NAMESPACE,
+    buckets=_ITL_BUCKETS,
+)
+REQUEST_DURATION = Histogram(
+    "request_duration_seconds",
+    "From receiving a chat to sending its last message.",
+    ["model"],
+    namespace=NAMESPACE,
+    buckets=_DURATION_BUCKETS,
+)
+REQUEST_QUEUE = Histogram(
+    "request_queue_seconds",
+    "Time an accepted request waited for a decoding slot.",
+    ["model"],
+    namespace=NAMESPACE,
+    buckets=_LATENCY_BUCKETS,
+)
+ACTIVE_CONNECTIONS = Gauge(
+    "active_connections",
+    "Open WebSocket connections.",
+    ["transport"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
+REQUESTS_RUNNING = Gauge(
+    "requests_running", "Requests decoding now.", ["model"], namespace=NAMESPACE, multiprocess_mode="livesum"
+)
+REQUESTS_WAITING = Gauge(
+    "requests_waiting",
+    "Requests queued for a decoding slot.",
+    ["model"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
+REQUESTS = Counter(
+    "requests_total",
+    "Chat requests by transport and outcome.",
+    ["model", "transport", "outcome"],
+    namespace=NAMESPACE,
+)
+CLIENT_DISCONNECTS = Counter(
+    "client_disconnects_total",
+    "Clients that went away while a reply was streaming.",
+    ["transport"],
+    namespace=NAMESPACE,
+)
+AUTH_FAILURES = Counter(
+    "auth_failures_total", "Refused credentials or origins.", ["transport", "reason"], namespace=NAMESPACE
+)
+MODEL_LOADED = Gauge(
+    "model_loaded",
+    "1 once this worker has loaded and warmed the model.",
+    ["model"],
+    namespace=NAMESPACE,
+    multiprocess_mode="liveall",
+)
+MODEL_LOAD_SECONDS = Gauge(
+    "model_load_seconds",
+    "How long this worker took to load and warm the model.",
+    ["model"],
+    namespace=NAMESPACE,
+    multiprocess_mode="liveall",
+)
+
+
+def publish_zeros(model: str) -> None:
+    """Create the gauge series at worker start, so dashboards show 0 rather than no data."""
+    ACTIVE_CONNECTIONS.labels("ws").set(0)
+    REQUESTS_RUNNING.labels(model).set(0)
+    REQUESTS_WAITING.labels(model).set(0)
+    MODEL_LOADED.labels(model).set(0)
+
+
+class _WorkerFilesCollector(multiprocess.MultiProcessCollector):
+    """Skips a file a worker is creating right now: it is empty until prometheus-client sizes it."""
+
+    def collect(self) -> Iterable[Any]:
+        files = []
+        for path in glob.glob(os.path.join(self._path, "*.db")):
+            with contextlib.suppress(OSError):
+                if os.path.getsize(path) >= 8:
+                    files.append(path)
+        merged: Iterable[Any] = self.merge(files, accumulate=True)
+        return merged
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for /metrics, aggregated over all workers when running multiprocess."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        _WorkerFilesCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Called by the gunicorn master when a worker exits: its live gauges leave /metrics."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
+
+
+@dataclass
+class RequestMetrics:
+    """What one chat request contributes, recorded as its messages are sent to the client."""
+
+    model: str
+    transport: str
+    received: float = field(default_factory=time.perf_counter)
+    tokens_counted: int = 0
+    last_token_at: float | None = None
+    first_token_at: float | None = None
+
+    def tokens_sent(self, completion_tokens: int) -> None:
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+            TIME_TO_FIRST_TOKEN.labels(self.model).observe(now - self.received)
+        elif self.last_token_at is not None:
+            INTER_TOKEN_LATENCY.labels(self.model).observe(now - self.last_token_at)
+        self.last_token_at = now
+        self._count(completion_tokens)
+
+    def finished(
+        self,
+        outcome: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        queue_seconds: float,
+        tokens_per_second: float,
+    ) -> None:
+        self._count(completion_tokens)
+        PROMPT_TOKENS.labels(self.model).inc(prompt_tokens)
+        REQUEST_QUEUE.labels(self.model).observe(queue_seconds)
+        if completion_tokens:
+            TOKENS_PER_SECOND.labels(self.model).observe(tokens_per_second)
+        REQUEST_DURATION.labels(self.model).observe(time.perf_counter() - self.received)
+        REQUESTS.labels(self.model, self.transport, outcome).inc()
+
+    def ended(self, outcome: str) -> None:
+        """A request that ends without a `Finished` event: rejected, failed, or its client vanished."""
+        REQUESTS.labels(self.model, self.transport, outcome).inc()
+
+    @property
+    def ttft_seconds(self) -> float:
+        return (self.first_token_at or time.perf_counter()) - self.received
+
+    def _count(self, completion_tokens: int) -> None:
+        if completion_tokens > self.tokens_counted:
+            GENERATION_TOKENS.labels(self.model).inc(completion_tokens - self.tokens_counted)
+            self.tokens_counted = completion_tokens

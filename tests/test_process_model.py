@@ -1,0 +1,233 @@
+"""`qwen-chat serve` as the container runs it: a gunicorn master, two uvicorn workers, the tiny model.
+
+Readiness across workers, multiprocess metrics, JSON logs, a worker killed mid-stream, drain on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import KEYS, wait_until
+from tests.serve_process import ServeProcess, serve_process
+from tests.wsclient import chat, open_socket, receive, until_end
+
+pytestmark = pytest.mark.anyio
+
+ALL_KEYS = list(KEYS.values())
+
+
+@pytest.fixture
+def server(tmp_path: Path, tiny_model_dir: Path) -> Any:
+    with serve_process(tmp_path, tiny_model_dir, workers=2) as live:
+        live.wait_ready()
+        yield live
+    live.assert_clean_logs(ALL_KEYS)
+
+
+async def open_on_every_worker(
+    stack: AsyncExitStack, server: ServeProcess, per_worker: int = 1, limit: int = 40
+) -> dict[int, list[ClientConnection]]:
+    """Open sockets until each worker holds `per_worker` of them (the kernel picks the worker)."""
+    held: dict[int, list[ClientConnection]] = {pid: [] for pid in server.workers()}
+    for _ in range(limit):
+        if all(len(sockets) >= per_worker for sockets in held.values()):
+            return held
+        ws = await stack.enter_async_context(open_socket(server.ws))
+        pid = server.worker_of(ws.local_address[1])
+        assert pid in held, "every socket is held by one of the workers"
+        held[pid].append(ws)
+    raise AssertionError(
+        f"could not spread {limit} sockets over the workers: {[len(v) for v in held.values()]}"
+    )
+
+
+async def test_readyz_is_503_until_both_workers_are_warm_then_200_from_all(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with serve_process(tmp_path, tiny_model_dir, workers=2) as live:
+        seen: list[tuple[int, dict[str, Any]]] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status, body = live.readyz()
+            if status:
+                seen.append((status, body))
+            if status == 200:
+                break
+            await asyncio.sleep(0.02)
+        assert seen and seen[-1][0] == 200, seen[-3:]
+        not_ready = [body for status, body in seen if status == 503]
+        assert not_ready, "readiness must be 503 while the workers load"
+        assert all(body["status"] == "loading" and body["workers"] == 2 for body in not_ready)
+        assert all(body["workers_ready"] < 2 for body in not_ready)
+        # Each request on a fresh connection: whichever worker answers says the same.
+        answers = [httpx.get(live.http + "/readyz", headers={"Connection": "close"}) for _ in range(20)]
+        assert {r.status_code for r in answers} == {200}
+        assert {json.dumps(r.json()) for r in answers} == {
+            '{"status": "ready", "workers_ready": 2, "workers": 2}'
+        }
+        assert httpx.get(live.http + "/livez").status_code == 200
+    live.assert_clean_logs(ALL_KEYS)
+
+
+async def test_active_connections_is_the_sum_over_workers(server: ServeProcess) -> None:
+    async with AsyncExitStack() as stack:
+        held = await open_on_every_worker(stack, server, per_worker=3)
+        total = sum(len(sockets) for sockets in held.values())
+        assert total >= 6
+        assert server.metric("qwen_chat_active_connections", transport="ws") == total
+    wait_until(lambda: server.metric("qwen_chat_active_connections", transport="ws") == 0, timeout=10)
+
+
+async def test_generation_tokens_total_counts_exactly_what_clients_received(server: ServeProcess) -> None:
+    before = server.metric("qwen_chat_generation_tokens_total") or 0.0
+    requests_before = server.metric("qwen_chat_requests_total") or 0.0
+    received = 0
+    outcomes: list[str] = []
+    async with AsyncExitStack() as stack:
+        held = await open_on_every_worker(stack, server, per_worker=1)
+        for index, ws in enumerate(s for sockets in held.values() for s in sockets):
+            for max_new in (7, 19, 33 + index):
+                done = (await chat(ws, f"count {max_new}", params={"max_new_tokens": max_new}))[-1]
+                received += done["usage"]["completion_tokens"]
+                outcomes.append(done["finish_reason"])
+        # A cancelled reply counts the tokens that were sent, and a refused frame counts as a request.
+        ws = next(iter(held.values()))[0]
+        await ws.send(json.dumps({"type": "chat", "content": "long", "params": {"max_new_tokens": 500}}))
+        await receive(ws)
+        await receive(ws)
+        await ws.send(json.dumps({"type": "cancel"}))
+        cancelled = (await until_end(ws))[-1]
+        assert cancelled["finish_reason"] == "cancelled"
+        received += cancelled["usage"]["completion_tokens"]
+        await ws.send('{"type": "nonsense"}')
+        assert (await receive(ws))["code"] == "bad_request"
+    assert server.metric("qwen_chat_generation_tokens_total") == before + received
+    assert server.metric("qwen_chat_requests_total") == requests_before + len(outcomes) + 2
+    assert (server.metric("qwen_chat_requests_total", outcome="cancelled") or 0) >= 1
+    assert (server.metric("qwen_chat_requests_total", outcome="rejected") or 0) >= 1
+    assert (server.metric("qwen_chat_time_to_first_token_seconds_count") or 0) >= len(outcomes)
+    assert (server.metric("qwen_chat_generation_tokens_per_second_count") or 0) >= len(outcomes)
+    assert server.metric("qwen_chat_requests_running") == 0
+    assert server.metric("qwen_chat_requests_waiting") == 0
+
+
+async def test_metrics_pass_promtool_and_auth_failures_are_counted(server: ServeProcess) -> None:
+    for headers in ({"Authorization": "Bearer wrong-key"}, {}):
+        with pytest.raises(InvalidStatus):
+            async with open_socket(server.ws, user=None, additional_headers=headers):
+                pass
+    async with open_socket(server.ws) as ws:
+        await chat(ws, "hi", params={"max_new_tokens": 3})
+    assert (server.metric("qwen_chat_auth_failures_total", transport="ws", reason="key") or 0) == 2
+    text = server.metrics_text()
+    for name in (
+        "generation_tokens_total", "prompt_tokens_total", "generation_tokens_per_second", "time_to_first_token_seconds",
+        "inter_token_latency_seconds", "request_duration_seconds", "request_queue_seconds", "active_connections",
+        "requests_running", "requests_waiting", "requests_total", "auth_failures_total", "model_loaded",
+        "model_load_seconds",
+    ):  # fmt: skip
+        assert f"# TYPE qwen_chat_{name} " in text, name
+    loaded = server.metric("qwen_chat_model_loaded")
+    assert loaded == 2, "one per warmed worker"
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool comes with Debian's prometheus package (.ci/run installs it)"
+    check = subprocess.run(  # noqa: ASYNC221
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+async def _stream_until_first_token(ws: ClientConnection, max_new_tokens: int = 512) -> None:
+    await ws.send(
+        json.dumps({"type": "chat", "content": "a long story", "params": {"max_new_tokens": max_new_tokens}})
+    )
+    assert (await receive(ws))["type"] == "start"
+    assert (await receive(ws))["type"] == "token"
+
+
+async def test_sigkill_of_a_worker_mid_stream(server: ServeProcess) -> None:
+    async with AsyncExitStack() as stack:
+        held = await open_on_every_worker(stack, server, per_worker=1)
+        (victim, (doomed, *_)), (survivor, (steady, *_)) = held.items()
+        await _stream_until_first_token(steady)
+        await _stream_until_first_token(doomed)
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await receive(doomed, timeout=5)
+        assert time.monotonic() - killed_at < 2, "the killed worker's client must see the close promptly"
+        # The other worker's stream is untouched.
+        frames = await until_end(steady)
+        assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "length"
+        # gunicorn replaces the worker; the pod is not ready until the new one is warm.
+        wait_until(lambda: len(server.workers()) == 2 and victim not in server.workers(), timeout=30)
+        server.wait_ready(timeout=120)
+        assert survivor in server.workers()
+        text = server.metrics_text()
+        assert f'pid="{victim}"' not in text, "the dead worker's live gauges must leave /metrics"
+        assert server.metric("qwen_chat_active_connections", transport="ws") == 1
+        assert server.metric("qwen_chat_model_loaded") == 2
+        assert (await chat(steady, "still here", params={"max_new_tokens": 3}))[-1]["type"] == "done"
+
+
+async def test_sigterm_drains_in_flight_replies_then_exits_zero(tmp_path: Path, tiny_model_dir: Path) -> None:
+    drain_seconds = 20
+    with serve_process(tmp_path, tiny_model_dir, workers=2, drain_seconds=str(drain_seconds)) as live:
+        live.wait_ready()
+        async with AsyncExitStack() as stack:
+            held = await open_on_every_worker(stack, live, per_worker=1)
+            streams = [sockets[0] for sockets in held.values()]
+            for ws in streams:
+                await _stream_until_first_token(ws)
+            live.proc.send_signal(signal.SIGTERM)
+            terminated_at = time.monotonic()
+            await asyncio.sleep(0.2)
+            status, body = live.readyz()
+            assert status == 503 and body["status"] == "draining"
+            with pytest.raises(InvalidStatus) as refused:
+                async with open_socket(live.ws):
+                    pass
+            assert refused.value.response.status_code == 503
+            assert "Retry-After" in refused.value.response.headers
+            for ws in streams:
+                frames = await until_end(ws)
+                assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "length"
+            for ws in streams:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await receive(ws, timeout=drain_seconds)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        code = await asyncio.to_thread(live.proc.wait, drain_seconds + 15)
+        assert code == 0
+        assert time.monotonic() - terminated_at < drain_seconds + 15
+    live.assert_clean_logs(ALL_KEYS)
+
+
+async def test_sigterm_cancels_replies_that_outlast_the_drain(tmp_path: Path, tiny_model_dir: Path) -> None:
+    with serve_process(
+        tmp_path, tiny_model_dir, workers=1, drain_seconds="0.3", max_new_tokens="4000"
+    ) as live:
+        live.wait_ready()
+        async with open_socket(live.ws) as ws:
+            await _stream_until_first_token(ws, max_new_tokens=4000)
+            live.proc.send_signal(signal.SIGTERM)
+            frames = await until_end(ws)
+            assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "cancelled"
+            with pytest.raises(ConnectionClosed) as closed:
+                await receive(ws, timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        assert await asyncio.to_thread(live.proc.wait, 30) == 0
