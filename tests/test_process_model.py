@@ -171,6 +171,8 @@ async def test_sigkill_of_a_worker_mid_stream(server: ServeProcess) -> None:
             while True:
                 await receive(doomed, timeout=5)
         assert time.monotonic() - killed_at < 2, "the killed worker's client must see the close promptly"
+        # Until the replacement has loaded and warmed the model, the pod is not ready.
+        wait_until(lambda: server.readyz()[0] == 503, timeout=5, interval=0.02)
         # The other worker's stream is untouched.
         frames = await until_end(steady)
         assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "length"
