@@ -13,19 +13,14 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import torch
+from serving import KEY, serve
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from websockets.asyncio.client import connect
 
@@ -33,7 +28,6 @@ from qwen_chat.prompts import Prompts
 from qwen_chat.tiny_model import make_tiny_model
 
 PROMPT = "Tell me about continuous batching in language model servers."
-KEY = "bench-key-0123456789abcdef"
 
 
 def raw_generate(model_dir: str, tokens: int, runs: int) -> list[float]:
@@ -96,43 +90,8 @@ def main() -> None:
     model_dir = args.model or str(make_tiny_model(work / "tiny-model"))
     raw = raw_generate(model_dir, args.tokens, args.runs)
 
-    credentials = work / "credentials"
-    credentials.mkdir()
-    (credentials / "bench").write_text(KEY)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "QWEN_CHAT_MODEL": model_dir,
-        "QWEN_CHAT_CREDENTIALS_DIR": str(credentials),
-        "QWEN_CHAT_HOST": "127.0.0.1",
-        "QWEN_CHAT_PORT": str(port),
-        "QWEN_CHAT_LOG_LEVEL": "warning",
-        "QWEN_CHAT_MAX_NEW_TOKENS": str(max(args.tokens, 512)),
-    }
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("qwen-chat")), "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        service, ttfts, counts = asyncio.run(
-            service_stream(f"ws://127.0.0.1:{port}/ws", args.tokens, args.runs)
-        )
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+    with serve(model_dir, work, max_new_tokens=max(args.tokens, 512)) as served:
+        service, ttfts, counts = asyncio.run(service_stream(served.ws, args.tokens, args.runs))
 
     raw_median, service_median = statistics.median(raw), statistics.median(service)
     result = {

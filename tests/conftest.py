@@ -121,9 +121,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@dataclass
-class LiveServer:
-    app: Any
+class Loopback:
+    """A server listening on 127.0.0.1:`port`."""
+
     port: int
 
     @property
@@ -133,6 +133,12 @@ class LiveServer:
     @property
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+
+@dataclass
+class LiveServer(Loopback):
+    app: Any
+    port: int
 
     @property
     def engine(self) -> Any:

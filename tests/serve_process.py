@@ -16,22 +16,14 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import KEYS, SecretVolume, free_port, wait_until
+from tests.conftest import KEYS, Loopback, SecretVolume, free_port, wait_until
 
 
-class ServeProcess:
+class ServeProcess(Loopback):
     def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
         self.proc = proc
         self.port = port
         self.log = log
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
 
     def workers(self) -> list[int]:
         with suppress(psutil.NoSuchProcess):

@@ -152,6 +152,7 @@ async def test_metrics_pass_promtool_and_auth_failures_are_counted(server: Serve
 
 
 async def _stream_until_first_token(ws: ClientConnection, max_new_tokens: int = 512) -> None:
+    """Start a reply and wait until it streams."""
     await ws.send(
         json.dumps({"type": "chat", "content": "a long story", "params": {"max_new_tokens": max_new_tokens}})
     )
@@ -188,14 +189,16 @@ async def test_sigkill_of_a_worker_mid_stream(server: ServeProcess) -> None:
 
 
 async def test_sigterm_drains_in_flight_replies_then_exits_zero(tmp_path: Path, tiny_model_dir: Path) -> None:
-    drain_seconds = 20
-    with serve_process(tmp_path, tiny_model_dir, workers=2, drain_seconds=str(drain_seconds)) as live:
+    drain_seconds = 40
+    settings = {"drain_seconds": str(drain_seconds), "max_new_tokens": "1500"}
+    with serve_process(tmp_path, tiny_model_dir, workers=2, **settings) as live:
         live.wait_ready()
         async with AsyncExitStack() as stack:
             held = await open_on_every_worker(stack, live, per_worker=1)
             streams = [sockets[0] for sockets in held.values()]
+            # Long replies (several seconds here), so that the checks below happen while they stream.
             for ws in streams:
-                await _stream_until_first_token(ws)
+                await _stream_until_first_token(ws, max_new_tokens=1500)
             live.proc.send_signal(signal.SIGTERM)
             terminated_at = time.monotonic()
             await asyncio.sleep(0.2)

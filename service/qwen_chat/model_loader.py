@@ -44,6 +44,7 @@ class LoadedModel:
 def load_model(settings: Settings) -> LoadedModel:
     # Progress bars are for terminals; in a log stream they are noise.
     transformers_logging.disable_progress_bar()
+    torch.set_num_threads(settings.torch_threads_per_worker)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(settings.model)

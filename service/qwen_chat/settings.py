@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import os
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,9 @@ class Settings(BaseSettings):
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float = Field(default=0.8, gt=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.05, gt=0.0, le=2.0)
+    # CPU threads for torch in each worker; 0 shares the machine's cores among WORKERS. Oversubscribed
+    # OpenMP threads spin and starve the event loops (slow probes), so the default never oversubscribes.
+    torch_threads: int = Field(default=0, ge=0)
     max_running: int = Field(default=4, ge=1, description="sequences decoding at once per worker")
     max_waiting: int = Field(default=32, ge=0, description="requests queued per worker before refusing")
 
@@ -53,13 +57,20 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False
 
-    @property
+    @cached_property
     def model_name(self) -> str:
         """The name clients and dashboards see: SERVED_MODEL_NAME, else the folder name of a local model."""
         if self.served_model_name:
             return self.served_model_name
         path = Path(self.model)
         return path.name if path.is_dir() else self.model
+
+    @property
+    def torch_threads_per_worker(self) -> int:
+        if self.torch_threads:
+            return self.torch_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // self.workers)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -1,0 +1,72 @@
+"""Start `qwen-chat serve` on 127.0.0.1 for a benchmark, and stop it (by PID) afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+KEY = "bench-key-0123456789abcdef"
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    port: int
+    started: float  # monotonic time of the launch
+    ready_seconds: float = 0.0
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+
+@contextmanager
+def serve(model: str, work: Path, timeout: float = 600, **settings: object) -> Iterator[Served]:
+    """Run the service with a bench key (`KEY`) and yield once /readyz is 200."""
+    credentials = work / "credentials"
+    credentials.mkdir(exist_ok=True)
+    (credentials / "bench").write_text(KEY)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "QWEN_CHAT_MODEL": model,
+        "QWEN_CHAT_CREDENTIALS_DIR": str(credentials),
+        "QWEN_CHAT_HOST": "127.0.0.1",
+        "QWEN_CHAT_PORT": str(port),
+        "QWEN_CHAT_LOG_LEVEL": "warning",
+    }
+    env.update({f"QWEN_CHAT_{name.upper()}": str(value) for name, value in settings.items()})
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("qwen-chat")), "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() - started > timeout:
+                raise RuntimeError("the service did not become ready")
+            time.sleep(0.05)
+        yield Served(proc, port, started, time.monotonic() - started)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
