@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from qwen_chat.prompts import Prompts
@@ -96,7 +96,6 @@ class EngineStats:
     running: int = 0
     waiting: int = 0
     load_seconds: float | None = None
-    error: str | None = field(default=None)
 
 
 class Engine(Protocol):

@@ -116,10 +116,6 @@ class SimpleEngine:
             raise EngineNotReady()
         return self._prompts
 
-    @property
-    def model_name(self) -> str:
-        return self._settings.model
-
     async def start(self) -> None:
         """Load the model and tokenizer, then warm up with a one-token generation."""
         self._loop = asyncio.get_running_loop()
@@ -131,9 +127,8 @@ class SimpleEngine:
             )
             self._prompts = Prompts(self._loaded.tokenizer, budget)
             await asyncio.to_thread(self._warm_up)
-        except Exception as exc:
+        except Exception:
             self._state = EngineState.FAILED
-            self._stats.error = f"{type(exc).__name__}: {exc}"
             raise
         self._stats.load_seconds = time.monotonic() - started
         self._state = EngineState.READY
