@@ -4,7 +4,7 @@ Both decode the same prompt greedily for the same number of tokens, so the ratio
 overhead (gunicorn, uvicorn, the WebSocket, the engine thread, detokenisation). Prints a table and writes
 bench/results/<date>-<host>-single-stream.json.
 
-    .venv/bin/python bench/single_stream.py [--model PATH_OR_ID] [--tokens 256] [--runs 5]
+    .venv/bin/python bench/single_stream.py [--model PATH_OR_ID] [--tokens 256] [--runs 9]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from serving import KEY, serve
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from qwen_chat.prompts import Prompts
 from qwen_chat.tiny_model import make_tiny_model
@@ -30,52 +30,60 @@ from qwen_chat.tiny_model import make_tiny_model
 PROMPT = "Tell me about continuous batching in language model servers."
 
 
-def raw_generate(model_dir: str, tokens: int, runs: int) -> list[float]:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    ids = torch.tensor([Prompts(tokenizer, 100_000).encode_chat([{"role": "user", "content": PROMPT}])])
-    speeds = []
-    with torch.inference_mode():
-        model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)  # warm-up
-        for _ in range(runs):
-            started = time.perf_counter()
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
+class RawGenerate:
+    """`model.generate` in this process: the ceiling for one stream."""
+
+    def __init__(self, model_dir: str) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        prompt = Prompts(tokenizer, 100_000).encode_chat([{"role": "user", "content": PROMPT}])
+        self.ids = torch.tensor([prompt])
+        self.run(4)  # warm-up
+
+    def run(self, tokens: int) -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=self.ids,
+                attention_mask=torch.ones_like(self.ids),
                 max_new_tokens=tokens,
                 min_new_tokens=tokens,
                 do_sample=False,
             )
-            speeds.append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - started))
-    return speeds
+        return (out.shape[1] - self.ids.shape[1]) / (time.perf_counter() - started)
 
 
-async def service_stream(url: str, tokens: int, runs: int) -> tuple[list[float], list[float], list[int]]:
-    speeds, ttfts, counts = [], [], []
+async def service_run(ws: ClientConnection, tokens: int) -> tuple[float, float, int]:
+    """One greedy reply through /ws: (tokens/s as the client sees it, ttft ms, completion tokens)."""
+    params = {"max_new_tokens": tokens, "temperature": 0, "repetition_penalty": 1.0}
+    message = {"type": "chat", "messages": [{"role": "user", "content": PROMPT}], "params": params}
+    await ws.send(json.dumps(message))
+    started = time.perf_counter()
+    first = None
+    while True:
+        frame = json.loads(await ws.recv())
+        if frame["type"] == "token" and first is None:
+            first = time.perf_counter()
+        if frame["type"] in {"done", "error"}:
+            break
+    assert frame["type"] == "done", frame
+    elapsed = time.perf_counter() - started
+    count = frame["usage"]["completion_tokens"]
+    return count / elapsed, ((first or time.perf_counter()) - started) * 1000, count
+
+
+async def compare(url: str, raw: RawGenerate, tokens: int, runs: int) -> dict[str, list[float]]:
+    """Alternate the two paths run by run, so that drift on a shared machine hits both alike."""
+    results: dict[str, list[float]] = {"generate": [], "service": [], "ttft_ms": [], "completion_tokens": []}
     async with connect(url, additional_headers={"Authorization": f"Bearer {KEY}"}, max_size=None) as ws:
-        params = {"max_new_tokens": tokens, "temperature": 0, "repetition_penalty": 1.0}
-        for run in range(runs + 1):
-            await ws.send(
-                json.dumps(
-                    {"type": "chat", "messages": [{"role": "user", "content": PROMPT}], "params": params}
-                )
-            )
-            started = time.perf_counter()
-            first = None
-            while True:
-                frame = json.loads(await ws.recv())
-                if frame["type"] == "token" and first is None:
-                    first = time.perf_counter()
-                if frame["type"] in {"done", "error"}:
-                    break
-            assert frame["type"] == "done", frame
-            if run == 0:
-                continue  # warm-up
-            elapsed = time.perf_counter() - started
-            counts.append(frame["usage"]["completion_tokens"])
-            speeds.append(frame["usage"]["completion_tokens"] / elapsed)
-            ttfts.append(((first or time.perf_counter()) - started) * 1000)
-    return speeds, ttfts, counts
+        await service_run(ws, 4)  # warm-up
+        for _ in range(runs):
+            results["generate"].append(raw.run(tokens))
+            speed, ttft, count = await service_run(ws, tokens)
+            results["service"].append(speed)
+            results["ttft_ms"].append(ttft)
+            results["completion_tokens"].append(count)
+    return results
 
 
 def main() -> None:
@@ -84,14 +92,13 @@ def main() -> None:
     )
     parser.add_argument("--model", help="model id or path (default: a freshly built tiny model)")
     parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="qwen-chat-bench-"))
     model_dir = args.model or str(make_tiny_model(work / "tiny-model"))
-    raw = raw_generate(model_dir, args.tokens, args.runs)
-
     with serve(model_dir, work, max_new_tokens=max(args.tokens, 512)) as served:
-        service, ttfts, counts = asyncio.run(service_stream(served.ws, args.tokens, args.runs))
+        found = asyncio.run(compare(served.ws, RawGenerate(model_dir), args.tokens, args.runs))
+    raw, service, ttfts = found["generate"], found["service"], found["ttft_ms"]
 
     raw_median, service_median = statistics.median(raw), statistics.median(service)
     result = {
@@ -104,7 +111,7 @@ def main() -> None:
         "runs": args.runs,
         "generate_tokens_per_second": raw,
         "service_tokens_per_second": service,
-        "service_completion_tokens": counts,
+        "service_completion_tokens": found["completion_tokens"],
         "service_ttft_ms": ttfts,
         "ratio_service_to_generate": service_median / raw_median,
     }
