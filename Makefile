@@ -9,12 +9,14 @@ PIP := $(BIN)/python -m pip
 
 install: $(STAMP)
 
-# Debian packages the tests use: promtool (prometheus). Installed when missing and apt-get can run.
+# Debian packages the tests use: promtool (prometheus) and chromium. Installed when missing and apt-get can run.
+SYSTEM_PACKAGES := prometheus chromium fonts-dejavu-core
 system-deps:
-	@command -v promtool >/dev/null || { \
+	@if ! command -v promtool >/dev/null || ! [ -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  else echo "warning: install Debian's prometheus package (promtool) or its test fails"; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "warning: install Debian's $(SYSTEM_PACKAGES) or the tests that use them fail"; fi; \
+	fi
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import structlog
 from fastapi import FastAPI
 
-from qwen_chat import drain, metrics, probes, ws
+from qwen_chat import drain, metrics, probes, web, ws
 from qwen_chat.credentials import CredentialStore
 from qwen_chat.drain import Drain
 from qwen_chat.engine import Engine
@@ -58,6 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.warning("auth_disabled", detail="QWEN_CHAT_AUTH_ENABLED=false: anyone who can connect may chat")
     app.include_router(probes.router)
     app.include_router(ws.router)
+    app.include_router(web.router)
+    app.mount("/static", web.static_files, name="static")
+    app.add_exception_handler(web.HTTPAuthError, web.auth_error_response)
+    app.add_middleware(web.SecurityHeaders)
     return app
 
 
