@@ -9,10 +9,10 @@ PIP := $(BIN)/python -m pip
 
 install: $(STAMP)
 
-# Debian packages the tests use: promtool (prometheus) and chromium. Installed when missing and apt-get can run.
-SYSTEM_PACKAGES := prometheus chromium fonts-dejavu-core
+# Debian packages the tests use: promtool (prometheus), chromium and redis-server. Installed when missing and apt-get can run.
+SYSTEM_PACKAGES := prometheus chromium fonts-dejavu-core redis-server
 system-deps:
-	@if ! command -v promtool >/dev/null || ! [ -x /usr/bin/chromium ]; then \
+	@if ! command -v promtool >/dev/null || ! command -v redis-server >/dev/null || ! [ -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	  else echo "warning: install Debian's $(SYSTEM_PACKAGES) or the tests that use them fail"; fi; \

@@ -63,9 +63,11 @@ def connect(page: Page, key: str = KEYS["alice"]) -> None:
     page.get_by_role("button", name="Connect").click()
 
 
-def ask(page: Page, text: str, max_new_tokens: int = 40) -> None:
+def ask(page: Page, text: str, max_new_tokens: int = 40, temperature: float | None = None) -> None:
     page.locator("summary", has_text="Settings").click()
     page.get_by_label("Max new tokens").fill(str(max_new_tokens))
+    if temperature is not None:
+        page.get_by_label("Temperature").fill(str(temperature))
     page.locator("summary", has_text="Settings").click()
     page.get_by_label("Message").fill(text)
     page.get_by_label("Message").press("Enter")
@@ -109,7 +111,7 @@ def test_page_streams_a_reply_token_by_token(page: Page, server: LiveServer) -> 
 
 def test_stop_ends_the_reply_early(page: Page) -> None:
     connect(page)
-    ask(page, "a long story please", max_new_tokens=512)
+    ask(page, "a long story please", max_new_tokens=512, temperature=0)
     expect(last_reply(page).locator(".text")).not_to_be_empty()
     page.get_by_role("button", name="Stop").click()
     reply = last_reply(page)
@@ -150,9 +152,17 @@ def test_model_and_user_text_are_shown_literally_and_run_no_script(page: Page) -
             ws.send(json.dumps({"type": "start", "id": mid, "queue_position": 0}))
             for part in ("<img src=x ", "onerror=alert(1)>", "<script>alert(2)</script>"):
                 ws.send(json.dumps({"type": "token", "id": mid, "text": part}))
-            ws.send(json.dumps({"type": "done", "id": mid, "finish_reason": "stop",
-                                "usage": {"prompt_tokens": 5, "completion_tokens": 3},
-                                "timing": {"ttft_ms": 1.0, "tokens_per_second": 100.0}}))  # fmt: skip
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "done",
+                        "id": mid,
+                        "finish_reason": "stop",
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+                        "timing": {"ttft_ms": 1.0, "tokens_per_second": 100.0},
+                    }
+                )
+            )
 
         ws.on_message(on_message)
 
@@ -172,8 +182,17 @@ def test_error_frames_are_explained_and_the_message_is_kept(page: Page) -> None:
         def on_message(message: str | bytes) -> None:
             frame = json.loads(message)
             if frame["type"] == "chat":
-                ws.send(json.dumps({"type": "error", "id": frame["id"], "code": "rate_limited",
-                                    "message": "slow down", "retry_after": 12}))  # fmt: skip
+                ws.send(
+                    json.dumps(
+                        {
+                            "type": "error",
+                            "id": frame["id"],
+                            "code": "rate_limited",
+                            "message": "slow down",
+                            "retry_after": 12,
+                        }
+                    )
+                )
 
         ws.on_message(on_message)
 

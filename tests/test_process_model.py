@@ -135,11 +135,21 @@ async def test_metrics_pass_promtool_and_auth_failures_are_counted(server: Serve
     assert (server.metric("qwen_chat_auth_failures_total", transport="ws", reason="key") or 0) == 2
     text = server.metrics_text()
     for name in (
-        "generation_tokens_total", "prompt_tokens_total", "generation_tokens_per_second", "time_to_first_token_seconds",
-        "inter_token_latency_seconds", "request_duration_seconds", "request_queue_seconds", "active_connections",
-        "requests_running", "requests_waiting", "requests_total", "auth_failures_total", "model_loaded",
+        "generation_tokens_total",
+        "prompt_tokens_total",
+        "generation_tokens_per_second",
+        "time_to_first_token_seconds",
+        "inter_token_latency_seconds",
+        "request_duration_seconds",
+        "request_queue_seconds",
+        "active_connections",
+        "requests_running",
+        "requests_waiting",
+        "requests_total",
+        "auth_failures_total",
+        "model_loaded",
         "model_load_seconds",
-    ):  # fmt: skip
+    ):
         assert f"# TYPE qwen_chat_{name} " in text, name
     loaded = server.metric("qwen_chat_model_loaded")
     assert loaded == 2, "one per warmed worker"
@@ -153,9 +163,9 @@ async def test_metrics_pass_promtool_and_auth_failures_are_counted(server: Serve
 
 async def _stream_until_first_token(ws: ClientConnection, max_new_tokens: int = 512) -> None:
     """Start a reply and wait until it streams."""
-    await ws.send(
-        json.dumps({"type": "chat", "content": "a long story", "params": {"max_new_tokens": max_new_tokens}})
-    )
+    # Greedy, so the reply is the same every run and never ends early on an end-of-turn token.
+    params = {"max_new_tokens": max_new_tokens, "temperature": 0}
+    await ws.send(json.dumps({"type": "chat", "content": "a long story", "params": params}))
     assert (await receive(ws))["type"] == "start"
     assert (await receive(ws))["type"] == "token"
 

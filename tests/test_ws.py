@@ -106,7 +106,9 @@ async def test_cancel_ends_the_reply_early(server: LiveServer) -> None:
 async def test_disconnect_mid_stream_stops_generation(server: LiveServer) -> None:
     async with open_socket(server.ws) as ws:
         await ws.send(
-            json.dumps({"type": "chat", "content": "a long one", "params": {"max_new_tokens": 512}})
+            json.dumps(
+                {"type": "chat", "content": "a long one", "params": {"max_new_tokens": 512, "temperature": 0}}
+            )
         )
         await receive(ws)
         await receive(ws)
@@ -120,7 +122,14 @@ async def test_disconnect_mid_stream_stops_generation(server: LiveServer) -> Non
 async def test_second_chat_while_streaming_is_busy(server: LiveServer) -> None:
     async with open_socket(server.ws) as ws:
         await ws.send(
-            json.dumps({"type": "chat", "content": "first", "id": "a", "params": {"max_new_tokens": 300}})
+            json.dumps(
+                {
+                    "type": "chat",
+                    "content": "first",
+                    "id": "a",
+                    "params": {"max_new_tokens": 300, "temperature": 0},
+                }
+            )
         )
         assert (await receive(ws))["type"] == "start"
         await ws.send(json.dumps({"type": "chat", "content": "second", "id": "b"}))

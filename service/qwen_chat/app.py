@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import structlog
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
-from qwen_chat import drain, metrics, probes, web, ws
+from qwen_chat import drain, http_common, metrics, openai_api, probes, simple_api, web, ws
+from qwen_chat.chat_service import ChatRefused
 from qwen_chat.credentials import CredentialStore
 from qwen_chat.drain import Drain
 from qwen_chat.engine import Engine
+from qwen_chat.rate_limit import RateLimiter
 from qwen_chat.readiness import WorkerStates
 from qwen_chat.settings import Settings, get_settings
 from qwen_chat.simple_engine import SimpleEngine
@@ -45,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="qwen-chat", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.started_at = int(time.time())
     app.state.engine = create_engine(settings)
     app.state.credentials = (
         CredentialStore(settings.credentials_dir, settings.credentials_reload_seconds)
@@ -54,13 +59,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     worker_dir = settings.state_dir / "workers" if settings.state_dir else None
     app.state.states = WorkerStates(worker_dir, settings.workers)
     app.state.drain = Drain(app.state.states, settings.drain_seconds)
+    app.state.rate_limiter = RateLimiter(settings)
     if not settings.auth_enabled:
         log.warning("auth_disabled", detail="QWEN_CHAT_AUTH_ENABLED=false: anyone who can connect may chat")
     app.include_router(probes.router)
     app.include_router(ws.router)
     app.include_router(web.router)
+    app.include_router(openai_api.router)
+    app.include_router(simple_api.router)
     app.mount("/static", web.static_files, name="static")
-    app.add_exception_handler(web.HTTPAuthError, web.auth_error_response)
+    app.add_exception_handler(http_common.HTTPAuthError, http_common.on_auth_error)
+    app.add_exception_handler(ChatRefused, http_common.on_chat_refused)
+    app.add_exception_handler(RequestValidationError, http_common.on_validation_error)
     app.add_middleware(web.SecurityHeaders)
     return app
 

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     # WebSocket limits.
     max_message_bytes: int = Field(default=256 * 1024, ge=1024, description="largest accepted /ws frame")
 
+    # Per-user chat request limit (`limits` syntax) and where its counters live (memory://, redis://...).
+    rate_limit: str = "50/minute"
+    rate_limit_storage: str = "memory://"
+
     # Logging.
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -71,6 +75,14 @@ class Settings(BaseSettings):
             return self.torch_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return max(1, cores // self.workers)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        from limits import parse
+
+        parse(value)  # raises ValueError with the reason
+        return value
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

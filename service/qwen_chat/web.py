@@ -4,15 +4,13 @@ security headers every HTTP response carries."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qwen_chat.auth import AuthError, Principal, authenticate
-from qwen_chat.metrics import AUTH_FAILURES
+from qwen_chat.http_common import PrincipalDep
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -51,33 +49,6 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-def http_principal(request: Request) -> Principal:
-    """Dependency: the caller's identity from `Authorization: Bearer <key>`; 401 otherwise."""
-    try:
-        return authenticate(request.app.state.credentials, request.headers, request.query_params)
-    except AuthError as exc:
-        AUTH_FAILURES.labels("http", "key").inc()
-        raise HTTPAuthError(exc.status, exc.message) from None
-
-
-class HTTPAuthError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        self.message = message
-
-
-async def auth_error_response(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPAuthError)
-    return JSONResponse(
-        {"error": {"code": "unauthorized", "message": exc.message}},
-        status_code=exc.status,
-        headers={"WWW-Authenticate": 'Bearer realm="qwen-chat"'},
-    )
-
-
-PrincipalDep = Annotated[Principal, Depends(http_principal)]
 
 
 @router.get("/", include_in_schema=False)

@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from qwen_chat.auth import PROTOCOL, AuthError, Principal, authenticate, origin_allowed, still_valid
-from qwen_chat.chat_session import DRAIN_RETRY_AFTER, TRANSPORT, ChatSession
+from qwen_chat.chat_service import DRAIN_RETRY_AFTER
+from qwen_chat.chat_session import TRANSPORT, ChatSession
 from qwen_chat.credentials import CredentialStore
 from qwen_chat.metrics import ACTIVE_CONNECTIONS, AUTH_FAILURES
 from qwen_chat.ws_protocol import error
@@ -86,7 +87,7 @@ async def chat_socket(websocket: WebSocket) -> None:
         async with send_lock:
             await websocket.send_json(frame)
 
-    session = ChatSession(state.engine, settings, send, context, lambda: state.drain.draining)
+    session = ChatSession(state, principal.user, send, context)
     connection = SocketConnection(websocket, session)
     state.drain.connections.add(connection)
     ACTIVE_CONNECTIONS.labels(TRANSPORT).inc()

@@ -1,0 +1,105 @@
+"""What the HTTP routers share: the bearer-key dependency and one error shape for every HTTP error.
+
+Errors use OpenAI's error object, `{"error": {"message", "type", "param", "code"}}`, on every path, so
+clients parse one shape; refusals that can be retried carry `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from qwen_chat.auth import AuthError, Principal, authenticate
+from qwen_chat.chat_service import ChatRefused
+from qwen_chat.metrics import AUTH_FAILURES
+from qwen_chat.ws_protocol import describe_validation_error
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "requests",
+    503: "server_error",
+}
+
+
+# For OpenAPI: these endpoints answer with Server-Sent Events.
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
+
+
+class HTTPAuthError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
+def error_response(
+    status: int, message: str, code: str, param: str | None = None, retry_after: float | None = None
+) -> JSONResponse:
+    body = {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+    headers = {"Retry-After": str(math.ceil(retry_after))} if retry_after is not None else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def http_principal(request: Request) -> Principal:
+    """Dependency: the caller's identity from `Authorization: Bearer <key>`; 401 otherwise."""
+    try:
+        return authenticate(request.app.state.credentials, request.headers, request.query_params)
+    except AuthError as exc:
+        AUTH_FAILURES.labels("http", "key").inc()
+        raise HTTPAuthError(exc.status, exc.message) from None
+
+
+PrincipalDep = Annotated[Principal, Depends(http_principal)]
+
+_REFUSAL_CODES = {"rate_limited": "rate_limit_exceeded", "too_long": "context_length_exceeded"}
+
+
+async def on_auth_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPAuthError)
+    response = error_response(exc.status, exc.message, "invalid_api_key")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="qwen-chat"'
+    return response
+
+
+async def on_chat_refused(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ChatRefused)
+    code = _REFUSAL_CODES.get(exc.code, exc.code)
+    return error_response(exc.status, exc.message, code, exc.param, exc.retry_after)
+
+
+async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming the field; OpenAI's 400 under /v1, where clients expect it."""
+    assert isinstance(exc, RequestValidationError | ValidationError)
+    errors = list(exc.errors())
+    status = 400 if request.url.path.startswith("/v1/") else 422
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return error_response(status, "the request body is not valid JSON", "invalid_json")
+    first = errors[0] if errors else {}
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    message = describe_validation_error(exc) if isinstance(exc, ValidationError) else _describe(errors)
+    return error_response(status, message, "invalid_value", param)
+
+
+def _describe(errors: list[dict[str, object]], limit: int = 3) -> str:
+    parts = []
+    for error in errors[:limit]:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")  # type: ignore[attr-defined]
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts)
