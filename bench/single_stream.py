@@ -1,6 +1,7 @@
-"""One stream, two ways, in one run: `model.generate` in-process versus the service through /ws.
+"""One stream, three ways, in one run: `model.generate` in-process, the service through /ws, and through
+the OpenAI-compatible streaming endpoint.
 
-Both decode the same prompt greedily for the same number of tokens, so the ratio is the service's
+All decode the same prompt greedily for the same number of tokens, so the ratio is the service's
 overhead (gunicorn, uvicorn, the WebSocket, the engine thread, detokenisation). Prints a table and writes
 bench/results/<date>-<host>-single-stream.json.
 
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from openai import AsyncOpenAI
 from serving import KEY, serve
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from websockets.asyncio.client import ClientConnection, connect
@@ -72,17 +74,55 @@ async def service_run(ws: ClientConnection, tokens: int) -> tuple[float, float, 
     return count / elapsed, ((first or time.perf_counter()) - started) * 1000, count
 
 
-async def compare(url: str, raw: RawGenerate, tokens: int, runs: int) -> dict[str, list[float]]:
-    """Alternate the two paths run by run, so that drift on a shared machine hits both alike."""
-    results: dict[str, list[float]] = {"generate": [], "service": [], "ttft_ms": [], "completion_tokens": []}
+async def openai_run(client: AsyncOpenAI, model: str, tokens: int) -> tuple[float, float, int]:
+    """One greedy streamed reply through /v1/chat/completions, measured like `service_run`."""
+    started = time.perf_counter()
+    first = None
+    count = 0
+    stream = await client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content and first is None:
+            first = time.perf_counter()
+        if chunk.usage is not None:
+            count = chunk.usage.completion_tokens
+    elapsed = time.perf_counter() - started
+    return count / elapsed, ((first or time.perf_counter()) - started) * 1000, count
+
+
+async def compare(
+    url: str, base_url: str, raw: RawGenerate, tokens: int, runs: int
+) -> dict[str, list[float]]:
+    """Alternate the paths run by run, so that drift on a shared machine hits them alike."""
+    results: dict[str, list[float]] = {
+        "generate": [],
+        "service": [],
+        "ttft_ms": [],
+        "completion_tokens": [],
+        "openai": [],
+        "openai_ttft_ms": [],
+    }
+    client = AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+    model = (await client.models.list()).data[0].id
     async with connect(url, additional_headers={"Authorization": f"Bearer {KEY}"}, max_size=None) as ws:
         await service_run(ws, 4)  # warm-up
+        await openai_run(client, model, 4)
         for _ in range(runs):
             results["generate"].append(raw.run(tokens))
             speed, ttft, count = await service_run(ws, tokens)
             results["service"].append(speed)
             results["ttft_ms"].append(ttft)
             results["completion_tokens"].append(count)
+            speed, ttft, _ = await openai_run(client, model, tokens)
+            results["openai"].append(speed)
+            results["openai_ttft_ms"].append(ttft)
+    await client.close()
     return results
 
 
@@ -97,7 +137,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="qwen-chat-bench-"))
     model_dir = args.model or str(make_tiny_model(work / "tiny-model"))
     with serve(model_dir, work, max_new_tokens=max(args.tokens, 512)) as served:
-        found = asyncio.run(compare(served.ws, RawGenerate(model_dir), args.tokens, args.runs))
+        base_url = f"http://127.0.0.1:{served.port}/v1"
+        found = asyncio.run(compare(served.ws, base_url, RawGenerate(model_dir), args.tokens, args.runs))
     raw, service, ttfts = found["generate"], found["service"], found["ttft_ms"]
 
     raw_median, service_median = statistics.median(raw), statistics.median(service)
@@ -113,13 +154,22 @@ def main() -> None:
         "service_tokens_per_second": service,
         "service_completion_tokens": found["completion_tokens"],
         "service_ttft_ms": ttfts,
+        "openai_stream_tokens_per_second": found["openai"],
+        "openai_stream_ttft_ms": found["openai_ttft_ms"],
         "ratio_service_to_generate": service_median / raw_median,
+        "ratio_openai_to_ws": statistics.median(found["openai"]) / service_median,
     }
     print(f"| path | tokens/s (median of {args.runs}) | ttft ms (median) |")
     print("|---|---|---|")
     print(f"| model.generate in-process | {raw_median:.1f} | |")
     print(f"| service via /ws | {service_median:.1f} | {statistics.median(ttfts):.1f} |")
+    openai_median = statistics.median(found["openai"])
+    print(
+        f"| service via /v1/chat/completions (stream) | {openai_median:.1f} | "
+        f"{statistics.median(found['openai_ttft_ms']):.1f} |"
+    )
     print(f"service / generate = {result['ratio_service_to_generate']:.2f}")
+    print(f"openai stream / ws = {result['ratio_openai_to_ws']:.2f}")
     out = Path(__file__).parent / "results" / f"{dt.date.today()}-{platform.node()}-single-stream.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
