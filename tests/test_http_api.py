@@ -114,6 +114,12 @@ def _errors(sdk: OpenAI, wrong: OpenAI, model: str) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         sdk.chat.completions.create(model=model, messages=[{"role": "wizard", "content": "x"}])  # type: ignore[misc, list-item]
     assert bad.value.param == "messages.0.role"
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(model=model, messages=messages, max_tokens=100_000)  # type: ignore[arg-type]
+    assert bad.value.param == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "word " * 5000}])  # type: ignore[arg-type, list-item]
+    assert bad.value.code == "context_length_exceeded"
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model="gpt-9", messages=messages)  # type: ignore[arg-type]
     with pytest.raises(openai.AuthenticationError):

@@ -76,17 +76,23 @@ async def on_auth_error(_request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def on_chat_refused(_request: Request, exc: Exception) -> JSONResponse:
+def _bad_request_status(request: Request) -> int:
+    """OpenAI clients expect 400 for a request they must change; the other APIs answer 422."""
+    return 400 if request.url.path.startswith("/v1/") else 422
+
+
+async def on_chat_refused(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ChatRefused)
     code = _REFUSAL_CODES.get(exc.code, exc.code)
-    return error_response(exc.status, exc.message, code, exc.param, exc.retry_after)
+    status = _bad_request_status(request) if exc.status == 422 else exc.status
+    return error_response(status, exc.message, code, exc.param, exc.retry_after)
 
 
 async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     """422 naming the field; OpenAI's 400 under /v1, where clients expect it."""
     assert isinstance(exc, RequestValidationError | ValidationError)
     errors = list(exc.errors())
-    status = 400 if request.url.path.startswith("/v1/") else 422
+    status = _bad_request_status(request)
     if any(error.get("type") == "json_invalid" for error in errors):
         return error_response(status, "the request body is not valid JSON", "invalid_json")
     first = errors[0] if errors else {}
