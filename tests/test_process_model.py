@@ -193,7 +193,8 @@ async def test_sigkill_of_a_worker_mid_stream(server: ServeProcess) -> None:
         assert survivor in server.workers()
         text = server.metrics_text()
         assert f'pid="{victim}"' not in text, "the dead worker's live gauges must leave /metrics"
-        assert server.metric("qwen_chat_active_connections", transport="ws") == 1
+        # Only the survivor's sockets are still open (it may hold more than one).
+        assert server.metric("qwen_chat_active_connections", transport="ws") == len(held[survivor])
         assert server.metric("qwen_chat_model_loaded") == 2
         assert (await chat(steady, "still here", params={"max_new_tokens": 3}))[-1]["type"] == "done"
 
