@@ -161,6 +161,21 @@ async def test_metrics_pass_promtool_and_auth_failures_are_counted(server: Serve
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+AUTH = {"Authorization": f"Bearer {KEYS['alice']}"}
+LONG_SSE_BODY = {"prompt": "long", "max_new_tokens": 1500, "temperature": 0}
+
+
+async def _sse_finish_reason(lines: Any) -> str:
+    """Read a /chat_stream to its `done` event and return its finish_reason."""
+    event = ""
+    async for line in lines:
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: ") and event == "done":
+            return str(json.loads(line.removeprefix("data: "))["finish_reason"])
+    raise AssertionError("the stream ended without a done event")
+
+
 async def _stream_until_first_token(ws: ClientConnection, max_new_tokens: int = 512) -> None:
     """Start a reply and wait until it streams."""
     # Greedy, so the reply is the same every run and never ends early on an end-of-turn token.
@@ -210,6 +225,12 @@ async def test_sigterm_drains_in_flight_replies_then_exits_zero(tmp_path: Path, 
             # Long replies (several seconds here), so that the checks below happen while they stream.
             for ws in streams:
                 await _stream_until_first_token(ws, max_new_tokens=1500)
+            http = await stack.enter_async_context(httpx.AsyncClient(base_url=live.http, timeout=60))
+            sse = await stack.enter_async_context(
+                http.stream("POST", "/chat_stream", headers=AUTH, json=LONG_SSE_BODY)
+            )
+            sse_lines = sse.aiter_lines()
+            assert (await anext(sse_lines)).startswith("data: ")
             live.proc.send_signal(signal.SIGTERM)
             terminated_at = time.monotonic()
             await asyncio.sleep(0.2)
@@ -223,6 +244,8 @@ async def test_sigterm_drains_in_flight_replies_then_exits_zero(tmp_path: Path, 
             for ws in streams:
                 frames = await until_end(ws)
                 assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "length"
+            # HTTP streams finish too.
+            assert await _sse_finish_reason(sse_lines) == "length"
             for ws in streams:
                 with pytest.raises(ConnectionClosed) as closed:
                     await receive(ws, timeout=drain_seconds)
@@ -238,11 +261,16 @@ async def test_sigterm_cancels_replies_that_outlast_the_drain(tmp_path: Path, ti
         tmp_path, tiny_model_dir, workers=1, drain_seconds="0.3", max_new_tokens="4000"
     ) as live:
         live.wait_ready()
-        async with open_socket(live.ws) as ws:
+        async with open_socket(live.ws) as ws, httpx.AsyncClient(base_url=live.http, timeout=60) as http:
             await _stream_until_first_token(ws, max_new_tokens=4000)
-            live.proc.send_signal(signal.SIGTERM)
-            frames = await until_end(ws)
-            assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "cancelled"
+            body = {**LONG_SSE_BODY, "max_new_tokens": 4000}
+            async with http.stream("POST", "/chat_stream", headers=AUTH, json=body) as sse:
+                sse_lines = sse.aiter_lines()
+                await anext(sse_lines)
+                live.proc.send_signal(signal.SIGTERM)
+                frames = await until_end(ws)
+                assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "cancelled"
+                assert await _sse_finish_reason(sse_lines) == "cancelled"
             with pytest.raises(ConnectionClosed) as closed:
                 await receive(ws, timeout=10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001

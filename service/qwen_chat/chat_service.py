@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from qwen_chat.engine import (
@@ -90,7 +90,7 @@ class StopStrings:
         return held
 
 
-@dataclass
+@dataclass(eq=False)
 class ChatStream:
     """An admitted request: its place in the queue, and its reply as text deltas and one `Finished`."""
 
@@ -101,6 +101,8 @@ class ChatStream:
     usage: RequestMetrics
     stops: StopStrings
     _events: AsyncIterator[GenerationEvent]
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    on_close: Callable[[ChatStream], None] | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -144,9 +146,17 @@ class ChatStream:
         finally:
             await self.aclose()
 
+    def cancel(self) -> None:
+        """End the reply early: it finishes with reason `cancelled`."""
+        self.engine.abort(self.request.request_id)
+
     async def aclose(self) -> None:
         """Stop the generation if it still runs; transports call this when they are done, however they end."""
         await self._events.aclose()  # type: ignore[attr-defined]
+        if not self.closed.is_set():
+            self.closed.set()
+            if self.on_close is not None:
+                self.on_close(self)
 
 
 def tokens_per_second(event: Finished) -> float:
@@ -192,4 +202,6 @@ async def start_chat(
             usage.ended("rejected")
         raise
     assert isinstance(first, Queued)
-    return ChatStream(engine, request, kept, first.position, usage, StopStrings(stop or []), events)
+    stream = ChatStream(engine, request, kept, first.position, usage, StopStrings(stop or []), events)
+    state.drain.track(stream)
+    return stream

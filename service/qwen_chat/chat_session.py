@@ -33,13 +33,8 @@ class ChatSession:
         self._epoch = 0  # bumped by reset, so a reply that ends after a reset is not added to the new chat
 
     @property
-    def reply(self) -> asyncio.Task[None] | None:
-        """The reply streaming now, if any."""
-        return self._task if self._task is not None and not self._task.done() else None
-
-    @property
     def generating(self) -> bool:
-        return self.reply is not None
+        return self._task is not None and not self._task.done()
 
     async def handle_text(self, text: str) -> None:
         usage = RequestMetrics(self._settings.model_name, TRANSPORT)
@@ -59,7 +54,7 @@ class ChatSession:
 
     def cancel(self) -> None:
         if self.generating and self._stream is not None:
-            self._state.engine.abort(self._stream.request.request_id)
+            self._stream.cancel()
 
     async def close(self) -> None:
         """The client is gone: stop the generation (freeing its slot) and wait for it to end."""

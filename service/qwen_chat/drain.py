@@ -22,12 +22,17 @@ log = structlog.get_logger(__name__)
 CLOSE_GOING_AWAY = 1001
 
 
-class Connection(Protocol):
-    @property
-    def reply(self) -> asyncio.Task[None] | None:
-        """The reply streaming now, if any."""
+class Reply(Protocol):
+    """A reply in flight on any transport (a `ChatStream`)."""
+
+    closed: asyncio.Event
+    on_close: Callable[[Any], None] | None
 
     def cancel(self) -> None: ...
+
+
+class Connection(Protocol):
+    """An open WebSocket."""
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -37,7 +42,12 @@ class Drain:
         self._states = states
         self._drain_seconds = drain_seconds
         self.draining = False
+        self.replies: set[Reply] = set()
         self.connections: set[Connection] = set()
+
+    def track(self, reply: Reply) -> None:
+        self.replies.add(reply)
+        reply.on_close = self.replies.discard
 
     async def run(self) -> None:
         if self.draining:
@@ -45,17 +55,19 @@ class Drain:
         self.draining = True  # from here on, new chats are refused
         self._states.publish("draining")
         started = time.monotonic()
-        replies = {c: c.reply for c in self.connections if c.reply is not None and not c.reply.done()}
-        log.info("drain_started", connections=len(self.connections), generating=len(replies))
-        pending: set[asyncio.Task[None]] = set()
-        if replies:
-            _, pending = await asyncio.wait(set(replies.values()), timeout=self._drain_seconds)
-        if pending:
-            for connection, reply in replies.items():
-                if reply in pending:
-                    connection.cancel()
-            # Give the cancelled replies a moment to send their `done`.
-            await asyncio.wait(pending, timeout=2)
+        waits: dict[asyncio.Future[Any], Reply] = {
+            asyncio.ensure_future(reply.closed.wait()): reply for reply in self.replies
+        }
+        log.info("drain_started", connections=len(self.connections), generating=len(waits))
+        pending: set[asyncio.Future[Any]] = set()
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=self._drain_seconds)
+        for wait in pending:
+            waits[wait].cancel()
+        if pending:  # give the cancelled replies a moment to send their last message
+            _, still = await asyncio.wait(pending, timeout=2)
+            for wait in still:
+                wait.cancel()
         for connection in list(self.connections):
             with contextlib.suppress(Exception):
                 await connection.close(CLOSE_GOING_AWAY, "the server is shutting down")

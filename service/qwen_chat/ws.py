@@ -32,18 +32,10 @@ CLOSE_TOO_BIG = 1009
 
 
 class SocketConnection:
-    """What the drain needs of an open socket: is it generating, cancel it, close it."""
+    """What the drain needs of an open socket: a way to close it."""
 
-    def __init__(self, websocket: WebSocket, session: ChatSession) -> None:
+    def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
-        self._session = session
-
-    @property
-    def reply(self) -> asyncio.Task[None] | None:
-        return self._session.reply
-
-    def cancel(self) -> None:
-        self._session.cancel()
 
     async def close(self, code: int, reason: str) -> None:
         if self._websocket.application_state is WebSocketState.CONNECTED:
@@ -88,7 +80,7 @@ async def chat_socket(websocket: WebSocket) -> None:
             await websocket.send_json(frame)
 
     session = ChatSession(state, principal.user, send, context)
-    connection = SocketConnection(websocket, session)
+    connection = SocketConnection(websocket)
     state.drain.connections.add(connection)
     ACTIVE_CONNECTIONS.labels(TRANSPORT).inc()
     watcher = asyncio.create_task(_close_when_revoked(websocket, state.credentials, principal, settings))
