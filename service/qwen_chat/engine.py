@@ -25,15 +25,11 @@ class EngineState(enum.StrEnum):
 
 
 class EngineError(Exception):
-    """A generation could not run; `code` is the error code clients see."""
-
-    code = "internal"
+    """A generation could not run."""
 
 
 class EngineOverloaded(EngineError):
     """The waiting queue is full: the caller should retry later."""
-
-    code = "overloaded"
 
     def __init__(self, retry_after: float = 1.0) -> None:
         super().__init__("the server is at capacity, try again shortly")
@@ -41,8 +37,6 @@ class EngineOverloaded(EngineError):
 
 
 class EngineNotReady(EngineError):
-    code = "overloaded"
-
     def __init__(self) -> None:
         super().__init__("the model is not loaded yet, try again shortly")
         self.retry_after = 5.0

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from qwen_chat.auth import AuthError, Principal, authenticate
 from qwen_chat.chat_service import ChatRefused
 from qwen_chat.metrics import AUTH_FAILURES
-from qwen_chat.ws_protocol import describe_validation_error
+from qwen_chat.ws_protocol import describe_errors, field_path
 
 _TYPES = {
     400: "invalid_request_error",
@@ -95,17 +95,5 @@ async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     status = _bad_request_status(request)
     if any(error.get("type") == "json_invalid" for error in errors):
         return error_response(status, "the request body is not valid JSON", "invalid_json")
-    first = errors[0] if errors else {}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(location) or None
-    message = describe_validation_error(exc) if isinstance(exc, ValidationError) else _describe(errors)
-    return error_response(status, message, "invalid_value", param)
-
-
-def _describe(errors: list[dict[str, object]], limit: int = 3) -> str:
-    parts = []
-    for error in errors[:limit]:
-        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")  # type: ignore[attr-defined]
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{location}: {message}" if location else message)
-    return "; ".join(parts)
+    param = (field_path(errors[0]) or None) if errors else None
+    return error_response(status, describe_errors(errors), "invalid_value", param)

@@ -12,6 +12,7 @@ Server to client: `start`, `token`..., then `done`; or `error`. Every message ec
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -98,18 +99,26 @@ def parse_frame(text: str) -> ChatRequest | Cancel | Reset:
         raise ProtocolError(describe_validation_error(exc), message_id) from None
 
 
-def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
+def describe_validation_error(exc: ValidationError) -> str:
+    return describe_errors(exc.errors(include_url=False, include_input=False))
+
+
+def describe_errors(errors: Sequence[Any], limit: int = 3) -> str:
     """Name each offending field with pydantic's message, never echoing the (possibly huge) input."""
     parts = []
-    for error in exc.errors(include_url=False, include_input=False)[:limit]:
-        location = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part))
-        message = error["msg"].removeprefix("Value error, ")
+    for error in errors[:limit]:
+        location = field_path(error)
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{location}: {message}" if location else message)
     return "; ".join(parts)
 
 
-def _is_union_tag(part: Any) -> bool:
-    return part in {"chat", "cancel", "reset"}
+def field_path(error: Any) -> str:
+    """`params.temperature` for a pydantic error, leaving out FastAPI's `body` and the union's tags."""
+    return ".".join(str(part) for part in error.get("loc", ()) if part not in _NOT_FIELDS)
+
+
+_NOT_FIELDS = {"body", "chat", "cancel", "reset"}
 
 
 def start(message_id: str | None, queue_position: int) -> dict[str, Any]:
