@@ -94,10 +94,27 @@ def test_openai_sdk_async_seed_and_stop(server: LiveServer) -> None:
     asyncio.run(main())
 
 
+def _rejected(server: LiveServer, transport: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server.http + "/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "qwen_chat_requests_total"
+        and sample.labels.get("transport") == transport
+        and sample.labels.get("outcome") == "rejected"
+    )
+
+
 def test_openai_errors_use_the_openai_shape(server: LiveServer) -> None:
     model = model_name(server)
+    rejected_before = _rejected(server, "openai")
     with client(server) as sdk, client(server, key="wrong") as wrong:
         _errors(sdk, wrong, model)
+    # n=2, max_tokens past the cap, too long a prompt and the unknown model are refusals; validation errors are not.
+    assert _rejected(server, "openai") == rejected_before + 4
     headers = {**AUTH, "Content-Type": "application/json"}
     raw = httpx.post(server.http + "/v1/chat/completions", content=b"{not json", headers=headers)
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"

@@ -40,6 +40,13 @@ class ChatRefused(Exception):
         self.status = status
         self.retry_after = retry_after
         self.param = param
+        self.counted = False
+
+    def record(self, usage: RequestMetrics) -> None:
+        """Count this refusal in requests_total, once, whichever layer sees it first."""
+        if not self.counted:
+            usage.ended("rate_limited" if self.code == "rate_limited" else "rejected")
+            self.counted = True
 
 
 def sampling_params(
@@ -180,7 +187,6 @@ async def start_chat(
             raise ChatRefused("overloaded", "the server is shutting down", 503, DRAIN_RETRY_AFTER)
         retry_after = await state.rate_limiter.hit(user)
         if retry_after is not None:
-            usage.ended("rate_limited")
             raise ChatRefused("rate_limited", f"rate limit {settings.rate_limit} reached", 429, retry_after)
         engine = state.engine
         try:
@@ -191,15 +197,12 @@ async def start_chat(
         request = GenerationRequest(uuid.uuid4().hex, prompt_ids, params)
         events = engine.generate(request)
         first = await anext(events)
-    except EngineNotReady as exc:
-        usage.ended("rejected")
-        raise ChatRefused("overloaded", str(exc), 503, exc.retry_after) from None
-    except EngineOverloaded as exc:
-        usage.ended("rejected")
-        raise ChatRefused("overloaded", str(exc), 503, exc.retry_after) from None
+    except (EngineNotReady, EngineOverloaded) as exc:
+        refusal = ChatRefused("overloaded", str(exc), 503, exc.retry_after)
+        refusal.record(usage)
+        raise refusal from None
     except ChatRefused as exc:
-        if exc.code != "rate_limited":
-            usage.ended("rejected")
+        exc.record(usage)
         raise
     assert isinstance(first, Queued)
     stream = ChatStream(engine, request, kept, first.position, usage, StopStrings(stop or []), events)

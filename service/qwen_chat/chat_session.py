@@ -64,11 +64,8 @@ class ChatSession:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def _refuse(
-        self, usage: RequestMetrics, mid: str | None, refusal: ChatRefused, counted: bool = False
-    ) -> None:
-        if not counted:
-            usage.ended("rejected")
+    async def _refuse(self, usage: RequestMetrics, mid: str | None, refusal: ChatRefused) -> None:
+        refusal.record(usage)
         self._log.info("chat_rejected", id=mid, outcome=refusal.code)
         await self._send(wire.error(mid, refusal.code, refusal.message, refusal.retry_after))  # type: ignore[arg-type]
 
@@ -100,8 +97,7 @@ class ChatSession:
         try:
             stream = await start_chat(self._state, self._user, TRANSPORT, messages, params, usage=usage)
         except ChatRefused as exc:
-            # start_chat has counted it already.
-            await self._refuse(usage, mid, exc, counted=True)
+            await self._refuse(usage, mid, exc)
             return
         if self._settings.log_prompts:
             self._log.info("prompt", id=mid, messages=stream.messages)

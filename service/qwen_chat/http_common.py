@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from qwen_chat.auth import AuthError, Principal, authenticate
 from qwen_chat.chat_service import ChatRefused
-from qwen_chat.metrics import AUTH_FAILURES
+from qwen_chat.metrics import AUTH_FAILURES, RequestMetrics
 from qwen_chat.ws_protocol import describe_errors, field_path
 
 _TYPES = {
@@ -81,8 +81,16 @@ def _bad_request_status(request: Request) -> int:
     return 400 if request.url.path.startswith("/v1/") else 422
 
 
+def _transport(path: str) -> str:
+    if path.startswith("/v1/"):
+        return "openai"
+    return "sse" if path == "/chat_stream" else "http"
+
+
 async def on_chat_refused(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ChatRefused)
+    # Refusals raised before admission (a token budget past the cap, n != 1) count here.
+    exc.record(RequestMetrics(request.app.state.settings.model_name, _transport(request.url.path)))
     code = _REFUSAL_CODES.get(exc.code, exc.code)
     status = _bad_request_status(request) if exc.status == 422 else exc.status
     return error_response(status, exc.message, code, exc.param, exc.retry_after)
