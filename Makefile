@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install system-deps run test lint format clean
+.PHONY: install system-deps tools run test lint format clean
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ system-deps:
 	  else echo "warning: install Debian's $(SYSTEM_PACKAGES) or the tests that use them fail"; fi; \
 	fi
 
+# helm, kubectl, checkov, kubernetes-validate, hadolint, check-jsonschema, zizmor into .tools/bin (chart and image tests).
+tools:
+	PYTHON=$(PYTHON) .ci/install-tools
+
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
@@ -29,7 +33,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 run: install
 	$(BIN)/qwen-chat serve --dev
 
-test: install system-deps
+test: install system-deps tools
 	$(BIN)/python -m pytest
 
 lint: install
@@ -42,4 +46,4 @@ format: install
 	$(BIN)/ruff check --fix service tests bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache test-output
