@@ -1,4 +1,5 @@
-"""The `qwen-chat` command: `serve` runs the service, `make-tiny-model` builds the test model."""
+"""The `qwen-chat` command: `serve` runs the service, `make-tiny-model` builds the test model,
+`smoke-test` checks a running service with one authenticated chat (the chart's `helm test`)."""
 
 from __future__ import annotations
 
@@ -27,13 +28,39 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
 
+    smoke = commands.add_parser(
+        "smoke-test", help="one authenticated chat round trip against a running service"
+    )
+    smoke.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
+    smoke.add_argument(
+        "--credentials-dir", type=Path, help="a mounted credentials Secret; its first user's key is used"
+    )
+    smoke.add_argument("--message", default="Hello! Say something short.")
+    smoke.add_argument("--timeout", type=float, default=120.0, help="seconds for readiness plus the reply")
+
     args = parser.parse_args(argv)
+    if args.command == "smoke-test":
+        return _smoke_test(args)
     if args.command == "make-tiny-model":
         from qwen_chat.tiny_model import make_tiny_model
 
         print(make_tiny_model(args.directory, seed=args.seed))
         return 0
     return _serve(args)
+
+
+def _smoke_test(args: argparse.Namespace) -> int:
+    import json
+
+    from qwen_chat.smoke_test import SmokeTestFailed, run
+
+    try:
+        result = run(args.url, args.credentials_dir, args.message, args.timeout)
+    except SmokeTestFailed as exc:
+        print(f"qwen-chat smoke-test: FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
