@@ -211,6 +211,7 @@ async def test_sigkill_of_a_worker_mid_stream(server: ServeProcess) -> None:
         # Only the survivor's sockets are still open (it may hold more than one).
         assert server.metric("qwen_chat_active_connections", transport="ws") == len(held[survivor])
         assert server.metric("qwen_chat_model_loaded") == 2
+        assert server.metric("qwen_chat_worker_exits_total") == 1, "the dashboard's restart panel counts it"
         assert (await chat(steady, "still here", params={"max_new_tokens": 3}))[-1]["type"] == "done"
 
 

@@ -108,6 +108,11 @@ CLIENT_DISCONNECTS = Counter(
 AUTH_FAILURES = Counter(
     "auth_failures_total", "Refused credentials or origins.", ["transport", "reason"], namespace=NAMESPACE
 )
+WORKER_EXITS = Counter(
+    "worker_exits_total",
+    "gunicorn workers that exited (crashed, killed or restarted); counted by the master.",
+    namespace=NAMESPACE,
+)
 MODEL_LOADED = Gauge(
     "model_loaded",
     "1 once this worker has loaded and warmed the model.",
@@ -156,6 +161,7 @@ def render() -> tuple[bytes, str]:
 
 def mark_worker_dead(pid: int) -> None:
     """Called by the gunicorn master when a worker exits: its live gauges leave /metrics."""
+    WORKER_EXITS.inc()
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(pid)
 
