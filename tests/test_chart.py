@@ -1,0 +1,443 @@
+"""The Helm chart, checked by real helm, kubernetes-validate and checkov, and read the way a reviewer would.
+
+Every `ci/*-values.yaml` scenario is linted, rendered for the oldest and newest supported Kubernetes,
+validated strictly against that version's schemas, and scanned by checkov with no failed check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from qwen_chat.settings import Settings
+from tests.chart_tools import REPO, run_tool
+
+CHART = REPO / "charts" / "qwen-chat"
+SCENARIOS = sorted(path.name for path in (CHART / "ci").glob("*-values.yaml"))
+KUBERNETES = ["1.29.0", "1.35.0"]
+# The prometheus-operator kinds the chart renders when monitoring is on (no schema in kubernetes-validate).
+OPERATOR_API = "monitoring.coreos.com/v1"
+NAMESPACE = "chat"
+
+
+def helm_template(*args: str, kube: str = "1.35.0") -> subprocess.CompletedProcess[str]:
+    return run_tool(
+        "helm",
+        "template",
+        "qc",
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--kube-version",
+        kube,
+        "--api-versions",
+        OPERATOR_API,
+        *args,
+    )
+
+
+@cache
+def render(scenario: str | None, *sets: str, kube: str = "1.35.0") -> tuple[dict[str, Any], ...]:
+    args = ["-f", str(CHART / "ci" / scenario)] if scenario else []
+    for item in sets:
+        args += ["--set", item]
+    result = helm_template(*args, kube=kube)
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def find(docs: tuple[dict[str, Any], ...], kind: str, *, hook: bool = False) -> list[dict[str, Any]]:
+    return [
+        doc
+        for doc in docs
+        if doc["kind"] == kind and ("helm.sh/hook" in doc["metadata"].get("annotations", {})) == hook
+    ]
+
+
+def deployment(scenario: str | None, *sets: str) -> dict[str, Any]:
+    (found,) = find(render(scenario, *sets), "Deployment")
+    return found
+
+
+def server(scenario: str | None, *sets: str) -> dict[str, Any]:
+    (container,) = deployment(scenario, *sets)["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item.get("value", "") for item in container.get("env", [])}
+
+
+def values(scenario: str | None) -> dict[str, Any]:
+    """The chart's defaults merged with one scenario (maps merge, everything else replaces)."""
+
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = (
+                merge(base[key], value)
+                if isinstance(value, dict) and isinstance(base.get(key), dict)
+                else value
+            )
+        return out
+
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    return merge(defaults, yaml.safe_load((CHART / "ci" / scenario).read_text())) if scenario else defaults
+
+
+# --- the linters ---------------------------------------------------------------------------------------
+
+
+def test_every_scenario_the_issue_names_exists() -> None:
+    assert SCENARIOS == [
+        "autoscaling-values.yaml",
+        "cpu-values.yaml",
+        "existing-secret-values.yaml",
+        "gpu-values.yaml",
+        "ingress-values.yaml",
+        "monitoring-values.yaml",
+    ]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_helm_lint_strict(scenario: str) -> None:
+    result = run_tool("helm", "lint", "--strict", str(CHART), "-f", str(CHART / "ci" / scenario))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("kube", KUBERNETES)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_rendered_manifests_validate_strictly(scenario: str, kube: str, tmp_path: Path) -> None:
+    result = helm_template("-f", str(CHART / "ci" / scenario), kube=kube)
+    assert result.returncode == 0, result.stderr
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(result.stdout)
+    validated = run_tool("kubernetes-validate", "--strict", "-k", kube, str(manifest))
+    output = validated.stdout + validated.stderr
+    assert validated.returncode == 0, output
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc}
+    passed = output.count(" passed for resource ")
+    operator_kinds = {"ServiceMonitor", "PrometheusRule"} & kinds
+    # Every core object was validated; only the operator's kinds lack a schema (checked further below).
+    assert passed == sum(1 for doc in yaml.safe_load_all(result.stdout) if doc) - sum(
+        1 for doc in yaml.safe_load_all(result.stdout) if doc and doc["kind"] in operator_kinds
+    ), output
+    for line in output.splitlines():
+        if line.startswith("WARN"):
+            assert any(f"kind {kind} " in line for kind in operator_kinds), line
+
+
+def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
+    """The validator really checks fields (a silent pass would make the test above worthless)."""
+    docs = [dict(doc) for doc in render("cpu-values.yaml")]
+    broken = next(doc for doc in docs if doc["kind"] == "Service")
+    broken["spec"] = {**broken["spec"], "portz": []}
+    manifest = tmp_path / "broken.yaml"
+    manifest.write_text(yaml.safe_dump(broken))
+    validated = run_tool("kubernetes-validate", "--strict", "-k", "1.29.0", str(manifest))
+    assert validated.returncode != 0
+    assert "portz" in validated.stdout + validated.stderr
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_checkov_finds_nothing_and_every_skip_says_why(scenario: str) -> None:
+    result = run_tool(
+        "checkov",
+        "--config-file",
+        str(CHART / ".checkov.yaml"),
+        "--framework",
+        "helm",
+        "--directory",
+        str(CHART),
+        "--var-file",
+        str(CHART / "ci" / scenario),
+        "--skip-download",
+        "--output",
+        "json",
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    (helm,) = [item for item in reports if item.get("check_type") == "helm"]
+    summary = helm["summary"]
+    assert summary["failed"] == 0, [check["check_id"] for check in helm["results"]["failed_checks"]]
+    # helm rendered the chart and checkov checked it (without helm on PATH it passes with nothing checked).
+    assert summary["passed"] > 100, summary
+    for skipped in helm["results"]["skipped_checks"]:
+        assert len(skipped["check_result"].get("suppress_comment", "")) > 20, skipped["check_id"]
+
+
+# --- what a reviewer checks by hand -------------------------------------------------------------------
+
+
+def test_gpu_is_requested_by_default_and_not_in_the_cpu_scenario() -> None:
+    gpu = server("gpu-values.yaml")
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert env_of(gpu)["QWEN_CHAT_DEVICE"] == "auto"
+    cpu_docs = render("cpu-values.yaml")
+    assert "nvidia.com/gpu" not in yaml.safe_dump_all(list(cpu_docs))
+    cpu = server("cpu-values.yaml")
+    assert env_of(cpu)["QWEN_CHAT_DEVICE"] == "cpu"
+    assert cpu["image"].endswith("-cpu")
+
+
+def test_gpu_scheduling_values_reach_the_pod() -> None:
+    spec = deployment("existing-secret-values.yaml")["spec"]["template"]["spec"]
+    assert spec["runtimeClassName"] == "nvidia"
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_qwen_chat_variable_is_a_setting_and_the_settings_validate(
+    scenario: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = env_of(server(scenario))
+    chart_settings = {name for name in env if name.startswith("QWEN_CHAT_")}
+    unknown = {
+        name
+        for name in chart_settings
+        if name.removeprefix("QWEN_CHAT_").lower() not in Settings.model_fields
+    }
+    assert not unknown, f"the chart sets variables Settings does not read: {unknown}"
+    for name in list(chart_settings):
+        monkeypatch.setenv(name, env[name])
+    settings = Settings()
+    assert settings.model == values(scenario)["model"]["name"]
+    assert settings.max_waiting == values(scenario)["server"]["maxWaiting"]
+    assert settings.auth_enabled is True
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_credentials_secret_is_mounted_read_only_where_settings_reads_it(scenario: str) -> None:
+    container = server(scenario)
+    credentials_dir = env_of(container)["QWEN_CHAT_CREDENTIALS_DIR"]
+    assert credentials_dir == str(Settings.model_fields["credentials_dir"].default)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == credentials_dir]
+    assert mount["readOnly"] is True
+    volumes = {v["name"]: v for v in deployment(scenario)["spec"]["template"]["spec"]["volumes"]}
+    secret_name = volumes[mount["name"]]["secret"]["secretName"]
+    auth = values(scenario)["auth"]
+    if auth["existingSecret"]:
+        assert secret_name == auth["existingSecret"]
+        assert not find(render(scenario), "Secret")
+    else:
+        (created,) = find(render(scenario), "Secret")
+        assert created["metadata"]["name"] == secret_name
+        assert created["stringData"] == auth["devCredentials"]
+
+
+def test_auth_without_a_secret_fails_with_a_clear_message() -> None:
+    result = helm_template()
+    assert result.returncode != 0
+    assert "auth.existingSecret" in result.stderr
+
+
+def test_the_hub_token_is_a_mounted_file_not_an_environment_variable() -> None:
+    container = server("existing-secret-values.yaml")
+    env = env_of(container)
+    assert "HF_TOKEN" not in env
+    token_path = Path(env["HF_TOKEN_PATH"])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(token_path.parent)]
+    assert mount["readOnly"] is True
+    volumes = {
+        v["name"]: v for v in deployment("existing-secret-values.yaml")["spec"]["template"]["spec"]["volumes"]
+    }
+    assert volumes[mount["name"]]["secret"] == {
+        "secretName": "hf-token",
+        "defaultMode": 0o440,
+        "items": [{"key": "HF_TOKEN", "path": token_path.name}],
+    }
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_probes_use_the_service_endpoints_and_the_load_budget(scenario: str) -> None:
+    container = server(scenario)
+    (port,) = container["ports"]
+    assert port["name"] == "http" and port["containerPort"] == int(env_of(container)["QWEN_CHAT_PORT"])
+    startup, readiness, liveness = (
+        container[f"{kind}Probe"] for kind in ("startup", "readiness", "liveness")
+    )
+    assert startup["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert readiness["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert liveness["httpGet"] == {"path": "/livez", "port": "http"}
+    # The startup probe covers the whole load timeout, and no more than one period beyond it.
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    load_timeout = values(scenario)["model"]["loadTimeoutSeconds"]
+    assert load_timeout <= budget < load_timeout + startup["periodSeconds"]
+
+
+def test_startup_budget_follows_the_load_timeout_value() -> None:
+    startup = server("cpu-values.yaml", "model.loadTimeoutSeconds=95")["startupProbe"]
+    assert startup["failureThreshold"] == math.ceil(95 / startup["periodSeconds"])
+
+
+@pytest.mark.parametrize("drain", ["30", "120"])
+def test_grace_period_outlasts_prestop_plus_the_drain(drain: str) -> None:
+    pod = deployment("cpu-values.yaml", f"server.drainSeconds={drain}")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert env_of(container)["QWEN_CHAT_DRAIN_SECONDS"] == drain
+    prestop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert prestop[0] == "sleep"
+    # gunicorn's graceful_timeout is DRAIN_SECONDS + 10 (gunicorn_conf.py); the kubelet must wait longer.
+    assert pod["terminationGracePeriodSeconds"] > int(prestop[1]) + int(drain) + 10
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_security_contexts_are_locked_down(scenario: str) -> None:
+    pod = deployment(scenario)["spec"]["template"]["spec"]
+    pod_context, container_context = pod["securityContext"], pod["containers"][0]["securityContext"]
+    assert pod_context["runAsNonRoot"] is True and pod_context["runAsUser"] >= 10000
+    assert pod_context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container_context["readOnlyRootFilesystem"] is True
+    assert container_context["allowPrivilegeEscalation"] is False
+    assert container_context["capabilities"] == {"drop": ["ALL"]}
+    assert pod["automountServiceAccountToken"] is False
+    # With a read-only root, every path the service writes is a volume.
+    env = env_of(pod["containers"][0])
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {env["QWEN_CHAT_STATE_DIR"], env["HF_HOME"], "/tmp"} <= mounts
+
+
+def test_the_test_pod_runs_the_smoke_test_against_the_service_with_a_mounted_key() -> None:
+    docs = render("cpu-values.yaml")
+    (service,) = find(docs, "Service")
+    (pod,) = find(docs, "Pod", hook=True)
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == server("cpu-values.yaml")["image"]
+    command = container["command"]
+    assert command[:2] == ["qwen-chat", "smoke-test"]
+    url = command[command.index("--url") + 1]
+    assert url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    credentials_dir = command[command.index("--credentials-dir") + 1]
+    (mount,) = container["volumeMounts"]
+    assert mount == {"name": "credentials", "mountPath": credentials_dir, "readOnly": True}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_selectors_agree_across_service_monitor_pdb_hpa_and_network_policy() -> None:
+    docs = render("monitoring-values.yaml")
+    pod_labels = deployment("monitoring-values.yaml")["spec"]["template"]["metadata"]["labels"]
+    (service,) = find(docs, "Service")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (monitor,) = find(docs, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (pdb,) = find(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (policy,) = find(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert {"podSelector": {}} in rule["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in rule[
+        "from"
+    ]
+
+
+def test_a_network_policy_without_peers_admits_no_one() -> None:
+    (policy,) = find(render("cpu-values.yaml", "networkPolicy.allowSameNamespace=false"), "NetworkPolicy")
+    assert policy["spec"]["ingress"] == []
+
+
+def test_autoscaling_scales_the_deployment_on_queue_depth() -> None:
+    docs = render("autoscaling-values.yaml")
+    (hpa,) = find(docs, "HorizontalPodAutoscaler")
+    dep = deployment("autoscaling-values.yaml")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": dep["metadata"]["name"],
+    }
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == "qwen_chat_requests_waiting"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert "replicas" not in dep["spec"], "the HPA owns the replica count"
+    assert "replicas" in deployment("cpu-values.yaml")["spec"]
+
+
+def test_ingress_routes_to_the_service_with_websocket_timeouts() -> None:
+    docs = render("ingress-values.yaml")
+    (ingress,) = find(docs, "Ingress")
+    (service,) = find(docs, "Service")
+    assert int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": service["metadata"]["name"], "port": {"name": "http"}}
+    assert env_of(server("ingress-values.yaml"))["QWEN_CHAT_ALLOWED_ORIGINS"] == "https://chat.example.com"
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("server.workers=two", "/server/workers"),
+        ("gpu.enabled=maybe", "/gpu/enabled"),
+        ("model.device=tpu", "/model/device"),
+        ("servr.workers=2", "servr"),
+        ("model.cache.type=s3", "/model/cache/type"),
+    ],
+)
+def test_a_wrong_value_fails_the_schema_and_names_the_key(setting: str, complaint: str) -> None:
+    result = helm_template("-f", str(CHART / "ci" / "cpu-values.yaml"), "--set", setting)
+    assert result.returncode != 0
+    assert "schema" in result.stderr and complaint in result.stderr, result.stderr
+
+
+def test_every_values_key_is_documented() -> None:
+    """Each key has a `# --` comment block above it, unless it is a map of documented keys or sits inside
+    the value of a documented key (e.g. `resources.requests.cpu`)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    ancestors: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
+    undocumented = []
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "- ")) or ":" not in stripped:
+            continue
+        indent = len(line) - len(stripped)
+        while ancestors and ancestors[-1][0] >= indent:
+            ancestors.pop()
+        above = number - 1
+        while (
+            above >= 0
+            and lines[above].strip().startswith("#")
+            and not lines[above].strip().startswith("# --")
+        ):
+            above -= 1
+        documented = above >= 0 and lines[above].strip().startswith("# --")
+        next_line = next((later for later in lines[number + 1 :] if later.strip()), "")
+        is_map = stripped.endswith(":") and len(next_line) - len(next_line.lstrip()) > indent
+        if not (documented or is_map or any(doc for _, doc in ancestors)):
+            undocumented.append(f"line {number + 1}: {stripped}")
+        ancestors.append((indent, documented))
+    assert not undocumented, undocumented
+
+
+def test_notes_give_the_port_forward_command_and_the_page_url() -> None:
+    result = run_tool(
+        "helm",
+        "install",
+        "qc",
+        str(CHART),
+        "--dry-run=client",
+        "--namespace",
+        NAMESPACE,
+        "-f",
+        str(CHART / "ci" / "cpu-values.yaml"),
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert f"kubectl --namespace {NAMESPACE} port-forward service/qc-qwen-chat 8000:8000" in notes
+    assert "http://127.0.0.1:8000/" in notes
+    assert "helm test qc" in notes
