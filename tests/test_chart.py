@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import yaml
 
 from qwen_chat.settings import Settings
 from tests.chart_render import CHART, NAMESPACE, deployment, env_of, find, helm_template, render, server
-from tests.chart_tools import run_tool
+from tests.chart_tools import REPO, run_tool
 
 SCENARIOS = sorted(path.name for path in (CHART / "ci").glob("*-values.yaml"))
 KUBERNETES = ["1.29.0", "1.35.0"]
@@ -388,3 +389,19 @@ def test_notes_give_the_port_forward_command_and_the_page_url() -> None:
     assert f"kubectl --namespace {NAMESPACE} port-forward service/qc-qwen-chat 8000:8000" in notes
     assert "http://127.0.0.1:8000/" in notes
     assert "helm test qc" in notes
+
+
+def test_the_readme_install_commands_match_the_chart() -> None:
+    """The README's `helm install` works as written, and its port-forward line is the one NOTES.txt prints."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Install on Kubernetes", 1)[1].split("\n## ", 1)[0]
+    (install,) = [line for line in section.splitlines() if line.startswith("helm install ")]
+    (forward,) = [line for line in section.splitlines() if line.startswith("kubectl -n chat port-forward")]
+    args = shlex.split(install)[2:]
+    args[args.index("charts/qwen-chat")] = str(CHART)
+    result = run_tool("helm", "install", *args, "--dry-run=client")
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert forward.replace("kubectl -n chat", "kubectl --namespace chat") in notes
+    (secret_line,) = [line for line in section.splitlines() if "create secret generic" in line]
+    assert secret_line.split("create secret generic ")[1].split()[0] in install
