@@ -37,13 +37,13 @@ test: install system-deps tools
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check service tests bench
-	$(BIN)/ruff format --check service tests bench
+	$(BIN)/ruff check service tests bench docs
+	$(BIN)/ruff format --check service tests bench docs
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format service tests bench
-	$(BIN)/ruff check --fix service tests bench
+	$(BIN)/ruff format service tests bench docs
+	$(BIN)/ruff check --fix service tests bench docs
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache test-output

@@ -25,7 +25,15 @@ def tools_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def run_tool(name: str, *args: str, timeout: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def run_tool(
+    name: str, *args: str, timeout: float = 120, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [tool(name), *args], cwd=cwd, env=tools_env(), capture_output=True, text=True, timeout=timeout, check=False
+        [tool(name), *args],
+        cwd=cwd,
+        env=tools_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
