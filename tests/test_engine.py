@@ -1,4 +1,5 @@
-"""SimpleEngine against the tiny model: streaming, sampling parameters, stop, cancel, queueing."""
+"""Both engines against the tiny model: streaming, sampling parameters, stop, cancel, queueing; and what
+continuous batching must keep: a request's output does not depend on what else is in the batch."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from qwen_chat.app import create_engine
 from qwen_chat.engine import (
     EngineNotReady,
     EngineOverloaded,
@@ -19,30 +21,41 @@ from qwen_chat.engine import (
     SamplingParams,
     TextDelta,
 )
+from qwen_chat.queued_engine import QueuedEngine
 from qwen_chat.settings import Settings
-from qwen_chat.simple_engine import SimpleEngine
 
 pytestmark = pytest.mark.anyio
 
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0.0, top_p=1.0, repetition_penalty=1.0)
 
 
-@pytest.fixture
-async def engine(make_settings: Callable[..., Settings]) -> AsyncIterator[SimpleEngine]:
-    engine = SimpleEngine(make_settings(max_running=1, max_waiting=1))
+ENGINES = ["batch", "simple"]
+
+
+def make_engine(make_settings: Callable[..., Settings], kind: str, **overrides: Any) -> QueuedEngine:
+    engine = create_engine(make_settings(engine=kind, **overrides))
+    assert isinstance(engine, QueuedEngine) and engine.name == kind
+    return engine
+
+
+@pytest.fixture(params=ENGINES)
+async def engine(
+    request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
+) -> AsyncIterator[QueuedEngine]:
+    engine = make_engine(make_settings, request.param, max_running=1, max_waiting=1)
     await engine.start()
     yield engine
     await engine.close()
 
 
 def request(
-    engine: SimpleEngine, request_id: str, params: SamplingParams = GREEDY, **kw: Any
+    engine: QueuedEngine, request_id: str, params: SamplingParams = GREEDY, **kw: Any
 ) -> GenerationRequest:
     ids = engine.prompts.encode_chat([{"role": "user", "content": "hello engine"}])
     return GenerationRequest(request_id, ids, params, **kw)
 
 
-async def collect(engine: SimpleEngine, req: GenerationRequest) -> tuple[str, Finished]:
+async def collect(engine: QueuedEngine, req: GenerationRequest) -> tuple[str, Finished]:
     text = ""
     async for event in engine.generate(req):
         if isinstance(event, TextDelta):
@@ -52,7 +65,7 @@ async def collect(engine: SimpleEngine, req: GenerationRequest) -> tuple[str, Fi
     raise AssertionError("no Finished event")
 
 
-async def test_greedy_is_deterministic_and_respects_max_new_tokens(engine: SimpleEngine) -> None:
+async def test_greedy_is_deterministic_and_respects_max_new_tokens(engine: QueuedEngine) -> None:
     text1, fin1 = await collect(engine, request(engine, "a"))
     text2, fin2 = await collect(engine, request(engine, "b"))
     assert text1 == text2 != ""
@@ -61,7 +74,7 @@ async def test_greedy_is_deterministic_and_respects_max_new_tokens(engine: Simpl
     assert fin1.prompt_tokens == len(request(engine, "x").prompt_ids)
 
 
-async def test_seeded_sampling_reproduces_and_differs_by_seed(engine: SimpleEngine) -> None:
+async def test_seeded_sampling_reproduces_and_differs_by_seed(engine: QueuedEngine) -> None:
     def sampled(seed: int, temperature: float = 1.0) -> SamplingParams:
         return SamplingParams(24, temperature, 0.95, 1.0, seed)
 
@@ -74,13 +87,13 @@ async def test_seeded_sampling_reproduces_and_differs_by_seed(engine: SimpleEngi
     assert one != greedy
 
 
-async def test_repetition_penalty_changes_the_output(engine: SimpleEngine) -> None:
+async def test_repetition_penalty_changes_the_output(engine: QueuedEngine) -> None:
     plain, _ = await collect(engine, request(engine, "a", SamplingParams(64, 0.0, 1.0, 1.0)))
     penalised, _ = await collect(engine, request(engine, "b", SamplingParams(64, 0.0, 1.0, 2.0)))
     assert plain != penalised
 
 
-async def test_stop_token_ends_with_stop(engine: SimpleEngine) -> None:
+async def test_stop_token_ends_with_stop(engine: QueuedEngine) -> None:
     # Greedy output is deterministic: make its 5th token a stop token and the reply must end there.
     ids = request(engine, "x").prompt_ids
     loaded = engine._loaded
@@ -94,7 +107,7 @@ async def test_stop_token_ends_with_stop(engine: SimpleEngine) -> None:
     assert finished.completion_tokens <= 5
 
 
-async def test_abort_stops_within_a_decode_step(engine: SimpleEngine) -> None:
+async def test_abort_stops_within_a_decode_step(engine: QueuedEngine) -> None:
     long = SamplingParams(2000, 0.0, 1.0, 1.0)
     tokens_at_abort = 0
     async for event in engine.generate(request(engine, "long", long)):
@@ -108,7 +121,7 @@ async def test_abort_stops_within_a_decode_step(engine: SimpleEngine) -> None:
     assert engine.stats.running == 0 or await _eventually_idle(engine)
 
 
-async def _eventually_idle(engine: SimpleEngine) -> bool:
+async def _eventually_idle(engine: QueuedEngine) -> bool:
     for _ in range(100):
         if engine.stats.running == 0:
             return True
@@ -116,7 +129,7 @@ async def _eventually_idle(engine: SimpleEngine) -> bool:
     return False
 
 
-async def test_queue_positions_and_overload(engine: SimpleEngine) -> None:
+async def test_queue_positions_and_overload(engine: QueuedEngine) -> None:
     long = SamplingParams(2000, 0.0, 1.0, 1.0)
     first = engine.generate(request(engine, "first", long))
     assert await anext(first) == Queued(0)
@@ -132,7 +145,7 @@ async def test_queue_positions_and_overload(engine: SimpleEngine) -> None:
     assert events[-1].queue_seconds > 0
 
 
-async def test_abort_while_waiting_finishes_cancelled(engine: SimpleEngine) -> None:
+async def test_abort_while_waiting_finishes_cancelled(engine: QueuedEngine) -> None:
     first = engine.generate(request(engine, "first", SamplingParams(2000, 0.0, 1.0, 1.0)))
     await anext(first)
     second = engine.generate(request(engine, "second"))
@@ -143,17 +156,138 @@ async def test_abort_while_waiting_finishes_cancelled(engine: SimpleEngine) -> N
     await first.aclose()
 
 
-async def test_not_ready_before_start(make_settings: Callable[..., Settings]) -> None:
-    engine = SimpleEngine(make_settings())
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_not_ready_before_start(make_settings: Callable[..., Settings], kind: str) -> None:
+    engine = make_engine(make_settings, kind)
     assert engine.state is EngineState.LOADING
     with pytest.raises(EngineNotReady):
         await anext(engine.generate(GenerationRequest("r", [1, 2, 3], GREEDY)))
     await engine.close()
 
 
-async def test_close_frees_the_model(make_settings: Callable[..., Settings]) -> None:
-    engine = SimpleEngine(make_settings())
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_close_frees_the_model(make_settings: Callable[..., Settings], kind: str) -> None:
+    engine = make_engine(make_settings, kind)
     await engine.start()
     assert engine.state is EngineState.READY and engine.stats.load_seconds is not None
     await engine.close()
     assert engine.state is EngineState.CLOSED and engine._loaded is None
+
+
+# --- continuous batching: what sharing a batch must not change ---------------------------------------------
+
+PROMPTS = [
+    "hello engine",
+    "tell me a long story about a dragon and a castle",
+    "1 2 3 4 5 6 7 8",
+    "ok",
+]
+
+
+@pytest.fixture
+async def batch(make_settings: Callable[..., Settings]) -> AsyncIterator[QueuedEngine]:
+    engine = make_engine(make_settings, "batch", max_running=4, max_waiting=8)
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+def chat_request(
+    engine: QueuedEngine, request_id: str, content: str, params: SamplingParams
+) -> GenerationRequest:
+    return GenerationRequest(
+        request_id, engine.prompts.encode_chat([{"role": "user", "content": content}]), params
+    )
+
+
+async def run_together(engine: QueuedEngine, requests: list[GenerationRequest]) -> list[tuple[str, Finished]]:
+    return list(await asyncio.gather(*(collect(engine, req) for req in requests)))
+
+
+async def test_greedy_output_does_not_depend_on_the_rest_of_the_batch(batch: QueuedEngine) -> None:
+    params = SamplingParams(max_new_tokens=32, temperature=0.0, top_p=1.0, repetition_penalty=1.0)
+    alone = [
+        await collect(batch, chat_request(batch, f"alone-{i}", p, params)) for i, p in enumerate(PROMPTS)
+    ]
+    together = await run_together(
+        batch, [chat_request(batch, f"together-{i}", p, params) for i, p in enumerate(PROMPTS)]
+    )
+    assert [text for text, _ in together] == [text for text, _ in alone]
+    # Also when the others join while the first is already decoding.
+    first = asyncio.create_task(collect(batch, chat_request(batch, "early", PROMPTS[0], params)))
+    await asyncio.sleep(0.02)
+    late = await run_together(
+        batch, [chat_request(batch, f"late-{i}", p, params) for i, p in enumerate(PROMPTS[1:])]
+    )
+    assert [(await first)[0], *(text for text, _ in late)] == [text for text, _ in alone]
+
+
+async def test_mixed_sampling_in_one_batch_matches_each_request_alone(batch: QueuedEngine) -> None:
+    mixed = [
+        SamplingParams(24, 0.0, 1.0, 1.0),  # greedy
+        SamplingParams(24, 0.9, 0.95, 1.0, seed=7),  # sampled
+        SamplingParams(24, 0.0, 1.0, 1.5),  # greedy with a repetition penalty
+        SamplingParams(24, 1.3, 0.6, 1.2, seed=11),  # everything at once
+    ]
+    alone = [await collect(batch, chat_request(batch, f"a{i}", PROMPTS[i], p)) for i, p in enumerate(mixed)]
+    together = await run_together(
+        batch, [chat_request(batch, f"t{i}", PROMPTS[i], p) for i, p in enumerate(mixed)]
+    )
+    assert [text for text, _ in together] == [text for text, _ in alone]
+    # The settings really act: each differs from plain greedy on the same prompt.
+    greedy = [await collect(batch, chat_request(batch, f"g{i}", PROMPTS[i], mixed[0])) for i in (1, 2, 3)]
+    assert all(g[0] != a[0] for g, a in zip(greedy, alone[1:], strict=True))
+
+
+async def test_both_engines_give_the_same_reply_for_the_same_seed(
+    batch: QueuedEngine, make_settings: Callable[..., Settings]
+) -> None:
+    simple = make_engine(make_settings, "simple")
+    await simple.start()
+    try:
+        for params in (SamplingParams(20, 0.8, 0.9, 1.1, seed=3), SamplingParams(20, 0.0, 1.0, 1.3)):
+            ours = await collect(batch, chat_request(batch, "b", PROMPTS[1], params))
+            theirs = await collect(simple, chat_request(simple, "s", PROMPTS[1], params))
+            assert ours[0] == theirs[0] and ours[1].completion_tokens == theirs[1].completion_tokens
+    finally:
+        await simple.close()
+
+
+async def test_cancel_frees_the_slot_for_the_next_request_at_once(
+    make_settings: Callable[..., Settings],
+) -> None:
+    engine = make_engine(make_settings, "batch", max_running=1, max_waiting=4)
+    await engine.start()
+    try:
+        long = SamplingParams(2000, 0.0, 1.0, 1.0)
+        first = engine.generate(chat_request(engine, "first", PROMPTS[0], long))
+        assert await anext(first) == Queued(0)
+        second = engine.generate(chat_request(engine, "second", PROMPTS[1], GREEDY))
+        assert await anext(second) == Queued(1)
+        while not isinstance(await anext(first), TextDelta):
+            pass
+        engine.abort("first")
+        events = [event async for event in first]
+        assert isinstance(events[-1], Finished) and events[-1].reason == "cancelled"
+        assert events[-1].completion_tokens < 2000
+        # The waiting request took the slot; it runs to its own end.
+        done = [event async for event in second]
+        assert (
+            isinstance(done[-1], Finished)
+            and done[-1].reason == "length"
+            and done[-1].completion_tokens == 24
+        )
+        assert engine.stats.running == 0 and engine.stats.waiting == 0
+        # Nothing of the cancelled request is left in the engine or the sampler.
+        assert not engine._streams and not engine._sampler._params  # type: ignore[attr-defined]
+    finally:
+        await engine.close()
+
+
+async def test_many_concurrent_requests_all_finish(batch: QueuedEngine) -> None:
+    params = SamplingParams(16, 0.7, 0.9, 1.05, seed=1)
+    results = await run_together(
+        batch, [chat_request(batch, f"r{i}", PROMPTS[i % 4], params) for i in range(12)]
+    )
+    assert all(fin.reason in ("stop", "length") for _, fin in results)
+    assert batch.stats.running == 0 and batch.stats.waiting == 0

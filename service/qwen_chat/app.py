@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from qwen_chat import drain, http_common, metrics, openai_api, probes, simple_api, web, ws
+from qwen_chat.batch_engine import ContinuousBatchEngine
 from qwen_chat.chat_service import ChatRefused
 from qwen_chat.credentials import CredentialStore
 from qwen_chat.drain import Drain
@@ -25,7 +26,9 @@ log = structlog.get_logger(__name__)
 
 
 def create_engine(settings: Settings) -> Engine:
-    return SimpleEngine(settings)
+    if settings.engine == "simple":
+        return SimpleEngine(settings)
+    return ContinuousBatchEngine(settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

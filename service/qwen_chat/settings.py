@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0)
     max_running: int = Field(default=4, ge=1, description="sequences decoding at once per worker")
     max_waiting: int = Field(default=32, ge=0, description="requests queued per worker before refusing")
+    # `batch`: continuous batching on transformers' manager (requests share forward passes);
+    # `simple`: one `model.generate` per request in threads. See docs/engines.md.
+    engine: Literal["batch", "simple"] = "batch"
+    # The batch engine's KV cache: tokens it holds (0: MAX_RUNNING requests of the longest admitted size),
+    # tokens per page (0: 256 on CUDA, 32 on CPU) and tokens per forward pass (0: 2048 on CUDA, 512 on CPU).
+    kv_cache_tokens: int = Field(default=0, ge=0)
+    kv_page_size: int = Field(default=0, ge=0)
+    max_batch_tokens: int = Field(default=0, ge=0)
 
     # HTTP server.
     host: str = "0.0.0.0"
