@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install system-deps tools run test lint format clean
+.PHONY: install system-deps tools run test bench lint format clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ run: install
 
 test: install system-deps tools
 	$(BIN)/python -m pytest
+
+# The benchmark suite (bench/suite.py): tiny model by default, `make bench ARGS="--model PATH"` for another.
+bench: install
+	$(BIN)/python bench/suite.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check service tests bench docs

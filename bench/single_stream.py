@@ -26,6 +26,7 @@ from serving import KEY, serve
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from websockets.asyncio.client import ClientConnection, connect
 
+from qwen_chat.model_loader import resolve_device, resolve_dtype
 from qwen_chat.prompts import Prompts
 from qwen_chat.tiny_model import make_tiny_model
 
@@ -35,11 +36,13 @@ PROMPT = "Tell me about continuous batching in language model servers."
 class RawGenerate:
     """`model.generate` in this process: the ceiling for one stream."""
 
-    def __init__(self, model_dir: str) -> None:
+    def __init__(self, model_dir: str, device: str = "cpu", dtype: str = "auto") -> None:
+        target = resolve_device(device)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, target))
+        self.model = model.to(target).eval()
         prompt = Prompts(tokenizer, 100_000).encode_chat([{"role": "user", "content": PROMPT}])
-        self.ids = torch.tensor([prompt])
+        self.ids = torch.tensor([prompt], device=target)
         self.run(4)  # warm-up
 
     def run(self, tokens: int) -> float:

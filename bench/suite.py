@@ -1,0 +1,531 @@
+"""The benchmark suite (`make bench`): one run measures, with real clients over loopback,
+
+  (a) `model.generate` in-process, one greedy stream: the ceiling for one stream;
+  (b) the service through /ws with 1, 4, 16 and 64 concurrent clients: aggregate tokens/s, time to first
+      token p50/p95, inter-token latency p50/p95, and /livez latency p99 while the load runs;
+  (c) `transformers serve --continuous-batching` on the same model, same clients and concurrency, through
+      its OpenAI API (and ours through our OpenAI API, for the like-for-like comparison);
+  (d) resident memory per worker.
+
+It prints a table, writes bench/results/<date>-<host>-<device>.json and a PNG plot next to it, and
+rewrites this device's section of BENCHMARKS.md. Every client asks for the same greedy reply length.
+
+    .venv/bin/python bench/suite.py [--model PATH_OR_ID] [--tokens 64] [--concurrency 1,4,16,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import torch
+from serving import KEY, serve
+from single_stream import PROMPT, RawGenerate
+from websockets.asyncio.client import connect
+
+from qwen_chat.tiny_model import make_tiny_model
+
+HERE = Path(__file__).parent
+BENCHMARKS = HERE.parent / "BENCHMARKS.md"
+# Enough chats per client that each level runs a few seconds, few enough that 64 clients stay bounded.
+CHATS = {1: 6, 4: 4, 16: 3, 64: 2}
+
+
+@dataclass
+class Level:
+    """One server at one concurrency."""
+
+    server: str
+    concurrency: int
+    chats: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    ttft_ms: list[float] = field(default_factory=list)
+    itl_ms: list[float] = field(default_factory=list)
+    health_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "concurrency": self.concurrency,
+            "chats": self.chats,
+            "errors": self.errors,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "ttft_ms_p50": _pct(self.ttft_ms, 50),
+            "ttft_ms_p95": _pct(self.ttft_ms, 95),
+            "itl_ms_p50": _pct(self.itl_ms, 50),
+            "itl_ms_p95": _pct(self.itl_ms, 95),
+            "health_ms_p99": _pct(self.health_ms, 99),
+            "health_probes": len(self.health_ms),
+        }
+
+
+def _pct(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))], 2)
+
+
+# --- clients ---------------------------------------------------------------------------------------------
+
+
+class Timing:
+    """Token arrival times of one chat, from the moment it was sent."""
+
+    def __init__(self) -> None:
+        self.sent = time.perf_counter()
+        self.arrivals: list[float] = []
+
+    def token(self) -> None:
+        self.arrivals.append(time.perf_counter())
+
+    def record(self, level: Level, tokens: int) -> None:
+        level.chats += 1
+        level.tokens += tokens
+        if self.arrivals:
+            level.ttft_ms.append((self.arrivals[0] - self.sent) * 1000)
+            level.itl_ms.extend(
+                (b - a) * 1000 for a, b in zip(self.arrivals, self.arrivals[1:], strict=False)
+            )
+
+
+async def ws_client(url: str, chats: int, tokens: int, level: Level) -> None:
+    params = {"max_new_tokens": tokens, "temperature": 0, "repetition_penalty": 1.0}
+    message = json.dumps(
+        {"type": "chat", "messages": [{"role": "user", "content": PROMPT}], "params": params}
+    )
+    async with connect(url, additional_headers={"Authorization": f"Bearer {KEY}"}, max_size=None) as ws:
+        for _ in range(chats):
+            await ws.send(message)
+            timing = Timing()
+            while True:
+                frame = json.loads(await ws.recv())
+                if frame["type"] == "token":
+                    timing.token()
+                elif frame["type"] == "done":
+                    timing.record(level, frame["usage"]["completion_tokens"])
+                    break
+                elif frame["type"] == "error":
+                    level.errors += 1
+                    break
+
+
+async def openai_client(
+    base_url: str, model: str | None, chats: int, tokens: int, level: Level, client: httpx.AsyncClient
+) -> None:
+    """Streamed /v1/chat/completions over plain httpx (the same client code for both servers)."""
+    body: dict[str, Any] = {
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if model:
+        body["model"] = model
+    for _ in range(chats):
+        timing = Timing()
+        count = 0
+        async with client.stream("POST", f"{base_url}/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                level.errors += 1
+                await response.aread()
+                continue
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
+                    timing.token()
+                if chunk.get("usage"):
+                    count = chunk["usage"]["completion_tokens"]
+        timing.record(level, count or len(timing.arrivals))
+
+
+async def probe_health(url: str, level: Level, stop: asyncio.Event) -> None:
+    """A probe every 50 ms while the load runs, as a kubelet would (but much more often)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            response = await client.get(url)
+            if response.status_code == 200:
+                level.health_ms.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(0.05)
+
+
+async def run_level(
+    level: Level, health_url: str, client: Callable[[Level], Awaitable[None]], clients: int
+) -> Level:
+    stop = asyncio.Event()
+    prober = asyncio.create_task(probe_health(health_url, level, stop))
+    started = time.perf_counter()
+    await asyncio.gather(*(client(level) for _ in range(clients)))
+    level.seconds = time.perf_counter() - started
+    stop.set()
+    await prober
+    return level
+
+
+# --- servers ----------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def transformers_serve(model: str, work: Path, device: str, num_blocks: int, page: int) -> Iterator[str]:
+    """`transformers serve --continuous-batching` on 127.0.0.1; yields its base URL. Stopped by PID."""
+    cache = work / "hf-hub-cache"  # it lists models from the hub cache, which must exist
+    cache.mkdir(exist_ok=True)
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    command = [
+        str(Path(sys.executable).with_name("transformers")),
+        "serve",
+        model,
+        "--continuous-batching",
+        "--cb-num-blocks",
+        str(num_blocks),
+        "--cb-block-size",
+        str(page),
+        "--cb-max-batch-tokens",
+        "512" if device == "cpu" else "2048",
+        "--device",
+        device,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    log = (work / "transformers-serve.log").open("wb")
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"transformers serve did not start; see {log.name}")
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def worker_rss_mib(master_pid: int) -> list[float]:
+    return [child.memory_info().rss / 2**20 for child in psutil.Process(master_pid).children()]
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+
+
+async def measure_ours(port: int, levels: list[int], tokens: int) -> list[Level]:
+    ws_url = f"ws://127.0.0.1:{port}/ws"
+    base = f"http://127.0.0.1:{port}"
+    results = []
+    async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        model = (await http.get(f"{base}/v1/models")).json()["data"][0]["id"]
+        await ws_client(ws_url, 1, 4, Level("warm-up", 1))  # the first chat pays for lazy initialisation
+        for clients in levels:
+            chats = CHATS.get(clients, 2)
+            level = Level("qwen-chat /ws", clients)
+            results.append(
+                await run_level(
+                    level, f"{base}/livez", lambda lv, n=chats: ws_client(ws_url, n, tokens, lv), clients
+                )
+            )
+            level = Level("qwen-chat /v1", clients)
+            results.append(
+                await run_level(
+                    level,
+                    f"{base}/livez",
+                    lambda lv, n=chats: openai_client(f"{base}/v1", model, n, tokens, lv, http),
+                    clients,
+                )
+            )
+    return results
+
+
+async def measure_theirs(base: str, model: str, levels: list[int], tokens: int) -> list[Level]:
+    results = []
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+        await openai_client(f"{base}/v1", model, 1, 4, Level("warm-up", 1), http)
+        for clients in levels:
+            chats = CHATS.get(clients, 2)
+            level = Level("transformers serve", clients)
+            results.append(
+                await run_level(
+                    level,
+                    f"{base}/health",
+                    lambda lv, n=chats: openai_client(f"{base}/v1", model, n, tokens, lv, http),
+                    clients,
+                )
+            )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", help="model id or path (default: a freshly built tiny model)")
+    parser.add_argument("--tokens", type=int, default=64, help="greedy tokens per reply")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--engine", default="batch", choices=["batch", "simple"])
+    parser.add_argument("--skip-transformers-serve", action="store_true")
+    parser.add_argument("--label", default="", help="a name for this run's section of BENCHMARKS.md")
+    parser.add_argument("--out-dir", type=Path, default=HERE / "results", help="where the JSON and PNG go")
+    parser.add_argument("--benchmarks", type=Path, default=BENCHMARKS, help="the Markdown file to update")
+    args = parser.parse_args()
+    levels = [int(n) for n in args.concurrency.split(",")]
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    work = Path(tempfile.mkdtemp(prefix="qwen-chat-bench-"))
+    model = args.model or str(make_tiny_model(work / "tiny-model"))
+    model_label = args.model or "tiny (qwen-chat make-tiny-model)"
+    max_clients = max(levels)
+    page = 256 if device == "cuda" else 32
+    # Both servers get the same KV cache: every client's prompt plus reply, with headroom.
+    cache_tokens = max_clients * 256 + 4096
+    started = time.monotonic()
+
+    raw = RawGenerate(model, device=device, dtype=args.dtype)
+    generate_tps = statistics.median(raw.run(args.tokens) for _ in range(5))
+    print(f"model.generate, one stream: {generate_tps:.1f} tokens/s", flush=True)
+
+    settings = {
+        "max_new_tokens": max(args.tokens, 512),
+        "max_running": max_clients,
+        "max_waiting": max_clients,
+        "rate_limit": "1000000/minute",
+        "workers": args.workers,
+        "engine": args.engine,
+        "device": device,
+        "dtype": args.dtype,
+        "kv_cache_tokens": cache_tokens,
+        "log_level": "warning",
+    }
+    with serve(model, work, **settings) as served:
+        ours = asyncio.run(measure_ours(served.port, levels, args.tokens))
+        rss = worker_rss_mib(served.proc.pid)
+    theirs: list[Level] = []
+    if not args.skip_transformers_serve:
+        blocks = cache_tokens // page + 1
+        with transformers_serve(model, work, device, blocks, page) as base:
+            theirs = asyncio.run(measure_theirs(base, model, levels, args.tokens))
+
+    result = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "device": device,
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        "cpu_cores": len(os.sched_getaffinity(0)),
+        "model": model_label,
+        "engine": args.engine,
+        "workers": args.workers,
+        "tokens_per_reply": args.tokens,
+        "generate_tokens_per_second": round(generate_tps, 1),
+        "worker_rss_mib": [round(v, 1) for v in rss],
+        "levels": [level.summary() for level in ours + theirs],
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    result["targets"] = targets(result)
+    stem = f"{dt.date.today()}-{platform.node()}-{device}{'-' + args.label if args.label else ''}"
+    out = args.out_dir / f"{stem}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    plot = out.with_suffix(".png")
+    draw(result, plot)
+    section = markdown(result, os.path.relpath(plot, args.benchmarks.parent))
+    print(section)
+    update_benchmarks(args.benchmarks, args.label or device, section)
+    print(f"wrote {out}, {plot} and {args.benchmarks}")
+
+
+# --- reporting --------------------------------------------------------------------------------------------
+
+
+def _level(result: dict[str, Any], server: str, concurrency: int) -> dict[str, Any] | None:
+    return next(
+        (lv for lv in result["levels"] if lv["server"] == server and lv["concurrency"] == concurrency), None
+    )
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets against this run (ratios within the run: the machine is shared and noisy)."""
+    one = _level(result, "qwen-chat /ws", 1)
+    sixteen = _level(result, "qwen-chat /ws", 16)
+    theirs16 = _level(result, "transformers serve", 16)
+    rows = []
+
+    def row(name: str, value: float | None, goal: float, higher_is_better: bool, unit: str) -> None:
+        met = None if value is None else (value >= goal if higher_is_better else value <= goal)
+        rows.append(
+            {
+                "target": name,
+                "measured": None if value is None else round(value, 2),
+                "goal": goal,
+                "unit": unit,
+                "met": met,
+            }
+        )
+
+    if one:
+        row(
+            "one /ws stream vs model.generate",
+            one["tokens_per_second"] / result["generate_tokens_per_second"],
+            0.9,
+            True,
+            "x",
+        )
+    if one and sixteen:
+        row(
+            "16 /ws streams vs one stream (aggregate)",
+            sixteen["tokens_per_second"] / one["tokens_per_second"],
+            5.0,
+            True,
+            "x",
+        )
+    if sixteen and theirs16:
+        row(
+            "16 /ws streams vs transformers serve at 16",
+            sixteen["tokens_per_second"] / theirs16["tokens_per_second"],
+            1.5,
+            True,
+            "x",
+        )
+    if sixteen:
+        row("time to first token p50 at 16 streams", sixteen["ttft_ms_p50"], 50, False, "ms")
+        row("/livez p99 during the 16-stream load", sixteen["health_ms_p99"], 50, False, "ms")
+    return rows
+
+
+def markdown(result: dict[str, Any], plot: str) -> str:
+    where = result["gpu"] or f"CPU, {result['cpu_cores']} cores"
+    rss = ", ".join(f"{v:.0f} MiB" for v in result["worker_rss_mib"])
+    lines = [
+        f"Run {result['date']} on `{result['host']}` ({where}); model: {result['model']}; "
+        f"engine `{result['engine']}`, {result['workers']} worker(s); {result['tokens_per_reply']} greedy "
+        f"tokens per reply; {result['wall_seconds']} s in all.",
+        "",
+        f"`model.generate` in-process, one stream: **{result['generate_tokens_per_second']} tokens/s**. "
+        f"Resident memory per worker after the load: {rss}.",
+        "",
+        "| server | clients | chats | tokens/s | TTFT p50 / p95 (ms) | ITL p50 / p95 (ms) "
+        "| health p99 (ms) | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lv in result["levels"]:
+        lines.append(
+            f"| {lv['server']} | {lv['concurrency']} | {lv['chats']} | {lv['tokens_per_second']} | "
+            f"{lv['ttft_ms_p50']} / {lv['ttft_ms_p95']} | {lv['itl_ms_p50']} / {lv['itl_ms_p95']} | "
+            f"{lv['health_ms_p99']} | {lv['errors']} |"
+        )
+    lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for t in result["targets"]:
+        op = ">=" if t["unit"] == "x" else "<="
+        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+        lines.append(
+            f"| {t['target']} | {t['measured']} {t['unit']} | {op} {t['goal']} {t['unit']} | {met} |"
+        )
+    lines += [
+        "",
+        f"![tokens/s and time to first token against concurrency]({plot})",
+    ]
+    return "\n".join(lines)
+
+
+def update_benchmarks(path: Path, key: str, section: str) -> None:
+    """Replace this device's section of BENCHMARKS.md (other devices' sections stay)."""
+    start, end = f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n## {key}\n\n{section}\n{end}"
+    if start in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def draw(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    servers = sorted({lv["server"] for lv in result["levels"]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for server in servers:
+        rows = sorted(
+            (lv for lv in result["levels"] if lv["server"] == server), key=lambda lv: lv["concurrency"]
+        )
+        xs = [lv["concurrency"] for lv in rows]
+        left.plot(xs, [lv["tokens_per_second"] for lv in rows], marker="o", label=server)
+        right.plot(xs, [lv["ttft_ms_p50"] for lv in rows], marker="o", label=f"{server} p50")
+        right.plot(xs, [lv["ttft_ms_p95"] for lv in rows], marker="x", linestyle="--", label=f"{server} p95")
+    left.axhline(
+        result["generate_tokens_per_second"], color="grey", linestyle=":", label="model.generate, 1 stream"
+    )
+    for axis, title, unit in ((left, "aggregate tokens/s", "tokens/s"), (right, "time to first token", "ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks([lv for lv in sorted({lv["concurrency"] for lv in result["levels"]})])
+        axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    right.set_yscale("log")
+    fig.suptitle(
+        f"{result['model']} on {result['gpu'] or 'CPU'}, {result['tokens_per_reply']} tokens per reply",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
