@@ -76,3 +76,15 @@ def test_detokenizer_deltas_concatenate_to_the_decoded_text(tokenizer) -> None: 
     assert "".join(deltas) == text
     assert all("\ufffd" not in d for d in deltas), "partial UTF-8 must be held back, not sent as U+FFFD"
     assert sum(1 for d in deltas if d) > 5
+
+
+def test_detokenizer_deltas_match_a_full_decode_of_a_long_reply(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Decoding a window, not the whole reply, must not change the text (spaces, unicode, special tokens)."""
+    text = " ".join(["héllo wörld 🚀 Grüße, 你好!", "  two  spaces", "end."] * 40)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = [*ids[:50], im_end, *ids[50:]]  # a special token inside is skipped, as in a full decode
+    detok = IncrementalDetokenizer(tokenizer)
+    out = "".join(detok.push(ids[i : i + 3]) for i in range(0, len(ids), 3)) + detok.flush()
+    assert out == tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert detok.text == out
