@@ -13,6 +13,7 @@ import asyncio
 import math
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import structlog
@@ -25,6 +26,8 @@ from qwen_chat.settings import Settings
 log = structlog.get_logger(__name__)
 
 NAMESPACE = "qwen-chat"
+# How long a storage call waits for another process's lock on the SQLite file.
+_BUSY_SECONDS = 10.0
 
 
 class SQLiteStorage(Storage):
@@ -35,14 +38,29 @@ class SQLiteStorage(Storage):
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **_: object) -> None:
         super().__init__(uri, wrap_exceptions=wrap_exceptions)
         self.path = (uri or "sqlite:///rate-limit.sqlite").removeprefix("sqlite://")
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, count INTEGER, expires REAL)"
-            )
+        self._create()
+
+    def _create(self) -> None:
+        """Make the file WAL with its table. Every worker does this at the same moment when it boots, and
+        switching to WAL takes a lock that SQLite's busy timeout does not wait for: retry a while."""
+        deadline = time.monotonic() + _BUSY_SECONDS
+        while True:
+            try:
+                with closing(self._connect()) as db:
+                    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        db.execute("PRAGMA journal_mode=WAL")
+                    db.execute(
+                        "CREATE TABLE IF NOT EXISTS counters "
+                        "(key TEXT PRIMARY KEY, count INTEGER, expires REAL)"
+                    )
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        return sqlite3.connect(self.path, timeout=_BUSY_SECONDS, isolation_level=None)
 
     @property
     def base_exceptions(self) -> type[Exception]:
@@ -66,7 +84,7 @@ class SQLiteStorage(Storage):
             db.close()
 
     def _row(self, key: str) -> tuple[int, float] | None:
-        with self._connect() as db:
+        with closing(self._connect()) as db:
             row = db.execute("SELECT count, expires FROM counters WHERE key = ?", (key,)).fetchone()
         return (int(row[0]), float(row[1])) if row and row[1] > time.time() else None
 
@@ -82,11 +100,11 @@ class SQLiteStorage(Storage):
         return Path(self.path).exists()
 
     def reset(self) -> int | None:
-        with self._connect() as db:
+        with closing(self._connect()) as db:
             return db.execute("DELETE FROM counters").rowcount
 
     def clear(self, key: str) -> None:
-        with self._connect() as db:
+        with closing(self._connect()) as db:
             db.execute("DELETE FROM counters WHERE key = ?", (key,))
 
 
