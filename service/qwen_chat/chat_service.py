@@ -22,10 +22,14 @@ from qwen_chat.engine import (
     TextDelta,
 )
 from qwen_chat.metrics import RequestMetrics
-from qwen_chat.prompts import Message, PromptTooLong
+from qwen_chat.prompts import Message, PromptTooLong, has_lone_surrogate
 from qwen_chat.settings import Settings
 
 DRAIN_RETRY_AFTER = 5.0
+# Positive values below these are zero in float32: sampling would divide by them and overflow. A smaller
+# temperature is greedy (what it tends to); a smaller repetition penalty is this one.
+MIN_TEMPERATURE = 1e-6
+MIN_REPETITION_PENALTY = 1e-6
 
 
 class ChatRefused(Exception):
@@ -62,11 +66,13 @@ def sampling_params(
     if max_new_tokens is not None and max_new_tokens > settings.max_new_tokens:
         message = f"{max_tokens_field}: must be at most {settings.max_new_tokens}"
         raise ChatRefused("bad_request", message, 422, param=max_tokens_field)
+    temperature = settings.temperature if temperature is None else temperature
+    penalty = settings.repetition_penalty if repetition_penalty is None else repetition_penalty
     return SamplingParams(
         max_new_tokens=max_new_tokens or settings.max_new_tokens,
-        temperature=settings.temperature if temperature is None else temperature,
+        temperature=temperature if temperature >= MIN_TEMPERATURE else 0.0,
         top_p=settings.top_p if top_p is None else top_p,
-        repetition_penalty=settings.repetition_penalty if repetition_penalty is None else repetition_penalty,
+        repetition_penalty=max(penalty, MIN_REPETITION_PENALTY),
         seed=seed,
     )
 
@@ -183,6 +189,9 @@ async def start_chat(
     settings: Settings = state.settings
     usage = usage or RequestMetrics(settings.model_name, transport)
     try:
+        if has_lone_surrogate(messages):
+            message = "a message holds a lone surrogate (\\ud800-\\udfff): it is not text"
+            raise ChatRefused("bad_request", message, 422, param="messages")
         if state.drain.draining:
             raise ChatRefused("overloaded", "the server is shutting down", 503, DRAIN_RETRY_AFTER)
         retry_after = await state.rate_limiter.hit(user)

@@ -12,10 +12,13 @@ Server to client: `start`, `token`..., then `done`; or `error`. Every message ec
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from qwen_chat.prompts import has_lone_surrogate
 
 ErrorCode = Literal["bad_request", "too_long", "busy", "rate_limited", "overloaded", "internal"]
 
@@ -89,14 +92,23 @@ def parse_frame(text: str) -> ChatRequest | Cancel | Reset:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         raise ProtocolError("the frame is not valid JSON") from None
+    except ValueError:  # an integer of more than 4300 digits (Python's int_max_str_digits)
+        raise ProtocolError("the frame holds a number too long to read") from None
     if not isinstance(data, dict):
         raise ProtocolError("the frame must be a JSON object")
     raw_id = data.get("id")
     message_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_ID_LENGTH else None
+    if _ESCAPED_SURROGATE.search(text) and has_lone_surrogate(data):
+        echo = None if has_lone_surrogate(message_id) else message_id
+        raise ProtocolError("a string holds a lone surrogate escape (\\ud800-\\udfff): it is not text", echo)
     try:
         return _client_message.validate_python(data)
     except ValidationError as exc:
         raise ProtocolError(describe_validation_error(exc), message_id) from None
+
+
+# A cheap test first: only a frame that escapes a surrogate can hold a lone one.
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def describe_validation_error(exc: ValidationError) -> str:
