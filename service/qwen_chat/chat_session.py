@@ -63,6 +63,12 @@ class ChatSession:
                 CLIENT_DISCONNECTS.labels(TRANSPORT).inc()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._stream is not None and not self._stream.closed.is_set():
+            # A task cancelled before its first step never runs `_run` (a chat followed at once by a
+            # close does that): end its stream here, or the generation runs on for nobody and the drain
+            # waits for it.
+            self._stream.usage.ended("cancelled")
+            await self._stream.aclose()
 
     async def _refuse(self, usage: RequestMetrics, mid: str | None, refusal: ChatRefused) -> None:
         refusal.record(usage)
