@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import structlog
 from fastapi import FastAPI
@@ -82,8 +83,23 @@ async def _load(engine: Engine, states: WorkerStates, settings: Settings) -> Non
     try:
         await engine.start()
     except Exception as exc:
+        # Under gunicorn the worker then exits 3 and the master stops the service (see worker.py): a model
+        # that cannot load will not load on a retry either. Elsewhere /readyz stays 503 `failed`.
+        from qwen_chat.worker import exit_after_failed_load  # gunicorn's, imported only where it runs
+
         states.publish("failed")
-        log.error("model_load_failed", model=settings.model, error=f"{type(exc).__name__}: {exc}")
+        reason = f"{type(exc).__name__}: {exc}"
+        local = settings.model.startswith((".", "/", "~"))
+        if local and not await asyncio.to_thread(lambda: Path(settings.model).expanduser().exists()):
+            # transformers would call it an invalid hub repo id; say what is wrong in the operator's terms.
+            reason = f"the model path does not exist ({reason})"
+        exiting = exit_after_failed_load()  # no await from here on: the line is logged before shutdown
+        log.error(
+            "model_load_failed",
+            model=settings.model,
+            error=reason,
+            action="stopping the service" if exiting else "readyz reports failed",
+        )
         return
     metrics.MODEL_LOAD_SECONDS.labels(settings.model_name).set(engine.stats.load_seconds or 0.0)
     metrics.MODEL_LOADED.labels(settings.model_name).set(1)

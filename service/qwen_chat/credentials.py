@@ -3,6 +3,12 @@
 kubelet updates a Secret volume by writing a new `..<timestamp>` directory and swapping the `..data`
 symlink; the user files are links through `..data`. The store re-reads the directory when it may have
 changed (at most every `reload_seconds`), so a rotated key works and the old one stops without a restart.
+
+At startup (`check_directory`, called by the gunicorn master) a CREDENTIALS_DIR that does not exist, is not
+a directory or cannot be listed is a configuration error: the service exits rather than refusing everyone
+for a reason nobody sees. An empty directory is allowed (a Secret with no users yet, or one populated
+late): every request is refused with 401 until keys appear, and a warning says so. While running, a
+directory that disappears or cannot be read refuses every key (fail closed) until it is back.
 """
 
 from __future__ import annotations
@@ -16,6 +22,21 @@ from pathlib import Path
 import structlog
 
 log = structlog.get_logger(__name__)
+
+
+def check_directory(directory: Path) -> str | None:
+    """Why `directory` cannot be CREDENTIALS_DIR, or None if it can (it may hold no keys yet)."""
+    try:
+        os.listdir(directory)
+    except FileNotFoundError:
+        return "the directory does not exist"
+    except NotADirectoryError:
+        return "the path is not a directory"
+    except PermissionError:
+        return "the directory cannot be read (permission denied)"
+    except OSError as exc:
+        return f"the directory cannot be read ({exc.strerror or type(exc).__name__})"
+    return None
 
 
 class CredentialStore:
@@ -90,8 +111,9 @@ class CredentialStore:
         return (data_link, tuple(stats))
 
     def _read_keys(self) -> dict[str, bytes]:
-        if not self._directory.is_dir():
-            log.warning("credentials_dir_missing", directory=str(self._directory))
+        problem = check_directory(self._directory)
+        if problem is not None:
+            log.warning("credentials_dir_unusable", directory=str(self._directory), error=problem)
             return {}
         keys: dict[str, bytes] = {}
         for path in self._entries():
@@ -107,5 +129,9 @@ class CredentialStore:
             else:
                 log.warning("credential_empty", user=path.name)
         if not keys:
-            log.warning("credentials_none", directory=str(self._directory))
+            log.warning(
+                "credentials_none",
+                directory=str(self._directory),
+                detail="no keys: every request is refused with 401 until keys appear",
+            )
         return keys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,14 +45,46 @@ proc_name = "qwen-chat"
 control_socket_disable = True
 
 
-def on_starting(server: Any) -> None:
-    """Nothing from an earlier run may count: wipe old metrics and worker states."""
-    from qwen_chat.readiness import reset
+# The master's exit status when the configuration cannot work (the same as `qwen-chat serve` for invalid
+# settings); a model that cannot load ends it with gunicorn's WORKER_BOOT_ERROR, 3 (see worker.py).
+CONFIG_ERROR = 2
 
+
+def on_starting(server: Any) -> None:
+    """Check what every worker needs, then make sure nothing from an earlier run counts: wipe old metrics,
+    worker states and the boot-failure marker."""
+    from qwen_chat.readiness import reset
+    from qwen_chat.worker import BOOT_FAILED_MARKER
+
+    _check_credentials_dir(server)
     metrics_dir = Path(os.environ[MULTIPROC_ENV])
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     reset(_state_dir / "workers")
+    (_state_dir / BOOT_FAILED_MARKER).unlink(missing_ok=True)
+
+
+def _check_credentials_dir(server: Any) -> None:
+    """With auth on, a CREDENTIALS_DIR that is missing or unreadable stops the service before any worker
+    starts, with one clear line; an empty one is allowed (see credentials.py)."""
+    if not _settings.auth_enabled:
+        return
+    import structlog
+
+    from qwen_chat.credentials import check_directory
+
+    problem = check_directory(_settings.credentials_dir)
+    if problem is None:
+        return
+    structlog.get_logger("qwen_chat.gunicorn_conf").error(
+        "credentials_dir_unusable",
+        directory=str(_settings.credentials_dir),
+        error=problem,
+        detail="QWEN_CHAT_CREDENTIALS_DIR must be a readable directory with one file per user "
+        "(the mounted Secret); QWEN_CHAT_AUTH_ENABLED=false turns authentication off for local development",
+    )
+    on_exit(server)
+    sys.exit(CONFIG_ERROR)
 
 
 def child_exit(server: Any, worker: Any) -> None:
