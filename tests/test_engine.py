@@ -74,6 +74,25 @@ async def test_greedy_is_deterministic_and_respects_max_new_tokens(engine: Queue
     assert fin1.prompt_tokens == len(request(engine, "x").prompt_ids)
 
 
+async def test_deltas_that_pile_up_reach_a_slow_consumer_as_one(engine: QueuedEngine) -> None:
+    """A consumer that falls behind (a busy event loop) gets the waiting deltas merged, not one by one."""
+    expected, _ = await collect(engine, request(engine, "prompt"))
+    events = engine.generate(request(engine, "slow", SamplingParams(24, 0.0, 1.0, 1.0)))
+    assert isinstance(await anext(events), Queued)
+    for _ in range(600):  # the whole reply is generated meanwhile (about 24 ms on the tiny model)
+        if engine.stats.running == 0:
+            break
+        await asyncio.sleep(0.05)
+    deltas = []
+    async for event in events:
+        if isinstance(event, TextDelta):
+            deltas.append(event)
+        else:
+            assert isinstance(event, Finished) and event.completion_tokens == 24
+    assert "".join(d.text for d in deltas) == expected
+    assert len(deltas) == 1 and deltas[0].completion_tokens == 24
+
+
 async def test_seeded_sampling_reproduces_and_differs_by_seed(engine: QueuedEngine) -> None:
     def sampled(seed: int, temperature: float = 1.0) -> SamplingParams:
         return SamplingParams(24, temperature, 0.95, 1.0, seed)

@@ -30,6 +30,7 @@ from qwen_chat.engine import (
     GenerationEvent,
     GenerationRequest,
     Queued,
+    TextDelta,
 )
 from qwen_chat.model_loader import LoadedModel, default_max_input_tokens, load_model, unload
 from qwen_chat.prompts import Prompts
@@ -180,8 +181,19 @@ class QueuedEngine(abc.ABC):
             self._update_gauges()
         try:
             yield Queued(position)
+            held: GenerationEvent | BaseException | None = None
             while True:
-                event = await job.events.get()
+                event = held if held is not None else await job.events.get()
+                held = None
+                if isinstance(event, TextDelta):
+                    # Deltas that piled up while the consumer was busy leave as one: when the event loop
+                    # falls behind, it sends fewer, larger frames instead of falling further behind.
+                    while held is None and not job.events.empty():
+                        following = job.events.get_nowait()
+                        if isinstance(following, TextDelta):
+                            event = TextDelta(event.text + following.text, following.completion_tokens)
+                        else:
+                            held = following
                 if isinstance(event, BaseException):
                     raise EngineError("generation failed") from event
                 yield event
