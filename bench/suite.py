@@ -10,7 +10,11 @@
 It prints a table, writes bench/results/<date>-<host>-<device>.json and a PNG plot next to it, and
 rewrites this device's section of BENCHMARKS.md. Every client asks for the same greedy reply length.
 
-    .venv/bin/python bench/suite.py [--model PATH_OR_ID] [--tokens 64] [--concurrency 1,4,16,64]
+    .venv/bin/python bench/suite.py [--model PATH_OR_ID | --shape qwen2.5-0.5b] [--tokens 64]
+        [--concurrency 1,4,16,64] [--chats N] [--label NAME]
+
+`--shape` builds a random-weight model with a real checkpoint's shape offline (bench/shaped_model.py),
+for speed on real-sized models without a hub.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,15 +42,18 @@ import httpx
 import psutil
 import torch
 from serving import KEY, serve
+from shaped_model import SHAPES, make_shaped_model
 from single_stream import PROMPT, RawGenerate
 from websockets.asyncio.client import connect
 
+from qwen_chat.model_loader import resolve_dtype
 from qwen_chat.tiny_model import make_tiny_model
 
 HERE = Path(__file__).parent
 BENCHMARKS = HERE.parent / "BENCHMARKS.md"
-# Enough chats per client that each level runs a few seconds, few enough that 64 clients stay bounded.
-CHATS = {1: 6, 4: 4, 16: 3, 64: 2}
+# Enough chats per client that each level runs a few seconds on the tiny model, few enough that 64
+# clients stay bounded. `--chats` sets one count for every level (for slower models).
+CHATS = {1: 40, 4: 20, 16: 16, 64: 6}
 
 
 @dataclass
@@ -202,7 +209,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def transformers_serve(model: str, work: Path, device: str, num_blocks: int, page: int) -> Iterator[str]:
+def transformers_serve(
+    model: str, work: Path, device: str, dtype: str, num_blocks: int, page: int
+) -> Iterator[str]:
     """`transformers serve --continuous-batching` on 127.0.0.1; yields its base URL. Stopped by PID."""
     cache = work / "hf-hub-cache"  # it lists models from the hub cache, which must exist
     cache.mkdir(exist_ok=True)
@@ -221,6 +230,8 @@ def transformers_serve(model: str, work: Path, device: str, num_blocks: int, pag
         "512" if device == "cpu" else "2048",
         "--device",
         device,
+        "--dtype",
+        dtype,
         "--host",
         "127.0.0.1",
         "--port",
@@ -257,49 +268,59 @@ def worker_rss_mib(master_pid: int) -> list[float]:
 # --- the run ----------------------------------------------------------------------------------------------
 
 
-async def measure_ours(port: int, levels: list[int], tokens: int) -> list[Level]:
+async def measure(
+    port: int, theirs: str | None, model: str, levels: list[int], tokens: int, chats: dict[int, int]
+) -> list[Level]:
+    """Every level on both servers, which run side by side: ours (/ws, then /v1) and transformers serve
+    (at `theirs`) take turns at each level, first one then the other, so that the machine's drift over
+    the run falls on both alike. The idle server costs nothing (each measured under 1 % CPU)."""
     ws_url = f"ws://127.0.0.1:{port}/ws"
     base = f"http://127.0.0.1:{port}"
-    results = []
-    async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {KEY}"}) as http:
-        model = (await http.get(f"{base}/v1/models")).json()["data"][0]["id"]
-        await ws_client(ws_url, 1, 4, Level("warm-up", 1))  # the first chat pays for lazy initialisation
-        for clients in levels:
-            chats = CHATS.get(clients, 2)
-            level = Level("qwen-chat /ws", clients)
-            results.append(
-                await run_level(
-                    level, f"{base}/livez", lambda lv, n=chats: ws_client(ws_url, n, tokens, lv), clients
-                )
-            )
-            level = Level("qwen-chat /v1", clients)
-            results.append(
-                await run_level(
-                    level,
-                    f"{base}/livez",
-                    lambda lv, n=chats: openai_client(f"{base}/v1", model, n, tokens, lv, http),
-                    clients,
-                )
-            )
-    return results
-
-
-async def measure_theirs(base: str, model: str, levels: list[int], tokens: int) -> list[Level]:
-    results = []
+    results: list[Level] = []
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
-        await openai_client(f"{base}/v1", model, 1, 4, Level("warm-up", 1), http)
-        for clients in levels:
-            chats = CHATS.get(clients, 2)
-            level = Level("transformers serve", clients)
-            results.append(
-                await run_level(
-                    level,
-                    f"{base}/health",
-                    lambda lv, n=chats: openai_client(f"{base}/v1", model, n, tokens, lv, http),
-                    clients,
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with (
+        httpx.AsyncClient(timeout=300, headers=headers, limits=limits) as http,
+        httpx.AsyncClient(timeout=300, limits=limits) as other,
+    ):
+        served = (await http.get(f"{base}/v1/models")).json()["data"][0]["id"]
+        await ws_client(ws_url, 1, 4, Level("warm-up", 1))  # the first chat pays for lazy initialisation
+        if theirs:
+            await openai_client(f"{theirs}/v1", model, 1, 4, Level("warm-up", 1), other)
+        for index, clients in enumerate(levels):
+            count = chats[clients]
+
+            async def ours(clients: int = clients, count: int = count) -> None:
+                results.append(
+                    await run_level(
+                        Level("qwen-chat /ws", clients),
+                        f"{base}/livez",
+                        lambda lv: ws_client(ws_url, count, tokens, lv),
+                        clients,
+                    )
                 )
-            )
+                results.append(
+                    await run_level(
+                        Level("qwen-chat /v1", clients),
+                        f"{base}/livez",
+                        lambda lv: openai_client(f"{base}/v1", served, count, tokens, lv, http),
+                        clients,
+                    )
+                )
+
+            async def transformers(clients: int = clients, count: int = count) -> None:
+                if theirs:
+                    results.append(
+                        await run_level(
+                            Level("transformers serve", clients),
+                            f"{theirs}/health",
+                            lambda lv: openai_client(f"{theirs}/v1", model, count, tokens, lv, other),
+                            clients,
+                        )
+                    )
+
+            for turn in (ours, transformers) if index % 2 == 0 else (transformers, ours):
+                await turn()
     return results
 
 
@@ -308,8 +329,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", help="model id or path (default: a freshly built tiny model)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="build a random model of this shape instead")
     parser.add_argument("--tokens", type=int, default=64, help="greedy tokens per reply")
     parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--chats", type=int, help="chats per client at every level (default: 40/20/16/6)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default="auto")
@@ -321,39 +344,50 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(n) for n in args.concurrency.split(",")]
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    # One dtype for all three: transformers serve's own `auto` follows the weights, ours is float32 on CPU.
+    dtype = str(resolve_dtype(args.dtype, torch.device(device))).removeprefix("torch.")
     work = Path(tempfile.mkdtemp(prefix="qwen-chat-bench-"))
-    model = args.model or str(make_tiny_model(work / "tiny-model"))
-    model_label = args.model or "tiny (qwen-chat make-tiny-model)"
+    chats = {n: args.chats or CHATS.get(n, 2) for n in levels}
+    if args.shape:
+        model = str(make_shaped_model(work / args.shape, args.shape))
+        model_label = f"random weights shaped like {args.shape} (bench/shaped_model.py)"
+    else:
+        model = args.model or str(make_tiny_model(work / "tiny-model"))
+        model_label = args.model or "tiny (qwen-chat make-tiny-model)"
     max_clients = max(levels)
     page = 256 if device == "cuda" else 32
     # Both servers get the same KV cache: every client's prompt plus reply, with headroom.
     cache_tokens = max_clients * 256 + 4096
     started = time.monotonic()
 
-    raw = RawGenerate(model, device=device, dtype=args.dtype)
+    raw = RawGenerate(model, device=device, dtype=dtype)
     generate_tps = statistics.median(raw.run(args.tokens) for _ in range(5))
     print(f"model.generate, one stream: {generate_tps:.1f} tokens/s", flush=True)
 
     settings = {
         "max_new_tokens": max(args.tokens, 512),
+        # Short prompts: a small budget keeps the KV cache and its attention mask the same for every model.
+        "max_input_tokens": 1536,
         "max_running": max_clients,
         "max_waiting": max_clients,
         "rate_limit": "1000000/minute",
         "workers": args.workers,
         "engine": args.engine,
         "device": device,
-        "dtype": args.dtype,
+        "dtype": dtype,
         "kv_cache_tokens": cache_tokens,
         "log_level": "warning",
     }
-    with serve(model, work, **settings) as served:
-        ours = asyncio.run(measure_ours(served.port, levels, args.tokens))
+    with ExitStack() as servers:
+        served = servers.enter_context(serve(model, work, **settings))
+        theirs = None
+        if not args.skip_transformers_serve:
+            blocks = cache_tokens // page + 1
+            theirs = servers.enter_context(transformers_serve(model, work, device, dtype, blocks, page))
+        measured = asyncio.run(measure(served.port, theirs, model, levels, args.tokens, chats))
         rss = worker_rss_mib(served.proc.pid)
-    theirs: list[Level] = []
-    if not args.skip_transformers_serve:
-        blocks = cache_tokens // page + 1
-        with transformers_serve(model, work, device, blocks, page) as base:
-            theirs = asyncio.run(measure_theirs(base, model, levels, args.tokens))
+    order = ["qwen-chat /ws", "qwen-chat /v1", "transformers serve"]
+    measured.sort(key=lambda level: (order.index(level.server), level.concurrency))
 
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -363,11 +397,12 @@ def main() -> None:
         "cpu_cores": len(os.sched_getaffinity(0)),
         "model": model_label,
         "engine": args.engine,
+        "dtype": dtype,
         "workers": args.workers,
         "tokens_per_reply": args.tokens,
         "generate_tokens_per_second": round(generate_tps, 1),
         "worker_rss_mib": [round(v, 1) for v in rss],
-        "levels": [level.summary() for level in ours + theirs],
+        "levels": [level.summary() for level in measured],
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     result["targets"] = targets(result)
@@ -446,8 +481,8 @@ def markdown(result: dict[str, Any], plot: str) -> str:
     rss = ", ".join(f"{v:.0f} MiB" for v in result["worker_rss_mib"])
     lines = [
         f"Run {result['date']} on `{result['host']}` ({where}); model: {result['model']}; "
-        f"engine `{result['engine']}`, {result['workers']} worker(s); {result['tokens_per_reply']} greedy "
-        f"tokens per reply; {result['wall_seconds']} s in all.",
+        f"engine `{result['engine']}`, {result['dtype']}, {result['workers']} worker(s); "
+        f"{result['tokens_per_reply']} greedy tokens per reply; {result['wall_seconds']} s in all.",
         "",
         f"`model.generate` in-process, one stream: **{result['generate_tokens_per_second']} tokens/s**. "
         f"Resident memory per worker after the load: {rss}.",
@@ -502,9 +537,17 @@ def draw(result: dict[str, Any], path: Path) -> None:
             (lv for lv in result["levels"] if lv["server"] == server), key=lambda lv: lv["concurrency"]
         )
         xs = [lv["concurrency"] for lv in rows]
-        left.plot(xs, [lv["tokens_per_second"] for lv in rows], marker="o", label=server)
-        right.plot(xs, [lv["ttft_ms_p50"] for lv in rows], marker="o", label=f"{server} p50")
-        right.plot(xs, [lv["ttft_ms_p95"] for lv in rows], marker="x", linestyle="--", label=f"{server} p95")
+        (line,) = left.plot(xs, [lv["tokens_per_second"] for lv in rows], marker="o", label=server)
+        color = line.get_color()  # one colour per server on both sides
+        right.plot(xs, [lv["ttft_ms_p50"] for lv in rows], marker="o", color=color, label=f"{server} p50")
+        right.plot(
+            xs,
+            [lv["ttft_ms_p95"] for lv in rows],
+            marker="x",
+            linestyle="--",
+            color=color,
+            label=f"{server} p95",
+        )
     left.axhline(
         result["generate_tokens_per_second"], color="grey", linestyle=":", label="model.generate, 1 stream"
     )

@@ -1,0 +1,83 @@
+"""Random-weight models shaped like real Qwen2.5 checkpoints, built offline from a config alone.
+
+The work per token is the real model's: the same layers, widths, attention heads and a 151,936-row output
+layer. The tokenizer is the tiny model's locally trained one (1,024 tokens), so output rows past it are
+zeroed: greedy decoding then picks tokens the tokenizer can print (among 1,024 random logits one is almost
+surely positive). Replies are gibberish; only speed and memory mean anything.
+
+    .venv/bin/python bench/shaped_model.py qwen2.5-0.5b DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers.utils import logging as transformers_logging
+
+from qwen_chat.tiny_model import build_tokenizer
+
+# From the published config.json of Qwen/Qwen2.5-0.5B-Instruct and Qwen/Qwen2.5-1.5B-Instruct.
+SHAPES: dict[str, dict[str, int]] = {
+    "qwen2.5-0.5b": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+    },
+    "qwen2.5-1.5b": {
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+    },
+}
+VOCAB_SIZE = 151936
+
+
+def make_shaped_model(directory: Path | str, shape: str, seed: int = 0) -> Path:
+    """Build the `shape` model (bf16 weights) and the tiny tokenizer into `directory`."""
+    transformers_logging.disable_progress_bar()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(seed=seed)
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=VOCAB_SIZE,
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        # Untied (the real 0.5B and 1.5B tie them), so the unprintable output rows can be zeroed alone.
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=2,
+        pad_token_id=0,
+        dtype="bfloat16",
+        **SHAPES[shape],
+    )
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    with torch.no_grad():
+        model.lm_head.weight[len(tokenizer) :] = 0
+    model.generation_config.eos_token_id = [2, 0]
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("shape", choices=sorted(SHAPES))
+    parser.add_argument("directory", type=Path)
+    args = parser.parse_args()
+    print(make_shaped_model(args.directory, args.shape))
+
+
+if __name__ == "__main__":
+    main()
