@@ -57,16 +57,31 @@ def serve(model: str, work: Path, timeout: float = 600, **settings: object) -> I
         start_new_session=True,
     )
     try:
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() - started > timeout:
-                raise RuntimeError("the service did not become ready")
-            time.sleep(0.05)
+        wait_ok(f"http://127.0.0.1:{port}/readyz", proc, timeout, "the service")
         yield Served(proc, port, started, time.monotonic() - started)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
+        stop(proc, grace=120)
+
+
+def wait_ok(url: str, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    """Poll `url` until it answers 200; raise if `proc` exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not become ready")
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the process group (started with start_new_session), SIGKILL what is left after `grace` s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

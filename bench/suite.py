@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -41,7 +40,7 @@ from typing import Any
 import httpx
 import psutil
 import torch
-from serving import KEY, serve
+from serving import KEY, serve, stop, wait_ok
 from shaped_model import SHAPES, make_shaped_model
 from single_stream import PROMPT, RawGenerate
 from websockets.asyncio.client import connect
@@ -240,24 +239,10 @@ def transformers_serve(
     log = (work / "transformers-serve.log").open("wb")
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"transformers serve did not start; see {log.name}")
-            time.sleep(0.2)
+        wait_ok(f"http://127.0.0.1:{port}/health", proc, 300, f"transformers serve (see {log.name})")
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop(proc, grace=30)
         log.close()
 
 
