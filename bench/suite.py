@@ -174,10 +174,10 @@ async def openai_client(
         timing.record(level, count or len(timing.arrivals))
 
 
-async def probe_health(url: str, level: Level, stop: asyncio.Event) -> None:
+async def probe_health(url: str, level: Level, load_done: asyncio.Event) -> None:
     """A probe every 50 ms while the load runs, as a kubelet would (but much more often)."""
     async with httpx.AsyncClient(timeout=10) as client:
-        while not stop.is_set():
+        while not load_done.is_set():
             started = time.perf_counter()
             response = await client.get(url)
             if response.status_code == 200:
@@ -188,12 +188,12 @@ async def probe_health(url: str, level: Level, stop: asyncio.Event) -> None:
 async def run_level(
     level: Level, health_url: str, client: Callable[[Level], Awaitable[None]], clients: int
 ) -> Level:
-    stop = asyncio.Event()
-    prober = asyncio.create_task(probe_health(health_url, level, stop))
+    load_done = asyncio.Event()
+    prober = asyncio.create_task(probe_health(health_url, level, load_done))
     started = time.perf_counter()
     await asyncio.gather(*(client(level) for _ in range(clients)))
     level.seconds = time.perf_counter() - started
-    stop.set()
+    load_done.set()
     await prober
     return level
 
