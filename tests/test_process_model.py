@@ -130,8 +130,19 @@ async def test_metrics_pass_promtool_and_auth_failures_are_counted(server: Serve
         with pytest.raises(InvalidStatus):
             async with open_socket(server.ws, user=None, additional_headers=headers):
                 pass
+    gaps_before = server.metric("qwen_chat_inter_token_latency_seconds_count") or 0
+    gaps = 0
     async with open_socket(server.ws) as ws:
-        await chat(ws, "hi", params={"max_new_tokens": 3})
+        # Inter-token latency is one gap per token message after the first (deltas that pile up leave
+        # as one message), so a reply needs two messages to record one; the random model's reply may
+        # end early or arrive in one message, hence a few tries.
+        for content in ("hi", "tell me more", "and then?"):
+            frames = await chat(ws, content, params={"max_new_tokens": 24})
+            gaps += max(0, sum(f["type"] == "token" for f in frames) - 1)
+            if gaps:
+                break
+    assert gaps, "no reply came in two token messages"
+    assert server.metric("qwen_chat_inter_token_latency_seconds_count") == gaps_before + gaps
     assert (server.metric("qwen_chat_auth_failures_total", transport="ws", reason="key") or 0) == 2
     text = server.metrics_text()
     for name in (
