@@ -120,6 +120,30 @@ def test_openai_errors_use_the_openai_shape(server: LiveServer) -> None:
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"
 
 
+def test_errors_the_framework_raises_use_the_openai_shape_too(server: LiveServer) -> None:
+    """No such path, a wrong method and a body too odd to parse answer like every other error."""
+    headers = {**AUTH, "Content-Type": "application/json"}
+    huge = b'{"model": "m", "messages": [], "max_tokens": ' + b"9" * 5000 + b"}"
+    for path in ("/v1/chat/completions", "/chat"):
+        unparseable = httpx.post(server.http + path, content=huge, headers=headers)
+        assert unparseable.status_code == 400, (path, unparseable.text)
+        assert unparseable.json()["error"]["code"] == "invalid_body"
+    wrong_method = httpx.get(server.http + "/v1/chat/completions", headers=AUTH)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["error"] == {
+        "message": "GET is not allowed on /v1/chat/completions",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "method_not_allowed",
+    }
+    with client(server) as sdk, pytest.raises(openai.NotFoundError) as missing:
+        sdk.post("/chat/completion", body={}, cast_to=httpx.Response)
+    assert missing.value.code == "not_found"
+    assert missing.value.message.endswith("no such endpoint: POST /v1/chat/completion")
+    static = httpx.get(server.http + "/static/no-such-file.js")
+    assert static.status_code == 404 and static.json()["error"]["code"] == "not_found"
+
+
 def _errors(sdk: OpenAI, wrong: OpenAI, model: str) -> None:
     messages = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.BadRequestError) as bad:

@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from qwen_chat import drain, http_common, metrics, openai_api, probes, simple_api, web, ws
 from qwen_chat.batch_engine import ContinuousBatchEngine
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(http_common.HTTPAuthError, http_common.on_auth_error)
     app.add_exception_handler(ChatRefused, http_common.on_chat_refused)
     app.add_exception_handler(RequestValidationError, http_common.on_validation_error)
+    app.add_exception_handler(HTTPException, http_common.on_http_error)
     app.add_middleware(web.SecurityHeaders)
     return app
 

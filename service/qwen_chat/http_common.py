@@ -7,12 +7,14 @@ clients parse one shape; refusals that can be retried carry `Retry-After`.
 from __future__ import annotations
 
 import math
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
 from qwen_chat.auth import AuthError, Principal, authenticate
 from qwen_chat.chat_service import ChatRefused
@@ -23,6 +25,7 @@ _TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
     409: "invalid_request_error",
     422: "invalid_request_error",
     429: "requests",
@@ -66,6 +69,8 @@ def http_principal(request: Request) -> Principal:
 
 PrincipalDep = Annotated[Principal, Depends(http_principal)]
 
+_HTTP_ERROR_CODES = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}
+
 _REFUSAL_CODES = {"rate_limited": "rate_limit_exceeded", "too_long": "context_length_exceeded"}
 
 
@@ -105,3 +110,20 @@ async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(status, "the request body is not valid JSON", "invalid_json")
     param = (field_path(errors[0]) or None) if errors else None
     return error_response(status, describe_errors(errors), "invalid_value", param)
+
+
+async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Errors raised by the framework itself (no such path, a wrong method, a body it cannot parse at all,
+    such as a 5,000-digit integer) in the same shape as ours, with their headers (`Allow` for a 405)."""
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    path = request.url.path[:200]
+    if status == 404:
+        message = f"no such endpoint: {request.method} {path}"
+    elif status == 405:
+        message = f"{request.method} is not allowed on {path}"
+    else:
+        message = exc.detail if isinstance(exc.detail, str) and exc.detail else HTTPStatus(status).phrase
+    response = error_response(status, message, _HTTP_ERROR_CODES.get(status, "http_error"))
+    response.headers.update(exc.headers or {})
+    return response
