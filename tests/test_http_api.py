@@ -131,7 +131,7 @@ def test_errors_the_framework_raises_use_the_openai_shape_too(server: LiveServer
     wrong_method = httpx.get(server.http + "/v1/chat/completions", headers=AUTH)
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert wrong_method.json()["error"] == {
-        "message": "GET is not allowed on /v1/chat/completions",
+        "message": "GET is not allowed here; use POST",
         "type": "invalid_request_error",
         "param": None,
         "code": "method_not_allowed",
@@ -139,7 +139,9 @@ def test_errors_the_framework_raises_use_the_openai_shape_too(server: LiveServer
     with client(server) as sdk, pytest.raises(openai.NotFoundError) as missing:
         sdk.post("/chat/completion", body={}, cast_to=httpx.Response)
     assert missing.value.code == "not_found"
-    assert missing.value.message.endswith("no such endpoint: POST /v1/chat/completion")
+    assert missing.value.message.endswith("no such endpoint; the API is described at /openapi.json")
+    pasted = httpx.get(server.http + f"/v1/{KEYS['alice']}", headers=AUTH)
+    assert pasted.status_code == 404 and KEYS["alice"] not in pasted.text
     static = httpx.get(server.http + "/static/no-such-file.js")
     assert static.status_code == 404 and static.json()["error"]["code"] == "not_found"
 

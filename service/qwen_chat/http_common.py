@@ -117,11 +117,12 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     such as a 5,000-digit integer) in the same shape as ours, with their headers (`Allow` for a 405)."""
     assert isinstance(exc, HTTPException)
     status = exc.status_code
-    path = request.url.path[:200]
+    # The path is not echoed: a key pasted into a URL must not come back in an error message.
     if status == 404:
-        message = f"no such endpoint: {request.method} {path}"
+        message = "no such endpoint; the API is described at /openapi.json"
     elif status == 405:
-        message = f"{request.method} is not allowed on {path}"
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed here" + (f"; use {allowed}" if allowed else "")
     else:
         message = exc.detail if isinstance(exc.detail, str) and exc.detail else HTTPStatus(status).phrase
     response = error_response(status, message, _HTTP_ERROR_CODES.get(status, "http_error"))
