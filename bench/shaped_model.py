@@ -17,7 +17,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from transformers.utils import logging as transformers_logging
 
-from qwen_chat.tiny_model import build_tokenizer
+from qwen_chat.engine.tiny_model import build_tokenizer
 
 # From the published config.json of Qwen/Qwen2.5-0.5B-Instruct and Qwen/Qwen2.5-1.5B-Instruct.
 SHAPES: dict[str, dict[str, int]] = {

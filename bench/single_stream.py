@@ -26,9 +26,9 @@ from serving import KEY, serve
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from websockets.asyncio.client import ClientConnection, connect
 
-from qwen_chat.model_loader import resolve_device, resolve_dtype
-from qwen_chat.prompts import Prompts
-from qwen_chat.tiny_model import make_tiny_model
+from qwen_chat.engine.model_loader import resolve_device, resolve_dtype
+from qwen_chat.engine.prompts import Prompts
+from qwen_chat.engine.tiny_model import make_tiny_model
 
 PROMPT = "Tell me about continuous batching in language model servers."
 

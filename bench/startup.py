@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 from serving import serve
 
-from qwen_chat.tiny_model import make_tiny_model
+from qwen_chat.engine.tiny_model import make_tiny_model
 
 
 def measure(model: str, workers: int, work: Path) -> dict[str, object]:

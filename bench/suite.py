@@ -45,8 +45,8 @@ from shaped_model import SHAPES, make_shaped_model
 from single_stream import PROMPT, RawGenerate
 from websockets.asyncio.client import connect
 
-from qwen_chat.model_loader import resolve_dtype
-from qwen_chat.tiny_model import make_tiny_model
+from qwen_chat.engine.model_loader import resolve_dtype
+from qwen_chat.engine.tiny_model import make_tiny_model
 
 HERE = Path(__file__).parent
 BENCHMARKS = HERE.parent / "BENCHMARKS.md"

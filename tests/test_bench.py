@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.chart_tools import REPO
+from tests.support.chart_tools import REPO
 
 
 def test_the_benchmark_suite_runs_end_to_end_and_reports(tmp_path: Path, tiny_model_dir: Path) -> None:

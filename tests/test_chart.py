@@ -16,8 +16,17 @@ import pytest
 import yaml
 
 from qwen_chat.settings import Settings
-from tests.chart_render import CHART, NAMESPACE, deployment, env_of, find, helm_template, render, server
-from tests.chart_tools import REPO, run_tool
+from tests.support.chart_render import (
+    CHART,
+    NAMESPACE,
+    deployment,
+    env_of,
+    find,
+    helm_template,
+    render,
+    server,
+)
+from tests.support.chart_tools import REPO, run_tool
 
 SCENARIOS = sorted(path.name for path in (CHART / "ci").glob("*-values.yaml"))
 KUBERNETES = ["1.29.0", "1.35.0"]

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from starlette.datastructures import Headers, QueryParams
 
-from qwen_chat.auth import (
-    AuthError,
+from qwen_chat.auth.credentials import CredentialStore
+from qwen_chat.auth.identity import (
     authenticate,
     encode_bearer_subprotocol,
     origin_allowed,
 )
-from qwen_chat.credentials import CredentialStore
-from tests.conftest import KEYS, SecretVolume
+from qwen_chat.errors import Refusal
+from tests.support.secret_volume import KEYS, SecretVolume
 
 
 def test_reads_one_key_per_user_and_ignores_kubelet_entries(secret_volume: SecretVolume) -> None:
@@ -91,7 +91,7 @@ def test_authenticate_paths(secret_volume: SecretVolume) -> None:
         {"query": f"userid=alice&secret={KEYS['alice']}"},
         {"query": f"userid=bob&secret={KEYS['alice']}", "allow_query": True},
     ]:
-        with pytest.raises(AuthError) as refused:
+        with pytest.raises(Refusal) as refused:
             _auth(store, **kwargs)  # type: ignore[arg-type]
         assert refused.value.status == 401
         assert KEYS["alice"] not in refused.value.message

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from qwen_chat.app import create_engine
-from qwen_chat.engine import (
+from qwen_chat.engine.interface import (
     EngineNotReady,
     EngineOverloaded,
     EngineState,
@@ -21,7 +21,7 @@ from qwen_chat.engine import (
     SamplingParams,
     TextDelta,
 )
-from qwen_chat.queued_engine import QueuedEngine
+from qwen_chat.engine.queued import QueuedEngine
 from qwen_chat.settings import Settings
 
 pytestmark = pytest.mark.anyio

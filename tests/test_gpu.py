@@ -7,9 +7,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from qwen_chat.engine import Finished, GenerationRequest, SamplingParams, TextDelta
+from qwen_chat.engine.interface import Finished, GenerationRequest, SamplingParams, TextDelta
+from qwen_chat.engine.simple import SimpleEngine
 from qwen_chat.settings import Settings
-from qwen_chat.simple_engine import SimpleEngine
 
 pytestmark = [pytest.mark.gpu, pytest.mark.anyio]
 

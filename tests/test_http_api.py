@@ -19,10 +19,10 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.conftest import KEYS, LiveServer, free_port, run_server, wait_until
-from tests.serve_process import serve_process
-from tests.test_process_model import open_on_every_worker
-from tests.wsclient import chat, open_socket
+from tests.support.live_server import LiveServer, free_port, run_server, wait_until
+from tests.support.secret_volume import KEYS
+from tests.support.serve_process import open_on_every_worker, serve_process
+from tests.support.wsclient import chat, open_socket
 
 Serve = Callable[..., AbstractContextManager[LiveServer]]
 AUTH = {"Authorization": f"Bearer {KEYS['alice']}"}

@@ -17,10 +17,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.chart_render import CHART, env_of, find, render, server
-from tests.chart_tools import REPO
-from tests.conftest import SecretVolume, free_port, wait_until
-from tests.dockerfile_parser import DOCKERFILE, parse_dockerfile
+from tests.support.chart_render import CHART, env_of, find, render, server
+from tests.support.chart_tools import REPO
+from tests.support.dockerfile_parser import DOCKERFILE, parse_dockerfile
+from tests.support.live_server import free_port, wait_until
+from tests.support.secret_volume import SecretVolume
 
 SCENARIO = "cpu-values.yaml"
 

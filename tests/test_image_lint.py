@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.chart_tools import REPO, run_tool
-from tests.dockerfile_parser import DOCKERFILE, Dockerfile, parse_dockerfile
+from tests.support.chart_tools import REPO, run_tool
+from tests.support.dockerfile_parser import DOCKERFILE, Dockerfile, parse_dockerfile
 
 DOCKERIGNORE = REPO / ".dockerignore"
 UID = 10001

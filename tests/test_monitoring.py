@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart_tools import REPO, run_tool
-from tests.conftest import wait_until
-from tests.monitoring_stack import (
+from tests.support.chart_tools import REPO, run_tool
+from tests.support.live_server import wait_until
+from tests.support.monitoring_stack import (
     DASHBOARD,
     JOB,
     MODEL,
@@ -42,7 +42,7 @@ from tests.monitoring_stack import (
     targets,
     variable_query,
 )
-from tests.serve_process import serve_process
+from tests.support.serve_process import serve_process
 
 RUNBOOK = REPO / "docs" / "runbook.md"
 CHART = REPO / "charts" / "qwen-chat"

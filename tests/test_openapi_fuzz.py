@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import KEYS, LiveServer
+from tests.support.live_server import LiveServer
+from tests.support.secret_volume import KEYS
 
 
 def test_schemathesis_finds_no_server_errors(serve) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, WebSocketRoute, expect, sync_playwright
 
-from tests.conftest import KEYS, LiveServer
+from tests.support.live_server import LiveServer
+from tests.support.secret_volume import KEYS
 
 CHROMIUM = "/usr/bin/chromium"
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"

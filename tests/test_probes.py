@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from qwen_chat.app import create_app
-from qwen_chat.simple_engine import SimpleEngine
-from tests.conftest import run_server, wait_until
-from tests.wsclient import open_socket, receive
+from qwen_chat.engine.simple import SimpleEngine
+from tests.support.live_server import run_server, wait_until
+from tests.support.wsclient import open_socket, receive
 
 pytestmark = pytest.mark.anyio
 
@@ -30,10 +30,9 @@ class GatedEngine(SimpleEngine):
 
 async def test_readyz_is_503_loading_until_warm_while_livez_is_200(make_settings) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings()
-    app = create_app(settings)
     engine = GatedEngine(settings)
     engine.gate = threading.Event()
-    app.state.engine = engine
+    app = create_app(settings, engine=engine)
     with run_server(app, settings, wait_ready=False) as live:
         async with httpx.AsyncClient(base_url=live.http) as client:
             before = await client.get("/readyz")

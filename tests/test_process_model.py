@@ -21,9 +21,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import KEYS, wait_until
-from tests.serve_process import ServeProcess, serve_process
-from tests.wsclient import chat, open_socket, receive, until_end
+from tests.support.live_server import wait_until
+from tests.support.secret_volume import KEYS
+from tests.support.serve_process import ServeProcess, open_on_every_worker, serve_process
+from tests.support.wsclient import chat, open_socket, receive, until_end
 
 pytestmark = pytest.mark.anyio
 
@@ -36,23 +37,6 @@ def server(tmp_path: Path, tiny_model_dir: Path) -> Any:
         live.wait_ready()
         yield live
     live.assert_clean_logs(ALL_KEYS)
-
-
-async def open_on_every_worker(
-    stack: AsyncExitStack, server: ServeProcess, per_worker: int = 1, limit: int = 40
-) -> dict[int, list[ClientConnection]]:
-    """Open sockets until each worker holds `per_worker` of them (the kernel picks the worker)."""
-    held: dict[int, list[ClientConnection]] = {pid: [] for pid in server.workers()}
-    for _ in range(limit):
-        if all(len(sockets) >= per_worker for sockets in held.values()):
-            return held
-        ws = await stack.enter_async_context(open_socket(server.ws))
-        pid = server.worker_of(ws.local_address[1])
-        assert pid in held, "every socket is held by one of the workers"
-        held[pid].append(ws)
-    raise AssertionError(
-        f"could not spread {limit} sockets over the workers: {[len(v) for v in held.values()]}"
-    )
 
 
 async def test_readyz_is_503_until_both_workers_are_warm_then_200_from_all(

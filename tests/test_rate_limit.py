@@ -6,7 +6,7 @@ import multiprocessing
 from pathlib import Path
 from typing import Any
 
-from qwen_chat.rate_limit import SQLiteStorage
+from qwen_chat.chat.rate_limit import SQLiteStorage
 
 PROCESSES = 8
 

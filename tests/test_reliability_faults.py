@@ -21,12 +21,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from qwen_chat.credentials import CredentialStore, check_directory
-from tests.conftest import KEYS, SecretVolume
-from tests.reliability_tools import Figures, error_log_lines, leaked_secrets, secrets_of
-from tests.serve_process import ServeProcess, serve_process
-from tests.test_process_model import open_on_every_worker
-from tests.wsclient import chat, open_socket, receive
+from qwen_chat.auth.credentials import CredentialStore, check_directory
+from tests.support.reliability_tools import Figures, error_log_lines, leaked_secrets, secrets_of
+from tests.support.secret_volume import KEYS, SecretVolume
+from tests.support.serve_process import ServeProcess, open_on_every_worker, serve_process
+from tests.support.wsclient import chat, open_socket, receive
 
 pytestmark = pytest.mark.anyio
 

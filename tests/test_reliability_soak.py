@@ -18,8 +18,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import wait_until
-from tests.reliability_tools import (
+from tests.support.live_server import wait_until
+from tests.support.reliability_tools import (
     FINISH_REASONS,
     Figures,
     error_log_lines,
@@ -27,8 +27,8 @@ from tests.reliability_tools import (
     secrets_of,
     worker_rss,
 )
-from tests.serve_process import ServeProcess, serve_process
-from tests.wsclient import open_socket, receive
+from tests.support.serve_process import ServeProcess, serve_process
+from tests.support.wsclient import open_socket, receive
 
 pytestmark = pytest.mark.anyio
 

@@ -22,11 +22,17 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from qwen_chat.auth import PROTOCOL, encode_bearer_subprotocol
-from tests.conftest import KEYS
-from tests.reliability_tools import Figures, error_log_lines, leaked_internals, leaked_secrets, secrets_of
-from tests.serve_process import ServeProcess, serve_process
-from tests.wsclient import chat, open_socket
+from qwen_chat.auth.identity import PROTOCOL, encode_bearer_subprotocol
+from tests.support.reliability_tools import (
+    Figures,
+    error_log_lines,
+    leaked_internals,
+    leaked_secrets,
+    secrets_of,
+)
+from tests.support.secret_volume import KEYS
+from tests.support.serve_process import ServeProcess, serve_process
+from tests.support.wsclient import chat, open_socket
 
 pytestmark = pytest.mark.anyio
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_until
-from tests.wsclient import until_end
+from tests.support.live_server import free_port, wait_until
+from tests.support.wsclient import until_end
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart_tools import REPO, run_tool
+from tests.support.chart_tools import REPO, run_tool
 
 GITHUB = REPO / ".github"
 WORKFLOWS = GITHUB / "workflows"

@@ -9,9 +9,10 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from qwen_chat.auth import PROTOCOL, encode_bearer_subprotocol
-from tests.conftest import KEYS, LiveServer, wait_until
-from tests.wsclient import chat, open_socket, receive, reply_text, until_end
+from qwen_chat.auth.identity import PROTOCOL, encode_bearer_subprotocol
+from tests.support.live_server import LiveServer, wait_until
+from tests.support.secret_volume import KEYS
+from tests.support.wsclient import chat, open_socket, receive, reply_text, until_end
 
 pytestmark = pytest.mark.anyio
 
@@ -297,7 +298,7 @@ async def test_query_auth_only_when_enabled(serve) -> None:  # type: ignore[no-u
 
 
 async def test_rotated_key_works_and_old_one_fails_without_restart(serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import SecretVolume
+    from tests.support.secret_volume import SecretVolume
 
     volume = SecretVolume(tmp_path / "rotating")
     volume.write({"alice": "old-key-aaaaaaaaaaaa"})
@@ -321,7 +322,7 @@ async def test_rotated_key_works_and_old_one_fails_without_restart(serve, tmp_pa
 async def test_an_unexpected_server_error_costs_one_message_not_the_connection(
     server: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from qwen_chat.chat_session import ChatSession
+    from qwen_chat.ws.session import ChatSession
 
     original = ChatSession.handle_text
 

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import KEYS, wait_until
-from tests.reliability_rawws import (
+from tests.support.live_server import wait_until
+from tests.support.reliability_rawws import (
     BINARY,
     CLOSE,
     CONTINUATION,
@@ -35,7 +35,7 @@ from tests.reliability_rawws import (
     close_payload,
     open_raw,
 )
-from tests.reliability_tools import (
+from tests.support.reliability_tools import (
     ERROR_CODES,
     FINISH_REASONS,
     PROTOCOL_CLOSE_CODES,
@@ -45,8 +45,9 @@ from tests.reliability_tools import (
     leaked_secrets,
     secrets_of,
 )
-from tests.serve_process import ServeProcess, serve_process
-from tests.wsclient import open_socket
+from tests.support.secret_volume import KEYS
+from tests.support.serve_process import ServeProcess, serve_process
+from tests.support.wsclient import open_socket
 
 pytestmark = pytest.mark.anyio
 
@@ -668,7 +669,7 @@ async def test_a_chat_closed_at_once_frees_its_slot(serve) -> None:  # type: ign
     """Found by the raw cases: a chat frame followed at once by a close cancelled the reply's task before
     its first step, so its stream was never closed: the generation ran on for nobody (holding a batch
     slot) and the SIGTERM drain waited DRAIN_SECONDS for it."""
-    from tests.reliability_rawws import encode_frame
+    from tests.support.reliability_rawws import encode_frame
 
     long_chat = json.dumps(
         {"type": "chat", "content": "hi", "params": {"max_new_tokens": 400, "temperature": 0}}
@@ -684,7 +685,7 @@ async def test_a_chat_closed_at_once_frees_its_slot(serve) -> None:  # type: ign
             closed = await sock.receive(timeout=10)
             assert closed is not None and closed.close_code == 1000
             await sock.close()
-        state = live.app.state
+        service = live.service
         await asyncio.to_thread(
-            wait_until, lambda: not state.drain.replies and live.engine.stats.running == 0, 2.0, 0.02
+            wait_until, lambda: not service.drain.replies and live.engine.stats.running == 0, 2.0, 0.02
         )

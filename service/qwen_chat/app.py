@@ -1,10 +1,10 @@
-"""The FastAPI application: routers included in one place, the engine owned by the lifespan."""
+"""The composition root: `create_app` builds the typed `Service`, includes every router in one place, and
+owns the engine through the lifespan (the model loads in the background; probes answer from the start)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,16 +13,15 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from qwen_chat import drain, http_common, metrics, openai_api, probes, simple_api, web, ws
-from qwen_chat.batch_engine import ContinuousBatchEngine
-from qwen_chat.chat_service import ChatRefused
-from qwen_chat.credentials import CredentialStore
-from qwen_chat.drain import Drain
-from qwen_chat.engine import Engine
-from qwen_chat.rate_limit import RateLimiter
-from qwen_chat.readiness import WorkerStates
+from qwen_chat import metrics
+from qwen_chat.engine.batch import ContinuousBatchEngine
+from qwen_chat.engine.interface import Engine
+from qwen_chat.engine.simple import SimpleEngine
+from qwen_chat.errors import Refusal
+from qwen_chat.http import errors, openai_api, page, probes, seed_api
+from qwen_chat.service import Service
 from qwen_chat.settings import Settings, get_settings
-from qwen_chat.simple_engine import SimpleEngine
+from qwen_chat.ws import router as ws
 
 log = structlog.get_logger(__name__)
 
@@ -33,69 +32,60 @@ def create_engine(settings: Settings) -> Engine:
     return ContinuousBatchEngine(settings)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """The app for one worker; `engine` replaces the one QWEN_CHAT_ENGINE selects."""
     settings = settings or get_settings()
+    service = Service.build(settings, engine or create_engine(settings))
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.states.publish("loading")
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        service.readiness.publish("loading")
         metrics.publish_zeros(settings.model_name)
-        drain.register(app.state.drain.run)
+        service.lifecycle.offer_drain(service.drain.run)
         # Serve probes at once; the model loads in the background and /readyz reports when it is warm.
-        loading = asyncio.create_task(_load(app.state.engine, app.state.states, settings))
+        loading = asyncio.create_task(_load(service))
         try:
             yield
         finally:
-            drain.register(None)
+            service.lifecycle.offer_drain(None)
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             metrics.MODEL_LOADED.labels(settings.model_name).set(0)
-            await app.state.engine.close()
+            await service.engine.close()
 
     app = FastAPI(title="qwen-chat", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.started_at = int(time.time())
-    app.state.engine = create_engine(settings)
-    app.state.credentials = (
-        CredentialStore(settings.credentials_dir, settings.credentials_reload_seconds)
-        if settings.auth_enabled
-        else None
-    )
-    worker_dir = settings.state_dir / "workers" if settings.state_dir else None
-    app.state.states = WorkerStates(worker_dir, settings.workers)
-    app.state.drain = Drain(app.state.states, settings.drain_seconds)
-    app.state.rate_limiter = RateLimiter(settings)
+    app.state.service = service
+    # What a process runtime reads off the app (runtime/lifecycle.py), without importing it.
+    app.state.lifecycle = service.lifecycle
     if not settings.auth_enabled:
         log.warning("auth_disabled", detail="QWEN_CHAT_AUTH_ENABLED=false: anyone who can connect may chat")
     app.include_router(probes.router)
     app.include_router(ws.router)
-    app.include_router(web.router)
+    app.include_router(page.router)
     app.include_router(openai_api.router)
-    app.include_router(simple_api.router)
-    app.mount("/static", web.static_files, name="static")
-    app.add_exception_handler(http_common.HTTPAuthError, http_common.on_auth_error)
-    app.add_exception_handler(ChatRefused, http_common.on_chat_refused)
-    app.add_exception_handler(RequestValidationError, http_common.on_validation_error)
-    app.add_exception_handler(HTTPException, http_common.on_http_error)
-    app.add_middleware(web.SecurityHeaders)
+    app.include_router(seed_api.router)
+    app.mount("/static", page.static_files, name="static")
+    app.add_exception_handler(Refusal, errors.on_refusal)
+    app.add_exception_handler(RequestValidationError, errors.on_validation_error)
+    app.add_exception_handler(HTTPException, errors.on_http_error)
+    app.add_middleware(page.SecurityHeaders)
     return app
 
 
-async def _load(engine: Engine, states: WorkerStates, settings: Settings) -> None:
+async def _load(service: Service) -> None:
+    settings = service.settings
     try:
-        await engine.start()
+        await service.engine.start()
     except Exception as exc:
-        # Under gunicorn the worker then exits 3 and the master stops the service (see worker.py): a model
-        # that cannot load will not load on a retry either. Elsewhere /readyz stays 503 `failed`.
-        from qwen_chat.worker import exit_after_failed_load  # gunicorn's, imported only where it runs
-
-        states.publish("failed")
+        # Under gunicorn the worker then exits 3 and the master stops the service (see runtime/worker.py): a
+        # model that cannot load will not load on a retry either. Elsewhere /readyz stays 503 `failed`.
+        service.readiness.publish("failed")
         reason = f"{type(exc).__name__}: {exc}"
         local = settings.model.startswith((".", "/", "~"))
         if local and not await asyncio.to_thread(lambda: Path(settings.model).expanduser().exists()):
             # transformers would call it an invalid hub repo id; say what is wrong in the operator's terms.
             reason = f"the model path does not exist ({reason})"
-        exiting = exit_after_failed_load()  # no await from here on: the line is logged before shutdown
+        exiting = service.lifecycle.report_load_failed()  # no await from here on: logged before shutdown
         log.error(
             "model_load_failed",
             model=settings.model,
@@ -103,6 +93,6 @@ async def _load(engine: Engine, states: WorkerStates, settings: Settings) -> Non
             action="stopping the service" if exiting else "readyz reports failed",
         )
         return
-    metrics.MODEL_LOAD_SECONDS.labels(settings.model_name).set(engine.stats.load_seconds or 0.0)
+    metrics.MODEL_LOAD_SECONDS.labels(settings.model_name).set(service.engine.stats.load_seconds or 0.0)
     metrics.MODEL_LOADED.labels(settings.model_name).set(1)
-    states.publish("ready")
+    service.readiness.publish("ready")

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "smoke-test":
         return _smoke_test(args)
     if args.command == "make-tiny-model":
-        from qwen_chat.tiny_model import make_tiny_model
+        from qwen_chat.engine.tiny_model import make_tiny_model
 
         print(make_tiny_model(args.directory, seed=args.seed))
         return 0
@@ -70,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         if value is not None:
             environ[f"QWEN_CHAT_{name.upper()}"] = str(value)
     if args.dev:
-        from qwen_chat import dev
+        from qwen_chat.runtime import dev
 
         dev.announce(dev.prepare(environ))
     # Validate settings here, so a typo is one clear line rather than a traceback in every worker.
@@ -84,7 +84,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"qwen-chat: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     # exec: gunicorn's master becomes this process, so signals from Kubernetes reach it directly.
-    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "--config", "python:qwen_chat.gunicorn_conf"])
+    os.execv(
+        sys.executable,
+        [sys.executable, "-m", "gunicorn", "--config", "python:qwen_chat.runtime.gunicorn_conf"],
+    )
     return 0  # unreachable
 
 

@@ -9,6 +9,7 @@ directory (one process, as in unit tests) the default registry is used.
 from __future__ import annotations
 
 import contextlib
+import enum
 import glob
 import os
 import time
@@ -27,8 +28,20 @@ from prometheus_client import (
     multiprocess,
 )
 
+from qwen_chat.errors import Refusal
+
 NAMESPACE = "qwen_chat"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class Transport(enum.StrEnum):
+    """The `transport` label: which API a request came through."""
+
+    WS = "ws"  # /ws
+    HTTP = "http"  # /chat (and every HTTP path for auth_failures_total)
+    SSE = "sse"  # /chat_stream
+    OPENAI = "openai"  # /v1/...
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5)
@@ -131,7 +144,7 @@ MODEL_LOAD_SECONDS = Gauge(
 
 def publish_zeros(model: str) -> None:
     """Create the gauge series at worker start, so dashboards show 0 rather than no data."""
-    ACTIVE_CONNECTIONS.labels("ws").set(0)
+    ACTIVE_CONNECTIONS.labels(Transport.WS).set(0)
     REQUESTS_RUNNING.labels(model).set(0)
     REQUESTS_WAITING.labels(model).set(0)
     MODEL_LOADED.labels(model).set(0)
@@ -171,7 +184,7 @@ class RequestMetrics:
     """What one chat request contributes, recorded as its messages are sent to the client."""
 
     model: str
-    transport: str
+    transport: Transport
     received: float = field(default_factory=time.perf_counter)
     tokens_counted: int = 0
     last_token_at: float | None = None
@@ -204,8 +217,13 @@ class RequestMetrics:
         REQUESTS.labels(self.model, self.transport, outcome).inc()
 
     def ended(self, outcome: str) -> None:
-        """A request that ends without a `Finished` event: rejected, failed, or its client vanished."""
+        """A request that ends without a `Finished` event: it failed, or its client vanished."""
         REQUESTS.labels(self.model, self.transport, outcome).inc()
+
+    def refused(self, refusal: Refusal) -> None:
+        """The request was answered with `refusal`: counted once, by the transport that answers it."""
+        if refusal.code.outcome is not None:
+            self.ended(refusal.code.outcome)
 
     @property
     def ttft_seconds(self) -> float:

@@ -1,4 +1,6 @@
-"""The one source of configuration: environment variables prefixed `QWEN_CHAT_` (see docs/settings.md)."""
+"""The one source of configuration: environment variables prefixed `QWEN_CHAT_` (README, "Settings").
+
+The chart turns its values into these variables in `charts/qwen-chat/templates/deployment.yaml`."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from qwen_chat.sampling_params import DEFAULTS, MaxNewTokens, RepetitionPenalty, Temperature, TopP
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 
@@ -22,10 +26,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_input_tokens: int | None = Field(default=None, ge=16, description="None: derived from the model")
-    max_new_tokens: int = Field(default=512, ge=1)
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    top_p: float = Field(default=0.8, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(default=1.05, gt=0.0, le=2.0)
+    # Sampling defaults (and the cap on max_new_tokens), in the ranges a request may ask for.
+    max_new_tokens: MaxNewTokens = DEFAULTS.max_new_tokens
+    temperature: Temperature = DEFAULTS.temperature
+    top_p: TopP = DEFAULTS.top_p
+    repetition_penalty: RepetitionPenalty = DEFAULTS.repetition_penalty
     # CPU threads for torch in each worker; 0 shares the machine's cores among WORKERS. Oversubscribed
     # OpenMP threads spin and starve the event loops (slow probes), so the default never oversubscribes.
     torch_threads: int = Field(default=0, ge=0)

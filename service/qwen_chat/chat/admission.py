@@ -1,0 +1,65 @@
+"""Admitting a chat request, the same for every transport: text check, drain, rate limit, prompt budget,
+queue. A request either becomes a `ChatStream` or is refused with a `Refusal`, which the transport that
+answers it renders and counts; transports only translate."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from qwen_chat.chat.rate_limit import RateLimiter
+from qwen_chat.chat.stop_strings import StopStrings
+from qwen_chat.chat.stream import ChatStream
+from qwen_chat.chat.surrogates import has_lone_surrogate
+from qwen_chat.engine.interface import Engine, EngineNotReady, EngineOverloaded, GenerationRequest, Queued
+from qwen_chat.engine.prompts import Message, PromptTooLong
+from qwen_chat.errors import ErrorCode, Refusal
+from qwen_chat.metrics import RequestMetrics, Transport
+from qwen_chat.runtime.drain import Drain
+from qwen_chat.sampling_params import SamplingParams
+from qwen_chat.settings import Settings
+
+
+class Admission:
+    def __init__(self, settings: Settings, engine: Engine, rate_limiter: RateLimiter, drain: Drain) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._rate_limiter = rate_limiter
+        self._drain = drain
+
+    async def start(
+        self,
+        user: str,
+        transport: Transport,
+        messages: list[Message],
+        params: SamplingParams,
+        stop: list[str] | None = None,
+        usage: RequestMetrics | None = None,
+    ) -> ChatStream:
+        """Admit one chat request, or raise `Refusal` (not text, draining, rate limit, too long, not
+        ready, queue full)."""
+        usage = usage or RequestMetrics(self._settings.model_name, transport)
+        if has_lone_surrogate(messages):
+            message = "a message holds a lone surrogate (\\ud800-\\udfff): it is not text"
+            raise Refusal(ErrorCode.BAD_REQUEST, message, param="messages")
+        if self._drain.draining:
+            raise self._drain.refusal()
+        retry_after = await self._rate_limiter.hit(user)
+        if retry_after is not None:
+            message = f"rate limit {self._settings.rate_limit} reached"
+            raise Refusal(ErrorCode.RATE_LIMITED, message, retry_after=retry_after)
+        engine = self._engine
+        try:
+            # Tokenising a long conversation takes milliseconds: keep it off the event loop.
+            kept, prompt_ids = await asyncio.to_thread(engine.prompts.fit, messages)
+            request = GenerationRequest(uuid.uuid4().hex, prompt_ids, params)
+            events = engine.generate(request)
+            first = await anext(events)
+        except PromptTooLong as exc:
+            raise Refusal(ErrorCode.TOO_LONG, str(exc), param="messages") from None
+        except (EngineNotReady, EngineOverloaded) as exc:
+            raise Refusal(ErrorCode.OVERLOADED, str(exc), retry_after=exc.retry_after) from None
+        assert isinstance(first, Queued)
+        stream = ChatStream(engine, request, kept, first.position, usage, StopStrings(stop or []), events)
+        self._drain.track(stream)
+        return stream

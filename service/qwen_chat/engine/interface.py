@@ -1,0 +1,121 @@
+"""The engine interface that every transport talks to, and the values that cross it.
+
+An engine owns the model. Transports hand it a `GenerationRequest` and read `GenerationEvent`s from
+`generate()`, an async iterator; leaving the iterator early (or calling `abort`) stops the generation
+within one decode step. torch never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from qwen_chat.engine.prompts import Prompts
+from qwen_chat.sampling_params import SamplingParams
+
+__all__ = [
+    "Engine",
+    "EngineError",
+    "EngineNotReady",
+    "EngineOverloaded",
+    "EngineState",
+    "EngineStats",
+    "FinishReason",
+    "Finished",
+    "GenerationEvent",
+    "GenerationRequest",
+    "Queued",
+    "SamplingParams",
+    "TextDelta",
+]
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class EngineState(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class EngineError(Exception):
+    """A generation could not run."""
+
+
+class EngineOverloaded(EngineError):
+    """The waiting queue is full: the caller should retry later."""
+
+    def __init__(self, retry_after: float = 1.0) -> None:
+        super().__init__("the server is at capacity, try again shortly")
+        self.retry_after = retry_after
+
+
+class EngineNotReady(EngineError):
+    def __init__(self) -> None:
+        super().__init__("the model is not loaded yet, try again shortly")
+        self.retry_after = 5.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    # None: the model's own end-of-turn tokens.
+    stop_token_ids: frozenset[int] | None = None
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The request was accepted; `position` 0 means it is decoding now, n means n-th in line."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+    completion_tokens: int  # generated so far
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    queue_seconds: float  # accepted until decoding started
+    generation_seconds: float  # decoding started until finished
+
+
+GenerationEvent = Queued | TextDelta | Finished
+
+
+@dataclass
+class EngineStats:
+    running: int = 0
+    waiting: int = 0
+    load_seconds: float | None = None
+
+
+class Engine(Protocol):
+    """What transports may use. `ContinuousBatchEngine` and `SimpleEngine` both implement it."""
+
+    @property
+    def state(self) -> EngineState: ...
+
+    @property
+    def stats(self) -> EngineStats: ...
+
+    @property
+    def prompts(self) -> Prompts: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
+
+    def abort(self, request_id: str) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,106 @@
+"""Load a tokenizer and causal LM onto the configured device, in the configured dtype."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
+
+from qwen_chat.settings import Settings
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("QWEN_CHAT_DEVICE=cuda but torch sees no CUDA device")
+    return torch.device(setting)
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting != "auto":
+        return _DTYPES[setting]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    context_length: int
+    stop_token_ids: frozenset[int]
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    # Progress bars are for terminals; in a log stream they are noise.
+    transformers_logging.disable_progress_bar()
+    torch.set_num_threads(settings.torch_threads_per_worker)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(settings.model)
+    model: Any = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
+    model = model.to(device).eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+        context_length=_context_length(model, tokenizer),
+        stop_token_ids=_stop_token_ids(model, tokenizer),
+    )
+
+
+def default_max_input_tokens(context_length: int, max_new_tokens: int) -> int:
+    """Leave room for a full reply; a tiny context still gets half of itself for the prompt."""
+    budget = context_length - max_new_tokens
+    return budget if budget >= context_length // 2 else context_length // 2
+
+
+def pad_token_id(tokenizer: Any, stop_ids: frozenset[int]) -> int:
+    """What `generate` and the batching manager pad with: the tokenizer's pad token, else a stop token."""
+    pad = tokenizer.pad_token_id
+    return int(pad) if pad is not None else min(stop_ids)
+
+
+def unload(loaded: LoadedModel | None) -> None:
+    """Drop the model and give accelerator memory back to the device."""
+    if loaded is not None:
+        loaded.model = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _context_length(model: Any, tokenizer: Any) -> int:
+    lengths = [
+        getattr(model.config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
+    # Tokenizers without a limit report a huge sentinel (1e30); ignore it.
+    valid = [n for n in lengths if isinstance(n, int) and 0 < n < 10_000_000]
+    return min(valid) if valid else 2048
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(source)
+    # ChatML models end a turn with <|im_end|> even when their config names only <|endoftext|>.
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return frozenset(ids)

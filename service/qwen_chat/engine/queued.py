@@ -1,0 +1,253 @@
+"""What both engines share: loading, admission, queue positions, cancellation and the event stream.
+
+At most MAX_RUNNING requests decode at once; up to MAX_WAITING more wait in line (first come, first
+served); beyond that a request is refused with `EngineOverloaded`. Everything here runs on the event
+loop; subclasses say how a job runs (`_run`) and how a running one stops (`_cancel_running`), and post
+its events back onto the loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import structlog
+
+from qwen_chat import metrics
+from qwen_chat.engine.interface import (
+    EngineError,
+    EngineNotReady,
+    EngineOverloaded,
+    EngineState,
+    EngineStats,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    Queued,
+    SamplingParams,
+    TextDelta,
+)
+from qwen_chat.engine.model_loader import LoadedModel, default_max_input_tokens, load_model, unload
+from qwen_chat.engine.prompts import Prompts
+from qwen_chat.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# The warm-up both engines run before reporting ready: one greedy token.
+WARM_UP = SamplingParams(max_new_tokens=1, temperature=0.0, top_p=1.0, repetition_penalty=1.0)
+
+
+@dataclass(eq=False)
+class Job:
+    request: GenerationRequest
+    events: asyncio.Queue[GenerationEvent | BaseException]
+    accepted_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False
+
+    def finished_event(self, reason: FinishReason, completion_tokens: int) -> Finished:
+        prompt_tokens = len(self.request.prompt_ids)
+        if self.started_at is None:  # never left the queue
+            return Finished(reason, prompt_tokens, completion_tokens, 0.0, 0.0)
+        return Finished(
+            reason,
+            prompt_tokens,
+            completion_tokens,
+            queue_seconds=self.started_at - self.accepted_at,
+            generation_seconds=time.monotonic() - self.started_at,
+        )
+
+
+class QueuedEngine(abc.ABC):
+    name = "engine"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._state = EngineState.LOADING
+        self._stats = EngineStats()
+        self._loaded: LoadedModel | None = None
+        self._prompts: Prompts | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: dict[str, Job] = {}
+        self._waiting: deque[Job] = deque()
+        self._running = 0
+
+    # --- what subclasses provide ---
+
+    @abc.abstractmethod
+    def _run(self, job: Job) -> None:
+        """Start decoding `job` (on the loop; must not block). Call `_slot_free` when it no longer decodes."""
+
+    @abc.abstractmethod
+    def _cancel_running(self, job: Job) -> None:
+        """Stop a decoding job within one decode step; it must still end with a Finished event."""
+
+    async def _prepare(self) -> None:
+        """After the model has loaded, before the warm-up."""
+        return None
+
+    @abc.abstractmethod
+    async def _warm_up(self) -> None:
+        """One short generation, so the first user does not pay for lazy initialisation."""
+
+    async def _shut_down(self) -> None:
+        """After every job was aborted, before the model is dropped."""
+        return None
+
+    # --- the Engine interface ---
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def stats(self) -> EngineStats:
+        self._stats.running = self._running
+        self._stats.waiting = len(self._waiting)
+        return self._stats
+
+    @property
+    def prompts(self) -> Prompts:
+        if self._prompts is None:
+            raise EngineNotReady()
+        return self._prompts
+
+    async def start(self) -> None:
+        """Load the model and tokenizer, prepare the engine, then warm up."""
+        self._loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            self._loaded = await asyncio.to_thread(load_model, self._settings)
+            budget = self._settings.max_input_tokens or default_max_input_tokens(
+                self._loaded.context_length, self._settings.max_new_tokens
+            )
+            self._prompts = Prompts(self._loaded.tokenizer, budget)
+            await self._prepare()
+            await self._warm_up()
+        except Exception:
+            self._state = EngineState.FAILED
+            raise
+        self._stats.load_seconds = time.monotonic() - started
+        self._state = EngineState.READY
+        log.info(
+            "model_ready",
+            model=self._settings.model,
+            engine=self.name,
+            device=str(self._loaded.device),
+            dtype=str(self._loaded.dtype).removeprefix("torch."),
+            load_seconds=round(self._stats.load_seconds, 2),
+            max_input_tokens=budget,
+        )
+
+    async def close(self) -> None:
+        self._state = EngineState.CLOSED
+        for job in list(self._jobs.values()):
+            self.abort(job.request.request_id)
+        await self._shut_down()
+        unload(self._loaded)
+        self._loaded = None
+
+    def abort(self, request_id: str) -> None:
+        job = self._jobs.get(request_id)
+        if job is None or job.finished:
+            return
+        job.cancelled.set()
+        if job in self._waiting:
+            self._waiting.remove(job)
+            self._update_gauges()
+            self._finish(job, job.finished_event("cancelled", 0))
+        elif job.started_at is not None:
+            self._cancel_running(job)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        if self._state is not EngineState.READY:
+            raise EngineNotReady()
+        if request.request_id in self._jobs:
+            raise EngineError(f"request id {request.request_id!r} is already running")
+        free = self._running < self._settings.max_running
+        if not free and len(self._waiting) >= self._settings.max_waiting:
+            raise EngineOverloaded()
+        job = Job(request, asyncio.Queue())
+        self._jobs[request.request_id] = job
+        if free:
+            position = 0
+            self._launch(job)
+        else:
+            self._waiting.append(job)
+            position = len(self._waiting)
+            self._update_gauges()
+        try:
+            yield Queued(position)
+            held: GenerationEvent | BaseException | None = None
+            while True:
+                event = held if held is not None else await job.events.get()
+                held = None
+                if isinstance(event, TextDelta):
+                    # Deltas that piled up while the consumer was busy leave as one: when the event loop
+                    # falls behind, it sends fewer, larger frames instead of falling further behind.
+                    while held is None and not job.events.empty():
+                        following = job.events.get_nowait()
+                        if isinstance(following, TextDelta):
+                            event = TextDelta(event.text + following.text, following.completion_tokens)
+                        else:
+                            held = following
+                if isinstance(event, BaseException):
+                    raise EngineError("generation failed") from event
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            if not job.finished:
+                self.abort(request.request_id)
+            self._jobs.pop(request.request_id, None)
+
+    # --- for subclasses ---
+
+    @property
+    def loaded(self) -> LoadedModel:
+        assert self._loaded is not None, "the model is not loaded"
+        return self._loaded
+
+    def stop_ids(self, request: GenerationRequest) -> frozenset[int]:
+        return request.stop_token_ids if request.stop_token_ids is not None else self.loaded.stop_token_ids
+
+    def max_new_tokens(self, request: GenerationRequest) -> int:
+        """The request's limit, within what the model's context leaves after the prompt."""
+        return min(request.sampling.max_new_tokens, self.loaded.context_length - len(request.prompt_ids))
+
+    def finish_reason(self, job: Job, generated: list[int]) -> FinishReason:
+        if job.cancelled.is_set():
+            return "cancelled"
+        return "stop" if generated and generated[-1] in self.stop_ids(job.request) else "length"
+
+    def _finish(self, job: Job, event: Finished | BaseException) -> None:
+        """On the loop: the job's last event."""
+        if job.finished:
+            return
+        job.finished = True
+        job.events.put_nowait(event)
+
+    def _slot_free(self) -> None:
+        """On the loop: a decoding slot is free; the next waiting job takes it."""
+        self._running -= 1
+        while self._waiting and self._running < self._settings.max_running:
+            self._launch(self._waiting.popleft())
+        self._update_gauges()
+
+    def _launch(self, job: Job) -> None:
+        self._running += 1
+        job.started_at = time.monotonic()
+        self._update_gauges()
+        self._run(job)
+
+    def _update_gauges(self) -> None:
+        model = self._settings.model_name
+        metrics.REQUESTS_RUNNING.labels(model).set(self._running)
+        metrics.REQUESTS_WAITING.labels(model).set(len(self._waiting))

@@ -1,0 +1,31 @@
+"""Kubernetes probes and Prometheus: /livez while the event loop answers, /readyz once every worker of
+the pod has loaded and warmed the model (and none is draining), /metrics aggregated over workers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from qwen_chat import metrics
+from qwen_chat.service import ServiceDep
+
+router = APIRouter(tags=["probes"])
+
+
+@router.get("/livez")
+async def livez() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(service: ServiceDep) -> JSONResponse:
+    pod = service.readiness.pod()
+    return JSONResponse(pod.as_dict(), status_code=200 if pod.ready else 503)
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    body, content_type = await asyncio.to_thread(metrics.render)
+    return Response(body, media_type=content_type)

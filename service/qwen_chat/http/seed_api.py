@@ -1,0 +1,127 @@
+"""The seeds' API: `POST /chat` answers at once, `POST /chat_stream` streams Server-Sent Events.
+
+Body: {"prompt": "...", "history": [[user, assistant], ...], "max_new_tokens" (or "max_length"),
+"temperature", "top_p"}. The reply: {"response", "history" (with this exchange added), "usage", "time"}.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter
+from fastapi.sse import EventSourceResponse, format_sse_event
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+
+from qwen_chat.chat.stream import ChatStream
+from qwen_chat.engine.interface import EngineError, Finished
+from qwen_chat.engine.prompts import Message
+from qwen_chat.errors import ErrorCode, Refusal
+from qwen_chat.http.bearer import PrincipalDep
+from qwen_chat.http.errors import SSE_RESPONSE
+from qwen_chat.metrics import Transport
+from qwen_chat.sampling_params import MaxNewTokens, SamplingOverrides, Temperature, TopP, resolve
+from qwen_chat.service import Service, ServiceDep
+
+# "simple" (the tag, `SimpleChatRequest`, `SimpleChatResponse`) is how the published OpenAPI schema names
+# this API; in the code, "simple" is otherwise only the engine of QWEN_CHAT_ENGINE=simple.
+router = APIRouter(tags=["simple"])
+
+Text = Annotated[str, StringConstraints(max_length=200_000)]
+
+
+class SimpleChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=200_000, pattern=r"\S")]
+    history: list[tuple[Text, Text]] = Field(default_factory=list, max_length=1000)
+    max_new_tokens: MaxNewTokens | None = Field(
+        default=None, validation_alias=AliasChoices("max_new_tokens", "max_length")
+    )
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+
+    def messages(self) -> list[Message]:
+        turns: list[Message] = []
+        for user, assistant in self.history:
+            turns += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        return [*turns, {"role": "user", "content": self.prompt}]
+
+    def sampling(self) -> SamplingOverrides:
+        return SamplingOverrides(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p
+        )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class SimpleChatResponse(BaseModel):
+    response: str
+    history: list[tuple[str, str]]
+    usage: Usage
+    time: str
+    finish_reason: str
+
+
+async def _start(body: SimpleChatRequest, service: Service, user: str, transport: Transport) -> ChatStream:
+    params = resolve(service.settings, body.sampling())
+    return await service.admission.start(user, transport, body.messages(), params)
+
+
+def _result(body: SimpleChatRequest, text: str, finished: Finished) -> SimpleChatResponse:
+    total = finished.prompt_tokens + finished.completion_tokens
+    return SimpleChatResponse(
+        response=text,
+        history=[*body.history, (body.prompt, text)],
+        usage=Usage(
+            prompt_tokens=finished.prompt_tokens,
+            completion_tokens=finished.completion_tokens,
+            total_tokens=total,
+        ),
+        time=dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+        finish_reason=finished.reason,
+    )
+
+
+@router.post("/chat")
+async def chat(body: SimpleChatRequest, service: ServiceDep, principal: PrincipalDep) -> SimpleChatResponse:
+    stream = await _start(body, service, principal.user, Transport.HTTP)
+    parts: list[str] = []
+    try:
+        async for event in stream.events():
+            if isinstance(event, Finished):
+                return _result(body, "".join(parts), event)
+            parts.append(event.text)
+    finally:
+        await stream.aclose()
+    raise AssertionError("the engine ended without finishing")  # pragma: no cover
+
+
+@router.post("/chat_stream", response_model=None, responses=SSE_RESPONSE)
+async def chat_stream(
+    body: SimpleChatRequest, service: ServiceDep, principal: PrincipalDep
+) -> EventSourceResponse:
+    """One `{"text": ...}` event per delta, then a `done` event holding what `/chat` returns."""
+    stream = await _start(body, service, principal.user, Transport.SSE)
+    return EventSourceResponse(_events(body, stream), headers={"Cache-Control": "no-cache"})
+
+
+async def _events(body: SimpleChatRequest, stream: ChatStream) -> AsyncIterator[bytes]:
+    parts: list[str] = []
+    try:
+        async for event in stream.events():
+            if isinstance(event, Finished):
+                result = _result(body, "".join(parts), event)
+                yield format_sse_event(data_str=result.model_dump_json(), event="done")
+            else:
+                parts.append(event.text)
+                yield format_sse_event(data_str=json.dumps({"text": event.text}, ensure_ascii=False))
+    except EngineError:
+        yield Refusal(ErrorCode.INTERNAL, "the model failed to generate a reply").sse_event()
+    finally:
+        await stream.aclose()

@@ -1,0 +1,129 @@
+"""The /ws protocol: what clients may send (validated pydantic models) and what the server sends back.
+
+Client to server (text frames):
+    {"type": "chat", "content": "...", "params": {...}, "id": "..."}   one user turn of this connection's chat
+    {"type": "chat", "messages": [{"role": ..., "content": ...}], ...}  a whole conversation, stateless
+    {"type": "cancel"}  {"type": "reset"}
+    any text frame that does not start with "{" is a chat message whose content is the whole frame.
+
+Server to client: `start`, `token`..., then `done`; or `error` (`Refusal.ws_frame`, errors.py). Every
+message echoes the client's `id`. `params` is `SamplingOverrides` (sampling_params.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from qwen_chat.chat.surrogates import has_lone_surrogate
+from qwen_chat.errors import ErrorCode, Refusal, describe_errors
+from qwen_chat.sampling_params import SamplingOverrides
+
+MAX_ID_LENGTH = 128
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(_Strict):
+    type: Literal["chat"]
+    id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    content: str | None = None
+    messages: list[Message] | None = Field(default=None, min_length=1)
+    params: SamplingOverrides = Field(default_factory=SamplingOverrides)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ChatRequest:
+        if (self.content is None) == (self.messages is None):
+            raise ValueError("send either 'content' or 'messages'")
+        if self.content is not None and not self.content.strip():
+            raise ValueError("'content' is empty")
+        if self.messages is not None and self.messages[-1].role != "user":
+            raise ValueError("the last of 'messages' must have role 'user'")
+        return self
+
+
+class Cancel(_Strict):
+    type: Literal["cancel"]
+    id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+
+
+class Reset(_Strict):
+    type: Literal["reset"]
+    id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+
+
+ClientMessage = Annotated[ChatRequest | Cancel | Reset, Field(discriminator="type")]
+_client_message: TypeAdapter[ChatRequest | Cancel | Reset] = TypeAdapter(ClientMessage)
+
+
+class ProtocolError(Refusal):
+    """A frame the server cannot act on (`bad_request`); `message_id` is the client's id if it can be read."""
+
+    def __init__(self, message: str, message_id: str | None = None) -> None:
+        super().__init__(ErrorCode.BAD_REQUEST, message)
+        self.message_id = message_id
+
+
+def parse_frame(text: str) -> ChatRequest | Cancel | Reset:
+    """Parse one text frame: a JSON object, or plain text that is a chat message."""
+    if not text.lstrip().startswith("{"):
+        if not text.strip():
+            raise ProtocolError("the message is empty")
+        return ChatRequest(type="chat", content=text)
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise ProtocolError("the frame is not valid JSON") from None
+    except ValueError:  # an integer of more than 4300 digits (Python's int_max_str_digits)
+        raise ProtocolError("the frame holds a number too long to read") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("the frame must be a JSON object")
+    raw_id = data.get("id")
+    message_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_ID_LENGTH else None
+    if _ESCAPED_SURROGATE.search(text) and has_lone_surrogate(data):
+        echo = None if has_lone_surrogate(message_id) else message_id
+        raise ProtocolError("a string holds a lone surrogate escape (\\ud800-\\udfff): it is not text", echo)
+    try:
+        return _client_message.validate_python(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        raise ProtocolError(describe_errors(errors), message_id) from None
+
+
+# A cheap test first: only a frame that escapes a surrogate can hold a lone one.
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def start(message_id: str | None, queue_position: int) -> dict[str, Any]:
+    return {"type": "start", "id": message_id, "queue_position": queue_position}
+
+
+def token(message_id: str | None, text: str) -> dict[str, Any]:
+    return {"type": "token", "id": message_id, "text": text}
+
+
+def done(
+    message_id: str | None,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    ttft_ms: float,
+    tokens_per_second: float,
+) -> dict[str, Any]:
+    return {
+        "type": "done",
+        "id": message_id,
+        "finish_reason": finish_reason,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+        "timing": {"ttft_ms": round(ttft_ms, 2), "tokens_per_second": round(tokens_per_second, 2)},
+    }

@@ -1,0 +1,157 @@
+"""One /ws connection's chat: its conversation, its one generation at a time, and the frames it sends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from qwen_chat.chat.stream import ChatStream, tokens_per_second
+from qwen_chat.engine.interface import EngineError, Finished
+from qwen_chat.engine.prompts import Message
+from qwen_chat.errors import ErrorCode, Refusal
+from qwen_chat.metrics import CLIENT_DISCONNECTS, RequestMetrics, Transport
+from qwen_chat.sampling_params import resolve
+from qwen_chat.service import Service
+from qwen_chat.ws import protocol as wire
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+log = structlog.get_logger(__name__)
+
+TRANSPORT = Transport.WS
+
+
+class ChatSession:
+    def __init__(self, service: Service, user: str, send: Send, log_context: dict[str, Any]) -> None:
+        self._service = service
+        self._settings = service.settings
+        self._user = user
+        self._send = send
+        self._log = log.bind(**log_context)
+        self.history: list[Message] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stream: ChatStream | None = None
+        self._epoch = 0  # bumped by reset, so a reply that ends after a reset is not added to the new chat
+
+    @property
+    def generating(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def handle_text(self, text: str) -> None:
+        usage = RequestMetrics(self._settings.model_name, TRANSPORT)
+        try:
+            message = wire.parse_frame(text)
+        except wire.ProtocolError as exc:
+            await self._refuse(usage, exc.message_id, exc)
+            return
+        if isinstance(message, wire.Cancel):
+            self.cancel()
+        elif isinstance(message, wire.Reset):
+            self.cancel()
+            self.history = []
+            self._epoch += 1
+        else:
+            await self._chat(message, usage)
+
+    def cancel(self) -> None:
+        if self.generating and self._stream is not None:
+            self._stream.cancel()
+
+    async def close(self) -> None:
+        """The client is gone: stop the generation (freeing its slot) and wait for it to end."""
+        if self._task is not None:
+            if not self._task.done():
+                CLIENT_DISCONNECTS.labels(TRANSPORT).inc()
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._stream is not None and not self._stream.closed.is_set():
+            # A task cancelled before its first step never runs `_run` (a chat followed at once by a
+            # close does that): end its stream here, or the generation runs on for nobody and the drain
+            # waits for it.
+            self._stream.usage.ended("cancelled")
+            await self._stream.aclose()
+
+    async def _refuse(self, usage: RequestMetrics, mid: str | None, refusal: Refusal) -> None:
+        """Every chat this connection refuses is answered, and counted, here."""
+        usage.refused(refusal)
+        self._log.info("chat_rejected", id=mid, outcome=refusal.code.ws)
+        await self._send(refusal.ws_frame(mid))
+
+    async def _chat(self, message: wire.ChatRequest, usage: RequestMetrics) -> None:
+        mid = message.id
+        if self.generating:
+            busy = Refusal(ErrorCode.BUSY, "a reply is still streaming: wait for it or cancel it")
+            await self._refuse(usage, mid, busy)
+            return
+        stateful = message.content is not None
+        if stateful:
+            messages: list[Message] = [*self.history, {"role": "user", "content": message.content or ""}]
+        else:
+            messages = [m.model_dump() for m in message.messages or []]
+        try:
+            params = resolve(self._settings, message.params, "params.max_new_tokens")
+            admission = self._service.admission
+            stream = await admission.start(self._user, TRANSPORT, messages, params, usage=usage)
+        except Refusal as refusal:
+            await self._refuse(usage, mid, refusal)
+            return
+        if self._settings.log_prompts:
+            self._log.info("prompt", id=mid, messages=stream.messages)
+        self._stream = stream
+        epoch = self._epoch if stateful else None
+        self._task = asyncio.create_task(self._run(mid, stream, epoch))
+
+    async def _run(self, mid: str | None, stream: ChatStream, epoch: int | None) -> None:
+        reply: list[str] = []
+        try:
+            await self._send(wire.start(mid, stream.queue_position))
+            async for event in stream.events():
+                if isinstance(event, Finished):
+                    await self._finish(mid, stream, event, epoch, "".join(reply))
+                else:
+                    await self._send(wire.token(mid, event.text))
+                    reply.append(event.text)
+        except EngineError as exc:
+            self._log.error(
+                "chat_failed", id=mid, request_id=stream.request.request_id, outcome="error", error=str(exc)
+            )
+            await self._send(
+                Refusal(ErrorCode.INTERNAL, "the model failed to generate a reply").ws_frame(mid)
+            )
+        except asyncio.CancelledError:
+            self._log.info(
+                "chat_abandoned", id=mid, request_id=stream.request.request_id, outcome="cancelled"
+            )
+            raise
+        finally:
+            await stream.aclose()
+
+    async def _finish(
+        self, mid: str | None, stream: ChatStream, event: Finished, epoch: int | None, reply: str
+    ) -> None:
+        speed = tokens_per_second(event)
+        ttft = stream.usage.ttft_seconds
+        if epoch == self._epoch:
+            self._remember(stream.messages, reply)
+        frame = wire.done(mid, event.reason, event.prompt_tokens, event.completion_tokens, ttft * 1000, speed)
+        await self._send(frame)
+        self._log.info(
+            "chat_done",
+            id=mid,
+            request_id=stream.request.request_id,
+            outcome=event.reason,
+            prompt_tokens=event.prompt_tokens,
+            completion_tokens=event.completion_tokens,
+            ttft_ms=round(ttft * 1000, 1),
+            tokens_per_second=round(speed, 1),
+            queue_ms=round(event.queue_seconds * 1000, 1),
+        )
+
+    def _remember(self, kept: list[Message], reply: str) -> None:
+        # A reply cut short still happened from the user's point of view; an empty one did not.
+        if reply:
+            self.history = [*kept, {"role": "assistant", "content": reply}]
+        else:
+            self.history = kept[:-1]

@@ -1,0 +1,145 @@
+"""A real `qwen-chat serve` (gunicorn master plus uvicorn workers) started and stopped by a test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import ClientConnection
+
+from tests.support.live_server import Loopback, free_port, wait_until
+from tests.support.secret_volume import KEYS, SecretVolume
+from tests.support.wsclient import open_socket
+
+
+class ServeProcess(Loopback):
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log = log
+
+    def workers(self) -> list[int]:
+        with suppress(psutil.NoSuchProcess):
+            return sorted(child.pid for child in psutil.Process(self.proc.pid).children())
+        return []
+
+    def worker_of(self, client_port: int) -> int | None:
+        """Which worker holds the TCP connection whose client side is `client_port`."""
+        for pid in self.workers():
+            with suppress(psutil.NoSuchProcess):
+                for conn in psutil.Process(pid).net_connections(kind="tcp"):
+                    if conn.raddr and conn.raddr.port == client_port and conn.laddr.port == self.port:
+                        return pid
+        return None
+
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        try:
+            response = httpx.get(self.http + "/readyz", timeout=5)
+        except httpx.HTTPError:
+            return 0, {}
+        return response.status_code, response.json()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        wait_until(lambda: self.readyz()[0] == 200, timeout=timeout, interval=0.1)
+
+    def metrics_text(self) -> str:
+        return httpx.get(self.http + "/metrics", timeout=10).text
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The sum of the samples called `name` whose labels include `labels`; None if there are none."""
+        values = [
+            sample.value
+            for family in text_string_to_metric_families(self.metrics_text())
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        ]
+        return sum(values) if values else None
+
+    def log_lines(self) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if line.strip()]
+
+    def assert_clean_logs(self, secrets: list[str]) -> None:
+        """Every line is a JSON object, and no key or secret appears anywhere."""
+        lines = self.log_lines()
+        assert lines, "the service wrote no log lines"
+        for line in lines:
+            assert isinstance(json.loads(line), dict), line
+            for secret in secrets:
+                assert secret not in line, "a key reached the log"
+
+
+@contextmanager
+def serve_process(
+    tmp_path: Path, model_dir: Path, workers: int = 2, **settings: str
+) -> Iterator[ServeProcess]:
+    """Start `qwen-chat serve` on 127.0.0.1 with JSON logs into a file; SIGKILL its group if it outlives the test."""
+    volume = SecretVolume(tmp_path / "credentials")
+    volume.write(KEYS)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QWEN_CHAT_", "PROMETHEUS_"))}
+    env.update(
+        {
+            "QWEN_CHAT_MODEL": str(model_dir),
+            "QWEN_CHAT_DEVICE": "cpu",
+            "QWEN_CHAT_CREDENTIALS_DIR": str(volume.root),
+            "QWEN_CHAT_HOST": "127.0.0.1",
+            "QWEN_CHAT_PORT": str(port),
+            "QWEN_CHAT_WORKERS": str(workers),
+            "QWEN_CHAT_LOG_FORMAT": "json",
+            "QWEN_CHAT_STATE_DIR": str(tmp_path / "state"),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update({f"QWEN_CHAT_{name.upper()}": value for name, value in settings.items()})
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("qwen-chat")), "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    server = ServeProcess(proc, port, log)
+    try:
+        yield server
+    finally:
+        if proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        # Workers are in the master's process group; none may outlive the test.
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def open_on_every_worker(
+    stack: AsyncExitStack, server: ServeProcess, per_worker: int = 1, limit: int = 40
+) -> dict[int, list[ClientConnection]]:
+    """Open sockets until each worker holds `per_worker` of them (the kernel picks the worker)."""
+    held: dict[int, list[ClientConnection]] = {pid: [] for pid in server.workers()}
+    for _ in range(limit):
+        if all(len(sockets) >= per_worker for sockets in held.values()):
+            return held
+        ws = await stack.enter_async_context(open_socket(server.ws))
+        pid = server.worker_of(ws.local_address[1])
+        assert pid in held, "every socket is held by one of the workers"
+        held[pid].append(ws)
+    raise AssertionError(
+        f"could not spread {limit} sockets over the workers: {[len(v) for v in held.values()]}"
+    )
