@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install system-deps tools run test bench lint format clean
+.PHONY: install system-deps tools run test test-unit bench lint format clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ run: install
 
 test: install system-deps tools
 	$(BIN)/python -m pytest
+
+# The pure pieces (tests/unit/): seconds, no servers, no model, no torch.
+test-unit: install
+	$(BIN)/python -m pytest tests/unit -q
 
 # The benchmark suite (bench/suite.py): tiny model by default, `make bench ARGS="--model PATH"` for another.
 bench: install

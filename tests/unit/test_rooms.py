@@ -1,0 +1,106 @@
+"""The package's rooms: each imports only from rooms below it, no module outgrows 300 lines, and everything
+but the engines' own modules loads without torch (so transports, and this unit lane, stay light)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import qwen_chat
+
+PACKAGE = Path(qwen_chat.__file__).parent
+
+# Lower ranks are imported by higher ones, never the other way round; a room may import itself.
+RANKS = {
+    "foundation": 0,  # settings.py, errors.py, sampling_params.py, metrics.py
+    "engine": 1,
+    "auth": 1,
+    "runtime": 2,
+    "chat": 3,
+    "service": 4,  # service.py: the typed Service the transports receive
+    "ws": 5,
+    "http": 5,
+    "top": 6,  # app.py (the composition root), cli.py, smoke_test.py
+}
+FOUNDATION = {"settings", "errors", "sampling_params", "metrics"}
+TOP = {"app", "cli", "smoke_test", "__main__", "__init__"}
+
+
+def room_of(module: str) -> str:
+    parts = module.split(".")[1:]  # without "qwen_chat"
+    if not parts or parts[0] in TOP:
+        return "top"
+    if parts[0] in FOUNDATION:
+        return "foundation"
+    assert parts[0] in RANKS, f"{module} is in no room: add it to a room folder or to RANKS"
+    return parts[0]
+
+
+def module_name(path: Path) -> str:
+    relative = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(relative.parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every qwen_chat module `path` imports, at the top, in functions or under TYPE_CHECKING."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("qwen_chat.")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "qwen_chat":
+                found |= {f"qwen_chat.{alias.name}" for alias in node.names}
+            elif node.module.startswith("qwen_chat."):
+                found.add(node.module)
+    return found
+
+
+def test_rooms_import_only_from_rooms_below() -> None:
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = module_name(path)
+        for target in imported_modules(path):
+            if room_of(target) != room_of(source) and RANKS[room_of(target)] >= RANKS[room_of(source)]:
+                upward.append(f"{source} ({room_of(source)}) imports {target} ({room_of(target)})")
+    assert upward == []
+
+
+def test_sibling_engines_do_not_depend_on_each_other() -> None:
+    engines = {"qwen_chat.engine.batch", "qwen_chat.engine.simple"}
+    for engine in engines:
+        path = PACKAGE / "engine" / f"{engine.rsplit('.', 1)[1]}.py"
+        assert imported_modules(path) & engines == set(), engine
+
+
+def test_no_module_is_over_300_lines() -> None:
+    long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 300}
+    assert long == {}
+
+
+def test_transports_service_and_runtime_load_without_torch() -> None:
+    light = [
+        "qwen_chat.service",
+        "qwen_chat.ws.router",
+        "qwen_chat.http.openai_api",
+        "qwen_chat.http.seed_api",
+        "qwen_chat.http.page",
+        "qwen_chat.http.probes",
+        "qwen_chat.runtime.worker",
+        "qwen_chat.engine.kv_cache",
+        "qwen_chat.engine.prompts",
+        "qwen_chat.engine.detokenizer",
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {light!r}: importlib.import_module(name)\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
