@@ -94,7 +94,7 @@ def test_openai_sdk_async_seed_and_stop(server: LiveServer) -> None:
     asyncio.run(main())
 
 
-def _rejected(server: LiveServer, transport: str) -> float:
+def _metric(server: LiveServer, name: str, **labels: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(server.http + "/metrics").text
@@ -102,10 +102,12 @@ def _rejected(server: LiveServer, transport: str) -> float:
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "qwen_chat_requests_total"
-        and sample.labels.get("transport") == transport
-        and sample.labels.get("outcome") == "rejected"
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
+
+
+def _rejected(server: LiveServer, transport: str) -> float:
+    return _metric(server, "qwen_chat_requests_total", transport=transport, outcome="rejected")
 
 
 def test_openai_errors_use_the_openai_shape(server: LiveServer) -> None:
@@ -208,6 +210,33 @@ def test_simple_chat_round_trips_history(server: LiveServer) -> None:
     assert (
         second["usage"]["prompt_tokens"] > one["usage"]["prompt_tokens"] + one["usage"]["completion_tokens"]
     )
+
+
+def test_every_http_reply_is_counted_by_how_it_ended(server: LiveServer) -> None:
+    """A finished reply counts once under its finish reason, with its prompt tokens, on each HTTP API."""
+    model = model_name(server)
+    greedy = {"prompt": "hello", "max_new_tokens": 4, "temperature": 0}
+    openai_body = {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+    cases = [
+        ("http", "/chat", greedy),
+        ("sse", "/chat_stream", greedy),
+        ("openai", "/v1/chat/completions", openai_body),
+        ("openai", "/v1/chat/completions", {**openai_body, "stream": True}),
+    ]
+    for transport, path, body in cases:
+        outcomes = ("length", "stop", "cancelled", "error")
+        before = {
+            o: _metric(server, "qwen_chat_requests_total", transport=transport, outcome=o) for o in outcomes
+        }
+        prompt_before = _metric(server, "qwen_chat_prompt_tokens_total")
+        response = httpx.post(server.http + path, json=body, headers=AUTH)
+        assert response.status_code == 200, (path, response.text)
+        after = {
+            o: _metric(server, "qwen_chat_requests_total", transport=transport, outcome=o) for o in outcomes
+        }
+        counted = {o: after[o] - before[o] for o in outcomes if after[o] != before[o]}
+        assert list(counted.values()) == [1] and set(counted) <= {"length", "stop"}, (path, counted)
+        assert _metric(server, "qwen_chat_prompt_tokens_total") > prompt_before, path
 
 
 @pytest.mark.parametrize(

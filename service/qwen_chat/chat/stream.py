@@ -72,6 +72,22 @@ class ChatStream:
         finally:
             await self.aclose()
 
+    async def collect(self) -> tuple[str, Finished]:
+        """The whole reply and how it ended, for APIs that answer at once. It reads `events` to their end:
+        a consumer that stopped at `Finished` would close the stream before its metrics are recorded."""
+        parts: list[str] = []
+        finished: Finished | None = None
+        try:
+            async for event in self.events():
+                if isinstance(event, Finished):
+                    finished = event
+                else:
+                    parts.append(event.text)
+        finally:
+            await self.aclose()
+        assert finished is not None, "the engine ended without finishing"
+        return "".join(parts), finished
+
     def cancel(self) -> None:
         """End the reply early: it finishes with reason `cancelled`."""
         self.engine.abort(self.request.request_id)

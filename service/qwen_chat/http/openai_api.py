@@ -113,17 +113,7 @@ async def chat_completions(
 
 
 async def _complete(stream: ChatStream, completion_id: str, created: int, model: str) -> dict[str, Any]:
-    text: list[str] = []
-    finished: Finished | None = None
-    try:
-        async for event in stream.events():
-            if isinstance(event, Finished):
-                finished = event
-            else:
-                text.append(event.text)
-    finally:
-        await stream.aclose()
-    assert finished is not None
+    text, finished = await stream.collect()
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -132,7 +122,7 @@ async def _complete(stream: ChatStream, completion_id: str, created: int, model:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "".join(text)},
+                "message": {"role": "assistant", "content": text},
                 "finish_reason": _finish_reason(finished.reason),
                 "logprobs": None,
             }

@@ -91,15 +91,8 @@ def _result(body: SimpleChatRequest, text: str, finished: Finished) -> SimpleCha
 @router.post("/chat")
 async def chat(body: SimpleChatRequest, service: ServiceDep, principal: PrincipalDep) -> SimpleChatResponse:
     stream = await _start(body, service, principal.user, Transport.HTTP)
-    parts: list[str] = []
-    try:
-        async for event in stream.events():
-            if isinstance(event, Finished):
-                return _result(body, "".join(parts), event)
-            parts.append(event.text)
-    finally:
-        await stream.aclose()
-    raise AssertionError("the engine ended without finishing")  # pragma: no cover
+    text, finished = await stream.collect()
+    return _result(body, text, finished)
 
 
 @router.post("/chat_stream", response_model=None, responses=SSE_RESPONSE)
