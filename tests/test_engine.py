@@ -18,10 +18,10 @@ from qwen_chat.engine.interface import (
     Finished,
     GenerationRequest,
     Queued,
-    SamplingParams,
     TextDelta,
 )
 from qwen_chat.engine.queued import QueuedEngine
+from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 
 pytestmark = pytest.mark.anyio

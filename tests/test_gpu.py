@@ -7,8 +7,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from qwen_chat.engine.interface import Finished, GenerationRequest, SamplingParams, TextDelta
+from qwen_chat.engine.interface import Finished, GenerationRequest, TextDelta
 from qwen_chat.engine.simple import SimpleEngine
+from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 
 pytestmark = [pytest.mark.gpu, pytest.mark.anyio]

@@ -12,6 +12,7 @@ import pytest
 
 from qwen_chat.app import create_app
 from qwen_chat.engine.simple import SimpleEngine
+from qwen_chat.runtime.lifecycle import WorkerLifecycle
 from tests.support.live_server import run_server, wait_until
 from tests.support.wsclient import open_socket, receive
 
@@ -33,7 +34,10 @@ async def test_readyz_is_503_loading_until_warm_while_livez_is_200(make_settings
     engine = GatedEngine(settings)
     engine.gate = threading.Event()
     app = create_app(settings, engine=engine)
+    lifecycle = WorkerLifecycle.of(app)  # what the gunicorn worker finds on the app it serves
+    assert lifecycle is not None and lifecycle.drain is None
     with run_server(app, settings, wait_ready=False) as live:
+        assert lifecycle.drain is not None, "while it serves, the app offers its drain for SIGTERM"
         async with httpx.AsyncClient(base_url=live.http) as client:
             before = await client.get("/readyz")
             assert before.status_code == 503
@@ -55,6 +59,7 @@ async def test_readyz_is_503_loading_until_warm_while_livez_is_200(make_settings
             assert set(livez_codes) == {200}
             after = await client.get("/readyz")
             assert after.json() == {"status": "ready", "workers_ready": 1, "workers": 1}
+    assert lifecycle.drain is None, "a stopped app offers no drain"
 
 
 async def test_readyz_reports_failed_when_the_model_cannot_load(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

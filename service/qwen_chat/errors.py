@@ -14,12 +14,12 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi.sse import format_sse_event
-from starlette.responses import JSONResponse
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
 
 
 class ErrorCode(enum.StrEnum):
@@ -73,9 +73,9 @@ _REJECTED = "rejected"
 # (`Refusal.status_for`).
 _RENDERINGS = {
     ErrorCode.BAD_REQUEST: _Rendering(422, _REJECTED),
-    ErrorCode.INVALID_VALUE: _Rendering(422, ws="bad_request"),
-    ErrorCode.INVALID_JSON: _Rendering(422, ws="bad_request"),
-    ErrorCode.INVALID_BODY: _Rendering(400, ws="bad_request"),
+    ErrorCode.INVALID_VALUE: _Rendering(422),
+    ErrorCode.INVALID_JSON: _Rendering(422),
+    ErrorCode.INVALID_BODY: _Rendering(400),
     ErrorCode.TOO_LONG: _Rendering(422, _REJECTED, openai="context_length_exceeded"),
     ErrorCode.BUSY: _Rendering(409, _REJECTED),
     ErrorCode.RATE_LIMITED: _Rendering(429, "rate_limited", openai="rate_limit_exceeded"),
@@ -142,8 +142,13 @@ class Refusal(Exception):
 
     def handshake_response(self) -> JSONResponse:
         """A /ws handshake refused before the upgrade."""
+        # Imported here: settings import this module (for the refusal type) and need no web framework.
+        from starlette.responses import JSONResponse
+
+        headers = dict(_BEARER_CHALLENGE) if self.status == 401 else {}
+        headers.update(self._retry_after())
         body = {"error": {"code": self.code.ws, "message": self.message}}
-        return JSONResponse(body, status_code=self.status, headers=self._http_headers())
+        return JSONResponse(body, status_code=self.status, headers=headers)
 
     def openai_response(self, openai_api: bool) -> JSONResponse:
         """OpenAI's error object, used on every HTTP path; `openai_api` under /v1 (400 for 422)."""
@@ -156,35 +161,40 @@ class Refusal(Exception):
                 "code": self.code.openai,
             }
         }
-        return JSONResponse(body, status_code=status, headers=self._http_headers())
+        from starlette.responses import JSONResponse
+
+        response = JSONResponse(body, status_code=status, headers=self._retry_after())
+        if status == 401:
+            response.headers.update(_BEARER_CHALLENGE)
+        response.headers.update(self.headers)
+        return response
 
     def sse_event(self) -> bytes:
         """The `error` event that ends a Server-Sent Events stream that has already begun."""
+        from fastapi.sse import format_sse_event
+
         body = {"error": {"message": self.message, "code": self.code.ws}}
         return format_sse_event(data_str=json.dumps(body), event="error")
 
-    def _http_headers(self) -> dict[str, str]:
-        headers = dict(_BEARER_CHALLENGE) if self.status == 401 else {}
-        if self.retry_after is not None:
-            headers["Retry-After"] = str(math.ceil(self.retry_after))
-        headers.update(self.headers)
-        return headers
+    def _retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(math.ceil(self.retry_after))} if self.retry_after is not None else {}
 
 
-def describe_errors(errors: Sequence[Any], limit: int = 3) -> str:
+# What a pydantic error location holds that is not a field the client named: FastAPI's `body`.
+NOT_FIELDS = frozenset({"body"})
+
+
+def describe_errors(errors: Sequence[Any], not_fields: Collection[str] = NOT_FIELDS, limit: int = 3) -> str:
     """Name each offending field of a pydantic error with pydantic's message, never echoing the (possibly
     huge) input."""
     parts = []
     for error in errors[:limit]:
-        location = field_path(error)
+        location = field_path(error, not_fields)
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{location}: {message}" if location else message)
     return "; ".join(parts)
 
 
-def field_path(error: Any) -> str:
-    """`params.temperature` for a pydantic error, leaving out FastAPI's `body` and the /ws union's tags."""
-    return ".".join(str(part) for part in error.get("loc", ()) if part not in _NOT_FIELDS)
-
-
-_NOT_FIELDS = {"body", "chat", "cancel", "reset"}
+def field_path(error: Any, not_fields: Collection[str] = NOT_FIELDS) -> str:
+    """`params.temperature` for a pydantic error, leaving out the parts of its location in `not_fields`."""
+    return ".".join(str(part) for part in error.get("loc", ()) if part not in not_fields)

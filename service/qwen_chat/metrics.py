@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,7 +28,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-from qwen_chat.errors import Refusal
+if TYPE_CHECKING:
+    from qwen_chat.errors import Refusal
 
 NAMESPACE = "qwen_chat"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

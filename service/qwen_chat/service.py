@@ -25,7 +25,6 @@ class Service:
     settings: Settings
     engine: Engine
     credentials: CredentialStore | None  # None: authentication is off
-    rate_limiter: RateLimiter
     readiness: WorkerStates
     drain: Drain
     admission: Admission
@@ -42,9 +41,8 @@ class Service:
         workers_dir = StateDir(settings.state_dir).workers if settings.state_dir else None
         readiness = WorkerStates(workers_dir, settings.workers)
         drain = Drain(readiness, settings.drain_seconds)
-        rate_limiter = RateLimiter(settings)
-        admission = Admission(settings, engine, rate_limiter, drain)
-        return cls(settings, engine, credentials, rate_limiter, readiness, drain, admission)
+        admission = Admission(settings, engine, RateLimiter(settings), drain)
+        return cls(settings, engine, credentials, readiness, drain, admission)
 
 
 def get_service(connection: HTTPConnection) -> Service:

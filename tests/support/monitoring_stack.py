@@ -2,7 +2,7 @@
 
 Used by tests/test_monitoring.py. Run as a module to regenerate docs/dashboard.png from a few minutes of load:
 
-    .venv/bin/python -m tests.monitoring_stack --minutes 4 --out docs/dashboard.png
+    .venv/bin/python -m tests.support.monitoring_stack --minutes 4 --out docs/dashboard.png
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "reliability"
 # What a client must never see in an error: a traceback, a source path, a module path.
 _INTERNALS = re.compile(
     r"Traceback \(most recent call last\)|File \"[^\"]+\", line \d+|/work/|site-packages|dist-packages"
-    r"|/usr/lib/python|\.py\", line|qwen_chat\.[a-z_]+\.[A-Za-z_]+Error"
+    r"|/usr/lib/python|\.py\", line|qwen_chat(?:\.[a-z_]+)+\.(?:[A-Za-z_]+Error|Refusal)"
 )
 
 

@@ -58,16 +58,30 @@ def test_replies_that_finish_in_time_are_left_alone_and_late_ones_are_cancelled(
     asyncio.run(scenario())
 
 
-def test_a_drain_with_nothing_in_flight_returns_at_once_and_runs_once() -> None:
+def test_a_drain_with_nothing_in_flight_returns_at_once() -> None:
     async def scenario() -> float:
         drain = Drain(WorkerStates(None, 1), drain_seconds=30)
         loop = asyncio.get_running_loop()
         started = loop.time()
         await drain.run()
-        await drain.run()  # a second SIGTERM does not start a second drain
         return loop.time() - started
 
     assert asyncio.run(scenario()) < 1.0
+
+
+def test_a_second_sigterm_during_a_drain_does_not_start_another() -> None:
+    async def scenario() -> None:
+        drain = Drain(WorkerStates(None, 1), drain_seconds=30)
+        reply = Reply(None)
+        drain.track(reply)
+        first = asyncio.create_task(drain.run())
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(drain.run(), timeout=1)  # returns at once: the first drain waits for the reply
+        assert not first.done() and not reply.cancelled
+        reply.finish()
+        await asyncio.wait_for(first, timeout=5)
+
+    asyncio.run(scenario())
 
 
 def test_while_draining_new_work_is_told_to_come_back_later() -> None:

@@ -16,7 +16,7 @@ def body(response: object) -> object:
     return json.loads(response.body)  # type: ignore[attr-defined]
 
 
-def test_a_rate_limit_in_every_shape() -> None:
+def test_a_rate_limit_as_a_ws_frame_and_as_openais_error_object() -> None:
     refusal = Refusal(ErrorCode.RATE_LIMITED, "rate limit 50/minute reached", retry_after=12.5)
     assert refusal.ws_frame("m1") == {
         "type": "error",
@@ -117,7 +117,7 @@ def _requests(outcome: str) -> float:
     return REGISTRY.get_sample_value("qwen_chat_requests_total", labels) or 0.0
 
 
-def test_each_refusal_is_counted_once_by_its_outcome_and_framework_errors_not_at_all() -> None:
+def test_a_refusal_counts_under_its_outcome_and_codes_that_are_no_chat_outcome_do_not() -> None:
     before = {outcome: _requests(outcome) for outcome in ("rejected", "rate_limited")}
     usage = RequestMetrics("unit-test", Transport.OPENAI)
     usage.refused(Refusal(ErrorCode.RATE_LIMITED, "slow down", retry_after=1))

@@ -35,10 +35,10 @@ def test_the_state_dir_layout() -> None:
     ]
 
 
-def test_an_app_nothing_hosts_keeps_running_after_a_failed_load() -> None:
+def test_a_failed_load_in_an_app_nothing_hosts_does_not_stop_the_process() -> None:
     lifecycle = WorkerLifecycle()
-    assert lifecycle.report_load_failed() is False
-    assert WorkerLifecycle.of(object()) is None
+    assert lifecycle.report_load_failed() is False  # app.py then logs "readyz reports failed"
+    assert WorkerLifecycle.of(object()) is None  # not an app made by create_app: nothing to host
 
 
 def test_the_first_worker_to_fail_its_load_exits_and_the_others_leave_it_to_the_master(

@@ -12,19 +12,22 @@ import qwen_chat
 
 PACKAGE = Path(qwen_chat.__file__).parent
 
-# Lower ranks are imported by higher ones, never the other way round; a room may import itself.
+# Lower ranks are imported by higher ones, never the other way round; a room may import itself. The
+# foundation's modules are rooms of their own, so that their order holds too.
 RANKS = {
-    "foundation": 0,  # settings.py, errors.py, sampling_params.py, metrics.py
-    "engine": 1,
-    "auth": 1,
-    "runtime": 2,
-    "chat": 3,
-    "service": 4,  # service.py: the typed Service the transports receive
-    "ws": 5,
-    "http": 5,
-    "top": 6,  # app.py (the composition root), cli.py, smoke_test.py
+    "errors": 0,  # the error vocabulary
+    "sampling_params": 1,
+    "metrics": 1,
+    "settings": 2,
+    "engine": 3,
+    "auth": 3,
+    "runtime": 4,
+    "chat": 5,
+    "service": 6,  # service.py: the typed Service the transports receive
+    "ws": 7,
+    "http": 7,
+    "top": 8,  # app.py (the composition root), cli.py, smoke_test.py, the package itself
 }
-FOUNDATION = {"settings", "errors", "sampling_params", "metrics"}
 TOP = {"app", "cli", "smoke_test", "__main__", "__init__"}
 
 
@@ -32,8 +35,6 @@ def room_of(module: str) -> str:
     parts = module.split(".")[1:]  # without "qwen_chat"
     if not parts or parts[0] in TOP:
         return "top"
-    if parts[0] in FOUNDATION:
-        return "foundation"
     assert parts[0] in RANKS, f"{module} is in no room: add it to a room folder or to RANKS"
     return parts[0]
 
@@ -47,16 +48,24 @@ def module_name(path: Path) -> str:
 
 
 def imported_modules(path: Path) -> set[str]:
-    """Every qwen_chat module `path` imports, at the top, in functions or under TYPE_CHECKING."""
+    return imports_of(path.read_text(), module_name(path), path.name == "__init__.py")
+
+
+def imports_of(source: str, module: str, is_package: bool) -> set[str]:
+    """Every qwen_chat module (or package) `source` imports, at the top, in functions or under
+    TYPE_CHECKING, absolute or relative."""
+    package = module.split(".") if is_package else module.split(".")[:-1]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.startswith("qwen_chat.")}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "qwen_chat":
-                found |= {f"qwen_chat.{alias.name}" for alias in node.names}
-            elif node.module.startswith("qwen_chat."):
-                found.add(node.module)
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "qwen_chat"}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join([*base, *([node.module] if node.module else [])])
+            if target == "qwen_chat" or (node.level and not node.module):
+                found |= {f"{target}.{alias.name}" for alias in node.names}
+            elif target.startswith("qwen_chat."):
+                found.add(target)
     return found
 
 
@@ -68,6 +77,18 @@ def test_rooms_import_only_from_rooms_below() -> None:
             if room_of(target) != room_of(source) and RANKS[room_of(target)] >= RANKS[room_of(source)]:
                 upward.append(f"{source} ({room_of(source)}) imports {target} ({room_of(target)})")
     assert upward == []
+
+
+def test_the_import_reader_sees_relative_and_package_imports() -> None:
+    source = (
+        "from ..chat import stream\nfrom . import batch\nimport qwen_chat\nfrom qwen_chat import errors\n"
+    )
+    assert imports_of(source, "qwen_chat.engine.probe", is_package=False) == {
+        "qwen_chat.chat",
+        "qwen_chat.engine.batch",
+        "qwen_chat",
+        "qwen_chat.errors",
+    }
 
 
 def test_sibling_engines_do_not_depend_on_each_other() -> None:

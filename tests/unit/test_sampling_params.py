@@ -52,14 +52,18 @@ def test_a_budget_past_the_servers_cap_is_refused_naming_the_clients_field() -> 
 @pytest.mark.parametrize(
     ("name", "bad", "good"),
     [
-        ("temperature", 2.5, 2.0),
-        ("top_p", 0.0, 1.0),
-        ("repetition_penalty", 0.0, 2.0),
+        ("temperature", -0.01, 0.0),
+        ("temperature", 2.01, 2.0),
+        ("top_p", 0.0, 1e-9),
+        ("top_p", 1.01, 1.0),
+        ("repetition_penalty", 0.0, 1e-9),
+        ("repetition_penalty", 2.01, 2.0),
         ("max_new_tokens", 0, 1),
     ],
 )
 def test_settings_and_every_api_share_one_range(name: str, bad: float, good: float) -> None:
-    """The same value is refused by the settings, the /ws params, the OpenAI body and the seed body."""
+    """At each bound, the same value is refused (and the one inside it taken) by the settings, the /ws
+    params, the OpenAI body and the seed body."""
     openai_name = {"max_new_tokens": "max_tokens"}.get(name, name)
     checks = [lambda value: Settings(**{name: value}), lambda value: SamplingOverrides(**{name: value})]
     if name != "repetition_penalty":  # the OpenAI and seed APIs do not take one

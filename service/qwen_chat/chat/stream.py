@@ -77,14 +77,11 @@ class ChatStream:
         a consumer that stopped at `Finished` would close the stream before its metrics are recorded."""
         parts: list[str] = []
         finished: Finished | None = None
-        try:
-            async for event in self.events():
-                if isinstance(event, Finished):
-                    finished = event
-                else:
-                    parts.append(event.text)
-        finally:
-            await self.aclose()
+        async for event in self.events():  # which close the stream however they end
+            if isinstance(event, Finished):
+                finished = event
+            else:
+                parts.append(event.text)
         assert finished is not None, "the engine ended without finishing"
         return "".join(parts), finished
 

@@ -13,23 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from qwen_chat.engine.prompts import Prompts
-from qwen_chat.sampling_params import SamplingParams
-
-__all__ = [
-    "Engine",
-    "EngineError",
-    "EngineNotReady",
-    "EngineOverloaded",
-    "EngineState",
-    "EngineStats",
-    "FinishReason",
-    "Finished",
-    "GenerationEvent",
-    "GenerationRequest",
-    "Queued",
-    "SamplingParams",
-    "TextDelta",
-]
+from qwen_chat.sampling_params import SamplingParams  # what a GenerationRequest samples with
 
 FinishReason = Literal["stop", "length", "cancelled"]
 

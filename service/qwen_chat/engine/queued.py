@@ -30,11 +30,11 @@ from qwen_chat.engine.interface import (
     GenerationEvent,
     GenerationRequest,
     Queued,
-    SamplingParams,
     TextDelta,
 )
 from qwen_chat.engine.model_loader import LoadedModel, default_max_input_tokens, load_model, unload
 from qwen_chat.engine.prompts import Prompts
+from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 
 log = structlog.get_logger(__name__)

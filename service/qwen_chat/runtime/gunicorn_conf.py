@@ -67,7 +67,7 @@ def on_starting(server: Any) -> None:
 
 def _check_credentials_dir(server: Any) -> None:
     """With auth on, a CREDENTIALS_DIR that is missing or unreadable stops the service before any worker
-    starts, with one clear line; an empty one is allowed (see credentials.py)."""
+    starts, with one clear line; an empty one is allowed (see auth/credentials.py)."""
     if not _settings.auth_enabled:
         return
     import structlog

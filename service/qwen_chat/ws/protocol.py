@@ -23,6 +23,8 @@ from qwen_chat.errors import ErrorCode, Refusal, describe_errors
 from qwen_chat.sampling_params import SamplingOverrides
 
 MAX_ID_LENGTH = 128
+# The message types' tags: pydantic puts them in an error's location, where they are not field names.
+_TAGS = frozenset({"chat", "cancel", "reset"})
 
 
 class _Strict(BaseModel):
@@ -97,7 +99,7 @@ def parse_frame(text: str) -> ChatRequest | Cancel | Reset:
         return _client_message.validate_python(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
-        raise ProtocolError(describe_errors(errors), message_id) from None
+        raise ProtocolError(describe_errors(errors, _TAGS), message_id) from None
 
 
 # A cheap test first: only a frame that escapes a surrogate can hold a lone one.

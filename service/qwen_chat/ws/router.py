@@ -18,9 +18,9 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from qwen_chat.auth.credentials import CredentialStore
 from qwen_chat.auth.identity import PROTOCOL, Principal, authenticate, origin_allowed, still_valid
 from qwen_chat.errors import ErrorCode, Refusal
-from qwen_chat.metrics import ACTIVE_CONNECTIONS, AUTH_FAILURES
+from qwen_chat.metrics import ACTIVE_CONNECTIONS, AUTH_FAILURES, Transport
 from qwen_chat.service import ServiceDep
-from qwen_chat.ws.session import TRANSPORT, ChatSession
+from qwen_chat.ws.session import ChatSession
 
 router = APIRouter()
 log = structlog.get_logger(__name__)
@@ -51,7 +51,7 @@ async def chat_socket(websocket: WebSocket, service: ServiceDep) -> None:
         await websocket.send_denial_response(service.drain.refusal().handshake_response())
         return
     if not origin_allowed(headers.get("origin"), headers.get("host"), settings.allowed_origins):
-        AUTH_FAILURES.labels(TRANSPORT, "origin").inc()
+        AUTH_FAILURES.labels(Transport.WS, "origin").inc()
         log.warning("ws_rejected", connection_id=connection_id, reason="origin", origin=headers.get("origin"))
         refusal = Refusal(ErrorCode.FORBIDDEN, "this origin may not open the chat socket")
         await websocket.send_denial_response(refusal.handshake_response())
@@ -62,13 +62,13 @@ async def chat_socket(websocket: WebSocket, service: ServiceDep) -> None:
             service.credentials, headers, websocket.query_params, offered, settings.allow_query_auth
         )
     except Refusal as refusal:
-        AUTH_FAILURES.labels(TRANSPORT, "key").inc()
+        AUTH_FAILURES.labels(Transport.WS, "key").inc()
         log.warning("ws_rejected", connection_id=connection_id, reason="auth", detail=refusal.message)
         await websocket.send_denial_response(refusal.handshake_response())
         return
 
     await websocket.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
-    context = {"connection_id": connection_id, "user": principal.user, "transport": TRANSPORT}
+    context = {"connection_id": connection_id, "user": principal.user, "transport": Transport.WS.value}
     log.info("ws_open", **context)
     send_lock = asyncio.Lock()
 
@@ -79,7 +79,7 @@ async def chat_socket(websocket: WebSocket, service: ServiceDep) -> None:
     session = ChatSession(service, principal.user, send, context)
     connection = SocketConnection(websocket)
     service.drain.connections.add(connection)
-    ACTIVE_CONNECTIONS.labels(TRANSPORT).inc()
+    ACTIVE_CONNECTIONS.labels(Transport.WS).inc()
     reload_seconds = settings.credentials_reload_seconds
     watcher = asyncio.create_task(
         _close_when_revoked(websocket, service.credentials, principal, reload_seconds)
@@ -117,7 +117,7 @@ async def chat_socket(websocket: WebSocket, service: ServiceDep) -> None:
     finally:
         watcher.cancel()
         service.drain.connections.discard(connection)
-        ACTIVE_CONNECTIONS.labels(TRANSPORT).dec()
+        ACTIVE_CONNECTIONS.labels(Transport.WS).dec()
         await session.close()
         log.info("ws_closed", code=close_code, **context)
 

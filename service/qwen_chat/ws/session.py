@@ -20,8 +20,6 @@ from qwen_chat.ws import protocol as wire
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 log = structlog.get_logger(__name__)
 
-TRANSPORT = Transport.WS
-
 
 class ChatSession:
     def __init__(self, service: Service, user: str, send: Send, log_context: dict[str, Any]) -> None:
@@ -40,7 +38,7 @@ class ChatSession:
         return self._task is not None and not self._task.done()
 
     async def handle_text(self, text: str) -> None:
-        usage = RequestMetrics(self._settings.model_name, TRANSPORT)
+        usage = RequestMetrics(self._settings.model_name, Transport.WS)
         try:
             message = wire.parse_frame(text)
         except wire.ProtocolError as exc:
@@ -63,7 +61,7 @@ class ChatSession:
         """The client is gone: stop the generation (freeing its slot) and wait for it to end."""
         if self._task is not None:
             if not self._task.done():
-                CLIENT_DISCONNECTS.labels(TRANSPORT).inc()
+                CLIENT_DISCONNECTS.labels(Transport.WS).inc()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._stream is not None and not self._stream.closed.is_set():
@@ -93,7 +91,7 @@ class ChatSession:
         try:
             params = resolve(self._settings, message.params, "params.max_new_tokens")
             admission = self._service.admission
-            stream = await admission.start(self._user, TRANSPORT, messages, params, usage=usage)
+            stream = await admission.start(self._user, Transport.WS, messages, params, usage=usage)
         except Refusal as refusal:
             await self._refuse(usage, mid, refusal)
             return
