@@ -152,6 +152,8 @@ class Refusal(Exception):
 
     def openai_response(self, openai_api: bool) -> JSONResponse:
         """OpenAI's error object, used on every HTTP path; `openai_api` under /v1 (400 for 422)."""
+        from starlette.responses import JSONResponse
+
         status = self.status_for(openai_api)
         body = {
             "error": {
@@ -161,8 +163,6 @@ class Refusal(Exception):
                 "code": self.code.openai,
             }
         }
-        from starlette.responses import JSONResponse
-
         response = JSONResponse(body, status_code=status, headers=self._retry_after())
         if status == 401:
             response.headers.update(_BEARER_CHALLENGE)
