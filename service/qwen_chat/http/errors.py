@@ -23,15 +23,15 @@ SSE_RESPONSE: dict[int | str, dict[str, object]] = {200: {"content": {"text/even
 _HTTP_ERROR_CODES = {400: ErrorCode.INVALID_BODY, 404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
 
 
-def _openai_api(request: Request) -> bool:
-    """OpenAI clients expect 400 for a request they must change; the other APIs answer 422."""
-    return request.url.path.startswith("/v1/")
-
-
 def _transport(path: str) -> Transport:
     if path.startswith("/v1/"):
         return Transport.OPENAI
     return Transport.SSE if path == "/chat_stream" else Transport.HTTP
+
+
+def _openai_api(request: Request) -> bool:
+    """OpenAI clients expect 400 for a request they must change; the other APIs answer 422."""
+    return _transport(request.url.path) is Transport.OPENAI
 
 
 async def on_refusal(request: Request, exc: Exception) -> JSONResponse:
