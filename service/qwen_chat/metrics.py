@@ -141,6 +141,33 @@ MODEL_LOAD_SECONDS = Gauge(
     namespace=NAMESPACE,
     multiprocess_mode="liveall",
 )
+KV_CACHE_USAGE = Gauge(
+    "kv_cache_usage_ratio",
+    "Share of the batch engine's KV cache in use, 0 to 1 (the fullest worker's).",
+    ["model"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+KV_CACHE_PAGES = Gauge(
+    "kv_cache_pages",
+    "Pages in the batch engine's KV cache, over all workers.",
+    ["model"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
+KV_CACHE_PAGE_SIZE = Gauge(
+    "kv_cache_page_size_tokens",
+    "Tokens per page of the batch engine's KV cache.",
+    ["model"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+
+
+def publish_kv_cache(model: str, usage: float, pages: int, page_size: int) -> None:
+    KV_CACHE_USAGE.labels(model).set(usage)
+    KV_CACHE_PAGES.labels(model).set(pages)
+    KV_CACHE_PAGE_SIZE.labels(model).set(page_size)
 
 
 def publish_zeros(model: str) -> None:

@@ -34,13 +34,16 @@ class Settings(BaseSettings):
     # CPU threads for torch in each worker; 0 shares the machine's cores among WORKERS. Oversubscribed
     # OpenMP threads spin and starve the event loops (slow probes), so the default never oversubscribes.
     torch_threads: int = Field(default=0, ge=0)
-    max_running: int = Field(default=4, ge=1, description="sequences decoding at once per worker")
+    # Sequences decoding at once per worker; 0: 128 on CUDA, 16 on CPU (engine/kv_cache.py).
+    max_running: int = Field(default=0, ge=0, description="sequences decoding at once per worker")
     max_waiting: int = Field(default=32, ge=0, description="requests queued per worker before refusing")
     # `batch`: continuous batching on transformers' manager (requests share forward passes);
     # `simple`: one `model.generate` per request in threads. See docs/engines.md.
     engine: Literal["batch", "simple"] = "batch"
-    # The batch engine's KV cache: tokens it holds (0: MAX_RUNNING requests of the longest admitted size),
-    # tokens per page (0: 256 on CUDA, 32 on CPU) and tokens per forward pass (0: 2048 on CUDA, 512 on CPU).
+    # The batch engine's KV cache, sized from memory: on CUDA this fraction of the device memory free after
+    # the weights; on CPU KV_CACHE_TOKENS (0: 32,768). KV_CACHE_TOKENS > 0 fixes the size on either device.
+    # Tokens per page (0: 256 on CUDA, 32 on CPU) and per forward pass (0: 2048 on CUDA, 512 on CPU).
+    kv_cache_memory_fraction: float = Field(default=0.8, gt=0.0, lt=1.0)
     kv_cache_tokens: int = Field(default=0, ge=0)
     kv_page_size: int = Field(default=0, ge=0)
     max_batch_tokens: int = Field(default=0, ge=0)

@@ -1,37 +1,42 @@
-"""The batch engine's KV cache size, from settings: pages, page size and tokens per step."""
+"""How much the batch engine holds, from settings: slots, the KV cache's pages and page size, tokens per step."""
 
 from __future__ import annotations
 
 import math
 
-from qwen_chat.engine.kv_cache import cache_geometry
+from qwen_chat.engine.kv_cache import CPU_CACHE_TOKENS, cache_geometry, running_slots
 from qwen_chat.settings import Settings
 
 
-def test_default_cache_holds_max_running_requests_of_the_longest_admitted_size_with_headroom() -> None:
-    settings = Settings(max_running=4, max_new_tokens=512)
-    geometry = cache_geometry(settings, context_length=32768, budget=1536, device_type="cpu")
-    assert geometry.page_size == 32 and geometry.max_batch_tokens == 512
-    longest = 1536 + 512
-    assert geometry.num_blocks == math.ceil(4 * longest * 1.2 / 32) + 1
-    assert geometry.tokens >= 4 * longest * 1.2
+def test_out_of_the_box_many_sequences_decode_at_once() -> None:
+    assert running_slots(Settings(), "cuda") >= 64
+    assert running_slots(Settings(), "cpu") == 16
+    assert running_slots(Settings(max_running=3), "cuda") == 3
 
 
-def test_cuda_uses_larger_pages_and_steps() -> None:
-    geometry = cache_geometry(Settings(), context_length=4096, budget=1024, device_type="cuda")
+def test_on_cuda_the_manager_sizes_the_cache_from_free_memory() -> None:
+    geometry = cache_geometry(Settings(), context_length=32768, budget=30000, device_type="cuda")
+    assert geometry.num_blocks is None and geometry.memory_fraction == 0.8
     assert (geometry.page_size, geometry.max_batch_tokens) == (256, 2048)
+    fraction = cache_geometry(Settings(kv_cache_memory_fraction=0.5), 32768, 30000, "cuda")
+    assert fraction.memory_fraction == 0.5
 
 
-def test_longest_request_is_capped_by_the_context() -> None:
-    settings = Settings(max_running=1, max_new_tokens=512)
-    geometry = cache_geometry(settings, context_length=1024, budget=1024, device_type="cpu")
-    assert geometry.num_blocks == math.ceil(1024 * 1.2 / 32) + 1
+def test_on_cpu_the_cache_is_a_token_budget_not_max_running_times_the_context() -> None:
+    settings = Settings(max_running=64, max_new_tokens=512)
+    geometry = cache_geometry(settings, context_length=32768, budget=30000, device_type="cpu")
+    assert geometry.memory_fraction is None and (geometry.page_size, geometry.max_batch_tokens) == (32, 512)
+    # The longest admitted request (32,768 tokens here) fits, with the manager's 15% headroom.
+    assert geometry.num_blocks == math.ceil(32768 * 1.2 / 32) + 1
+    small_model = cache_geometry(settings, context_length=2048, budget=1536, device_type="cpu")
+    assert small_model.num_blocks == math.ceil(CPU_CACHE_TOKENS * 1.2 / 32) + 1
 
 
-def test_kv_cache_tokens_sets_the_size_but_never_below_one_whole_request() -> None:
+def test_kv_cache_tokens_fixes_the_size_on_either_device_but_never_below_one_whole_request() -> None:
     settings = Settings(kv_cache_tokens=100_000, kv_page_size=64, max_batch_tokens=256)
-    geometry = cache_geometry(settings, context_length=2048, budget=1024, device_type="cpu")
-    assert (geometry.page_size, geometry.max_batch_tokens) == (64, 256)
-    assert geometry.num_blocks == math.ceil(100_000 * 1.2 / 64) + 1
+    for device in ("cpu", "cuda"):
+        geometry = cache_geometry(settings, context_length=2048, budget=1024, device_type=device)
+        assert (geometry.page_size, geometry.max_batch_tokens) == (64, 256)
+        assert geometry.num_blocks == math.ceil(100_000 * 1.2 / 64) + 1 and geometry.memory_fraction is None
     too_small = cache_geometry(Settings(kv_cache_tokens=10), 2048, 1024, "cpu")
-    assert too_small.tokens >= 1024 + 512
+    assert too_small.tokens is not None and too_small.tokens >= 1024 + 512

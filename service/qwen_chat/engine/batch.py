@@ -1,12 +1,11 @@
 """Continuous batching on transformers' own manager: every running request shares each forward pass.
 
-One long-lived `ContinuousBatchingManager` per worker, sized from settings (never the default that sizes
-the KV cache to a share of free RAM). Requests enter it only when a MAX_RUNNING slot is free (admission,
-queue positions and overload are `QueuedEngine`'s); each streams its tokens back onto the event loop
-through the manager's result handlers. Per-request sampling (temperature, top_p, repetition penalty,
-seed) is done by `PerRequestSampler` inside the manager's own logits step, so greedy and sampled
-requests share a batch and a seed reproduces the same reply whatever else is running. See
-docs/engines.md for the design and its trade-offs.
+One long-lived `ContinuousBatchingManager` per worker, its KV cache sized from memory (`kv_cache.py`).
+Requests enter it only when a MAX_RUNNING slot is free (admission, queue positions and overload are
+`QueuedEngine`'s); each streams its tokens back onto the event loop through the manager's result handlers.
+Per-request sampling (temperature, top_p, repetition penalty, seed) is done by `BatchSampler` inside the
+manager's own logits step, for all rows at once, so greedy and sampled requests share a batch and a seed
+reproduces the same reply whatever else is running. See docs/engines.md for the design and its trade-offs.
 """
 
 from __future__ import annotations
@@ -21,12 +20,13 @@ import structlog
 from transformers import ContinuousBatchingConfig, GenerationConfig
 from transformers.generation.continuous_batching.requests import RequestStatus
 
+from qwen_chat import metrics
+from qwen_chat.engine.batch_sampler import BatchSampler
 from qwen_chat.engine.detokenizer import IncrementalDetokenizer
 from qwen_chat.engine.interface import EngineError, Finished, GenerationRequest, TextDelta
 from qwen_chat.engine.kv_cache import CacheGeometry, cache_geometry
 from qwen_chat.engine.model_loader import pad_token_id
 from qwen_chat.engine.queued import WARM_UP, Job, QueuedEngine
-from qwen_chat.engine.sampling import PerRequestSampler
 from qwen_chat.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -39,6 +39,8 @@ _manager_logger.propagate = True
 
 # How long a cancelled request's result handler stays to swallow a late token from the step in flight.
 _LATE_OUTPUT_SECONDS = 5.0
+# How often a running engine refreshes its KV cache usage gauge (also at each request's end).
+_CACHE_GAUGE_SECONDS = 0.5
 
 
 @dataclass(eq=False)
@@ -58,9 +60,10 @@ class ContinuousBatchEngine(QueuedEngine):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._manager: Any = None
-        self._sampler = PerRequestSampler()
+        self._sampler: BatchSampler | None = None
         self._streams: dict[str, _Stream] = {}
         self._geometry: CacheGeometry | None = None
+        self._cache_published = 0.0
 
     # --- lifecycle ---
 
@@ -69,20 +72,15 @@ class ContinuousBatchEngine(QueuedEngine):
         self._geometry = cache_geometry(
             self._settings, loaded.context_length, self.prompts.max_input_tokens, loaded.device.type
         )
+        vocab_size = loaded.model.get_output_embeddings().out_features
+        self._sampler = BatchSampler(self.max_running, vocab_size, loaded.device)
         await asyncio.to_thread(self._start_manager)
-        log.info(
-            "batch_engine_ready",
-            kv_cache_tokens=self._geometry.tokens,
-            page_size=self._geometry.page_size,
-            max_batch_tokens=self._geometry.max_batch_tokens,
-            max_running=self._settings.max_running,
-        )
 
     def _start_manager(self) -> None:
         loaded = self.loaded
         stop_ids = loaded.stop_token_ids
         generation = GenerationConfig(
-            do_sample=False,  # PerRequestSampler picks sampled tokens; the manager takes the argmax
+            do_sample=False,  # BatchSampler picks sampled tokens; the manager takes the argmax
             max_new_tokens=self._settings.max_new_tokens,
             eos_token_id=sorted(stop_ids),
             pad_token_id=pad_token_id(loaded.tokenizer, stop_ids),
@@ -91,15 +89,21 @@ class ContinuousBatchEngine(QueuedEngine):
         assert geometry is not None
         config = ContinuousBatchingConfig(
             num_blocks=geometry.num_blocks,
+            max_memory_percent=geometry.memory_fraction,
             page_size=geometry.page_size,
             max_batch_tokens=geometry.max_batch_tokens,
-            max_requests_per_batch=self._settings.max_running,
+            max_requests_per_batch=self.max_running,
             max_queue_size=0,
+            # BatchSampler builds each step's plan right before that step's logits (batch_sampler.py):
+            # double buffering would build it a step early and a CUDA graph would replay a stale one.
+            use_async_batching=False,
+            use_cuda_graph=False,
         )
         manager = loaded.model.init_continuous_batching(
             generation_config=generation, continuous_batching_config=config
         )
         processors = manager.logit_processor
+        assert self._sampler is not None
         processors.logits_processor.append(self._sampler)
         processors.tensors_required += 1
         processors.do_processing = True
@@ -117,7 +121,16 @@ class ContinuousBatchEngine(QueuedEngine):
             if isinstance(event, BaseException):
                 raise EngineError("warm-up failed") from event
             if isinstance(event, Finished):
-                return
+                break
+        self._publish_cache()
+        processor = self._manager.batch_processor
+        log.info(
+            "batch_engine_ready",
+            kv_cache_pages=processor.cache.num_blocks,
+            page_size=self._geometry.page_size if self._geometry else None,
+            max_batch_tokens=processor.max_batch_tokens,
+            max_running=self.max_running,
+        )
 
     async def _shut_down(self) -> None:
         manager, self._manager = self._manager, None
@@ -138,7 +151,8 @@ class ContinuousBatchEngine(QueuedEngine):
             self._restart_manager()
         stream = _Stream(job, IncrementalDetokenizer(self.loaded.tokenizer))
         self._streams[request_id] = stream
-        self._sampler.register(request_id, request.sampling, self.loaded.device)
+        assert self._sampler is not None
+        self._sampler.register(request_id, request.sampling)
         # Registered before the request exists, so not even its first token can miss the handler.
         self._manager.register_result_handler(request_id, lambda output: self._on_output(stream, output))
         accepted = self._manager.add_request(
@@ -167,6 +181,8 @@ class ContinuousBatchEngine(QueuedEngine):
         new = list(output.generated_tokens[stream.seen :])
         stream.seen = len(output.generated_tokens)
         stream.generated.extend(new)
+        if time.monotonic() - self._cache_published > _CACHE_GAUGE_SECONDS:
+            self._publish_cache()
         if new:
             delta = stream.detokenizer.push(new)
             if delta:
@@ -185,12 +201,24 @@ class ContinuousBatchEngine(QueuedEngine):
         stream.done = True
         request_id = stream.job.request.request_id
         self._streams.pop(request_id, None)
-        self._sampler.forget(request_id)
+        if self._sampler is not None:
+            self._sampler.forget(request_id)
+        self._publish_cache()
         if self._loop is not None and self._manager is not None:
             # The handler removes itself after a final output; after a cancel there is none.
             self._loop.call_later(_LATE_OUTPUT_SECONDS, self._drop_handler, self._manager, request_id)
         self._finish(stream.job, event)
         self._slot_free()
+
+    def _publish_cache(self) -> None:
+        """The KV cache gauges: usage now, and the cache's size in pages of `page_size` tokens."""
+        processor = getattr(self._manager, "batch_processor", None)
+        if processor is None or self._geometry is None:
+            return
+        self._cache_published = time.monotonic()
+        cache = processor.cache
+        usage = min(1.0, max(0.0, 1.0 - cache.compute_free_capacity()))
+        metrics.publish_kv_cache(self._settings.model_name, usage, cache.num_blocks, self._geometry.page_size)
 
     @staticmethod
     def _drop_handler(manager: Any, request_id: str) -> None:

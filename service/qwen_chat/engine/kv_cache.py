@@ -1,4 +1,14 @@
-"""How large the batch engine's KV cache is: pages, page size and tokens per forward pass, from settings."""
+"""How much the batch engine holds: decoding slots, the KV cache's pages and page size, tokens per step.
+
+The cache is sized from memory, and MAX_RUNNING only bounds the batch:
+- on CUDA, transformers' manager gives the cache KV_CACHE_MEMORY_FRACTION of the device memory still free
+  once the weights are loaded (its `max_memory_percent`, in the spirit of vLLM's `gpu_memory_utilization`);
+- on CPU, where the cache shares RAM with everything else, it holds a token budget (KV_CACHE_TOKENS, by
+  default `CPU_CACHE_TOKENS`).
+KV_CACHE_TOKENS set on either device fixes the size instead. The cache always holds at least one request of
+the longest admitted size (a request larger than the whole cache would stop the manager); requests that
+outgrow a full cache together are paused and re-prefilled by the manager, never lost.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +17,40 @@ from dataclasses import dataclass
 
 from qwen_chat.settings import Settings
 
+# Decoding slots when MAX_RUNNING is 0: a GPU decodes many sequences for the price of one (each step reads
+# the weights once); on CPU, 16 rows already make a step of a 0.5B model as much compute as memory traffic.
+DEFAULT_MAX_RUNNING = {"cuda": 128, "cpu": 16}
+# The CPU cache when KV_CACHE_TOKENS is 0: 16 conversations of 2,048 tokens (0.8 GB for the 0.5B shape in
+# float32, 0.9 GB for the 1.5B shape in bfloat16).
+CPU_CACHE_TOKENS = 32_768
+
+
+def running_slots(settings: Settings, device_type: str) -> int:
+    """MAX_RUNNING, or the device's default when it is 0."""
+    return settings.max_running or DEFAULT_MAX_RUNNING.get(device_type, DEFAULT_MAX_RUNNING["cpu"])
+
 
 @dataclass(frozen=True)
 class CacheGeometry:
-    num_blocks: int
+    num_blocks: int | None  # None: the manager sizes the cache from free device memory
     page_size: int
     max_batch_tokens: int
+    memory_fraction: float | None
 
     @property
-    def tokens(self) -> int:
-        return self.num_blocks * self.page_size
+    def tokens(self) -> int | None:
+        return None if self.num_blocks is None else self.num_blocks * self.page_size
 
 
 def cache_geometry(settings: Settings, context_length: int, budget: int, device_type: str) -> CacheGeometry:
-    """Pages, page size and batch tokens for `ContinuousBatchingConfig`, on a `cuda` or `cpu` device.
-
-    The cache holds at least one request of the longest admitted size (prompt budget plus MAX_NEW_TOKENS):
-    a request larger than the whole cache would stop the manager. By default it holds MAX_RUNNING such
-    requests, capped at KV_CACHE_TOKENS when that is set; requests that outgrow a full cache are paused
-    and resumed by the manager, never lost.
-    """
+    """What `ContinuousBatchingConfig` gets on a `cuda` or `cpu` device, for prompts up to `budget` tokens."""
     cuda = device_type == "cuda"
     page_size = settings.kv_page_size or (256 if cuda else 32)
+    max_batch_tokens = settings.max_batch_tokens or (2048 if cuda else 512)
+    if cuda and not settings.kv_cache_tokens:
+        return CacheGeometry(None, page_size, max_batch_tokens, settings.kv_cache_memory_fraction)
     longest = min(context_length, budget + settings.max_new_tokens)
-    wanted = settings.kv_cache_tokens or settings.max_running * longest
-    tokens = max(longest, wanted)
+    tokens = max(longest, settings.kv_cache_tokens or CPU_CACHE_TOKENS)
     # The manager holds back new prefills when less than 15% of the cache is free: leave that headroom.
     num_blocks = math.ceil(tokens * 1.2 / page_size) + 1
-    max_batch_tokens = settings.max_batch_tokens or (2048 if cuda else 512)
-    return CacheGeometry(num_blocks, page_size, max_batch_tokens)
+    return CacheGeometry(num_blocks, page_size, max_batch_tokens, None)

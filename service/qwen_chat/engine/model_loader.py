@@ -15,6 +15,13 @@ from qwen_chat.settings import Settings
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+def device_type(setting: str) -> str:
+    """`cuda` or `cpu`: where DEVICE puts the model, without failing when CUDA is asked for and missing."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
 def resolve_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -32,7 +32,14 @@ from qwen_chat.engine.interface import (
     Queued,
     TextDelta,
 )
-from qwen_chat.engine.model_loader import LoadedModel, default_max_input_tokens, load_model, unload
+from qwen_chat.engine.kv_cache import running_slots
+from qwen_chat.engine.model_loader import (
+    LoadedModel,
+    default_max_input_tokens,
+    device_type,
+    load_model,
+    unload,
+)
 from qwen_chat.engine.prompts import Prompts
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
@@ -70,6 +77,7 @@ class QueuedEngine(abc.ABC):
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self.max_running = running_slots(settings, device_type(settings.device))
         self._state = EngineState.LOADING
         self._stats = EngineStats()
         self._loaded: LoadedModel | None = None
@@ -171,7 +179,7 @@ class QueuedEngine(abc.ABC):
             raise EngineNotReady()
         if request.request_id in self._jobs:
             raise EngineError(f"request id {request.request_id!r} is already running")
-        free = self._running < self._settings.max_running
+        free = self._running < self.max_running
         if not free and len(self._waiting) >= self._settings.max_waiting:
             raise EngineOverloaded()
         job = Job(request, asyncio.Queue())
@@ -237,7 +245,7 @@ class QueuedEngine(abc.ABC):
     def _slot_free(self) -> None:
         """On the loop: a decoding slot is free; the next waiting job takes it."""
         self._running -= 1
-        while self._waiting and self._running < self._settings.max_running:
+        while self._waiting and self._running < self.max_running:
             self._launch(self._waiting.popleft())
         self._update_gauges()
 

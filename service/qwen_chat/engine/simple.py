@@ -66,7 +66,7 @@ class SimpleEngine(QueuedEngine):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._executor = ThreadPoolExecutor(settings.max_running, thread_name_prefix="generate")
+        self._executor = ThreadPoolExecutor(self.max_running, thread_name_prefix="generate")
 
     def _run(self, job: Job) -> None:
         assert self._loop is not None
@@ -122,7 +122,7 @@ class SimpleEngine(QueuedEngine):
                 input_ids=torch.tensor([request.prompt_ids], device=loaded.device),
                 attention_mask=torch.ones((1, prompt_len), dtype=torch.long, device=loaded.device),
                 generation_config=config,
-                logits_processor=logits_processors(request.sampling, loaded.device),
+                logits_processor=logits_processors(request.sampling),
                 stopping_criteria=StoppingCriteriaList([_Cancelled(job.cancelled)]),
                 streamer=streamer,
             )

@@ -1,0 +1,172 @@
+"""The batch engine's sampler: each request's own repetition penalty, temperature, top-p and seed, applied to
+every row of a step with one set of tensor operations inside transformers' batching manager.
+
+It is a `ContinuousBatchingLogitsProcessor` appended to the manager's processor list; the manager itself runs
+greedy (`do_sample=False`) and takes the argmax of what it returns:
+- `prepare_tensor_args` receives the requests whose logits rows the following `__call__` gets, in row order.
+  It turns them into a small plan: per-row slot, temperature, top-p, penalty and the next uniform from each
+  request's own stream (a few numbers per row; nothing vocabulary-sized), and adds the tokens each request
+  generated since the last step to its row of the seen-token table.
+- The seen-token table holds, per slot (MAX_RUNNING slots), the ids of the request's prompt and generated
+  tokens, kept on the device and appended to in place: the prompt once when it first reaches the sampler,
+  then one token per step. Unused entries repeat the row's first id, so the repetition penalty is one
+  gather and one scatter over all penalised rows at once, its cost the tokens seen, not the vocabulary.
+- Greedy rows are left to the manager's argmax; sampled rows get `sampling.draw`'s token set to +inf.
+
+`prepare_tensor_args` and `__call__` must alternate step by step, which holds in the manager's synchronous,
+eager mode only: with double buffering (`use_async_batching`) the plan for step n+1 is built while step n
+runs, and a CUDA graph would replay the first plan forever. The engine forces that mode (`batch.py`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.generation.continuous_batching.cb_logits_processors import (
+    ContinuousBatchingLogitsProcessor,
+)
+
+from qwen_chat.engine.sampling import draw, uniform_stream
+from qwen_chat.sampling_params import SamplingParams
+
+
+@dataclass
+class _Request:
+    slot: int
+    params: SamplingParams
+    uniforms: random.Random | None  # None: greedy
+    synced: int = -1  # generated tokens already in the seen table; -1: prompt not written yet
+
+
+@dataclass(frozen=True)
+class _Plan:
+    slots: torch.Tensor
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    penalty: torch.Tensor
+    uniform: torch.Tensor
+    penalised: torch.Tensor | None  # row indices with a penalty != 1, None when no row has one
+    penalised_slots: list[int]
+    sampled: torch.Tensor | None  # row indices with temperature > 0, None when none
+
+
+class BatchSampler(ContinuousBatchingLogitsProcessor):
+    def __init__(self, slots: int, vocab_size: int, device: torch.device) -> None:
+        # Parameters are looked up by request id, not passed to add_request.
+        self.supported_kwargs: dict[str, type] = {}
+        self.ignored_kwargs: tuple[str, ...] = ()
+        self._device = device
+        self._seen = torch.zeros(slots, 1024, dtype=torch.long, device=device)
+        self._seen_length = [0] * slots
+        self._free = list(range(slots - 1, -1, -1))
+        self._requests: dict[str, _Request] = {}
+        self._plan: _Plan | None = None
+
+    @property
+    def active(self) -> int:
+        return len(self._requests)
+
+    def register(self, request_id: str, params: SamplingParams) -> None:
+        """Before the request reaches the manager; raises IndexError when every slot is taken."""
+        uniforms = uniform_stream(params.seed) if params.temperature > 0 else None
+        self._requests[request_id] = _Request(self._free.pop(), params, uniforms)
+
+    def forget(self, request_id: str) -> None:
+        request = self._requests.pop(request_id, None)
+        if request is not None:
+            self._free.append(request.slot)
+
+    # --- the manager's side, on its thread ---
+
+    def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
+        int32_tensor.fill_(0)
+
+    def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
+        states = [future.state for future in requests_with_new_token]
+        rows: list[_Request | None] = [self._requests.get(state.request_id) for state in states]
+        self._sync_seen(rows, states)
+        greedy = SamplingParams(1, 0.0, 1.0, 1.0)
+        params = [row.params if row is not None else greedy for row in rows]
+        penalised = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
+        sampled = [i for i, p in enumerate(params) if p.temperature > 0]
+        as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=self._device)  # noqa: E731
+        self._plan = _Plan(
+            slots=as_tensor([row.slot if row is not None else 0 for row in rows], torch.long),
+            temperature=as_tensor([p.temperature for p in params], torch.float32),
+            top_p=as_tensor([p.top_p for p in params], torch.float32),
+            penalty=as_tensor([p.repetition_penalty for p in params], torch.float32),
+            uniform=as_tensor(
+                [row.uniforms.random() if row is not None and row.uniforms else 0.0 for row in rows],
+                torch.float64,
+            ),
+            penalised=as_tensor(penalised, torch.long) if penalised else None,
+            penalised_slots=[rows[i].slot for i in penalised if rows[i] is not None],  # type: ignore[union-attr]
+            sampled=as_tensor(sampled, torch.long) if sampled else None,
+        )
+        return torch.zeros(len(rows), dtype=torch.int32)
+
+    def _sync_seen(self, rows: list[_Request | None], states: list[Any]) -> None:
+        """Append new prompts and the tokens generated since the last step to the seen table, in place."""
+        slots: list[int] = []
+        columns: list[int] = []
+        tokens: list[int] = []
+        for row, state in zip(rows, states, strict=True):
+            if row is None or row.params.repetition_penalty == 1.0:
+                continue
+            if row.synced < 0:
+                new = list(state.initial_tokens) + list(state.generated_tokens)
+                self._seen_length[row.slot] = 0
+                self._grow(len(new))
+                self._seen[row.slot].fill_(new[0])
+                row.synced = len(state.generated_tokens)
+            else:
+                new = state.generated_tokens[row.synced :]
+                row.synced += len(new)
+            start = self._seen_length[row.slot]
+            self._grow(start + len(new))
+            slots.extend([row.slot] * len(new))
+            columns.extend(range(start, start + len(new)))
+            tokens.extend(new)
+            self._seen_length[row.slot] = start + len(new)
+        if tokens:
+            index = torch.tensor([slots, columns, tokens], dtype=torch.long, device=self._device)
+            self._seen[index[0], index[1]] = index[2]
+
+    def _grow(self, length: int) -> None:
+        """Room for `length` seen ids per slot; new columns repeat each row's first id."""
+        capacity = self._seen.shape[1]
+        if length <= capacity:
+            return
+        while capacity < length:
+            capacity *= 2
+        grown = self._seen[:, :1].expand(-1, capacity).clone()
+        grown[:, : self._seen.shape[1]] = self._seen
+        self._seen = grown
+
+    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+        plan = self._plan
+        if plan is None or (plan.penalised is None and plan.sampled is None):
+            return scores
+        # In place: `scores` holds this step's logits, which the manager uses for nothing but its argmax.
+        if plan.penalised is not None:
+            penalised = plan.penalised
+            width = max(self._seen_length[slot] for slot in plan.penalised_slots)
+            seen = self._seen[plan.slots[penalised], :width]
+            rows = penalised.unsqueeze(-1)
+            logits = scores[rows, seen]
+            penalty = plan.penalty[penalised].unsqueeze(-1)
+            scores[rows, seen] = torch.where(logits < 0, logits * penalty, logits / penalty)
+        if plan.sampled is not None:
+            sampled = plan.sampled
+            every_row = len(sampled) == scores.shape[0]
+            chosen = draw(
+                scores if every_row else scores.index_select(0, sampled),
+                plan.temperature[sampled],
+                plan.top_p[sampled],
+                plan.uniform[sampled],
+            )
+            scores.index_put_((sampled, chosen), torch.tensor(float("inf"), device=scores.device))
+        return scores

@@ -1,0 +1,120 @@
+"""The sampling arithmetic both engines share, and the batch engine's sampler, on logits alone (no model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from transformers import RepetitionPenaltyLogitsProcessor, TopPLogitsWarper
+
+from qwen_chat.engine import sampling
+from qwen_chat.engine.batch_sampler import BatchSampler
+from qwen_chat.engine.sampling import draw
+from qwen_chat.sampling_params import SamplingParams
+
+
+@dataclass
+class _State:
+    request_id: str
+    initial_tokens: list[int]
+    generated_tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Future:
+    state: _State
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> set[int]:
+    kept = TopPLogitsWarper(top_p)(torch.zeros(1, 1, dtype=torch.long), logits.unsqueeze(0))[0]
+    return set(torch.isfinite(kept).nonzero().flatten().tolist())
+
+
+@pytest.mark.parametrize("spread", [8.0, 0.5], ids=["peaked", "flat"])
+def test_draw_samples_transformers_nucleus_in_proportion(spread: float) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2000) * spread
+    nucleus = _nucleus(logits, 0.8)
+    uniforms = torch.rand(4000, dtype=torch.float64)
+    rows = logits.expand(len(uniforms), -1)
+    chosen = draw(rows, torch.full((len(uniforms),), 1.0), torch.full((len(uniforms),), 0.8), uniforms)
+    assert set(chosen.tolist()) <= nucleus
+    # The most likely token turns up as often as its share of the nucleus says.
+    probs = logits.softmax(-1)
+    best = int(probs.argmax())
+    share = float(probs[best] / probs[sorted(nucleus)].sum())
+    assert abs(float((chosen == best).double().mean()) - share) < 0.05 + 0.1 * share
+
+
+def test_the_candidate_path_and_the_full_vocabulary_path_pick_the_same_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(64, 5000) * 6
+    temperature, top_p = torch.full((64,), 0.7), torch.full((64,), 0.8)
+    uniforms = torch.rand(64, dtype=torch.float64)
+    fast = draw(logits, temperature, top_p, uniforms)
+    monkeypatch.setattr(sampling, "CANDIDATES", 1)  # every row overflows into the full path
+    assert torch.equal(fast, draw(logits, temperature, top_p, uniforms))
+
+
+def _step(sampler: BatchSampler, scores: torch.Tensor, states: list[_State]) -> torch.Tensor:
+    sampler.prepare_tensor_args([_Future(s) for s in states])
+    return sampler(scores.clone(), torch.zeros(len(states), dtype=torch.int32)).argmax(-1)
+
+
+def test_a_seeded_row_draws_the_same_tokens_alone_or_in_any_batch() -> None:
+    torch.manual_seed(2)
+    steps = [torch.randn(5, 300) * 3 for _ in range(6)]
+    seeded = SamplingParams(8, 0.9, 0.9, 1.2, seed=7)
+    others = [SamplingParams(8, 0.0, 1.0, 1.0), SamplingParams(8, 1.0, 0.5, 1.0, seed=1)]
+
+    def run(ids: list[str], params: list[SamplingParams], row: int) -> list[int]:
+        sampler = BatchSampler(slots=4, vocab_size=300, device=torch.device("cpu"))
+        states = [_State(i, [1, 2, 3]) for i in ids]
+        for i, p in zip(ids, params, strict=True):
+            sampler.register(i, p)
+        for scores in steps:
+            chosen = _step(sampler, scores[: len(ids)], states)
+            for state, token in zip(states, chosen.tolist(), strict=True):
+                state.generated_tokens.append(token)
+        return states[row].generated_tokens
+
+    alone = run(["s"], [seeded], 0)
+    # Same logits row, other rows around it (put first so its row index changes too).
+    scores_row_moved = [torch.cat([s[1:3], s[:1]]) for s in steps]
+    steps[:] = scores_row_moved
+    together = run(["a", "b", "s"], [*others, seeded], 2)
+    assert alone == together
+
+
+def test_repetition_penalty_matches_transformers_and_greedy_rows_pass_untouched() -> None:
+    torch.manual_seed(3)
+    scores = torch.randn(2, 50)
+    sampler = BatchSampler(slots=2, vocab_size=50, device=torch.device("cpu"))
+    sampler.register("p", SamplingParams(8, 0.0, 1.0, 1.3))
+    sampler.register("g", SamplingParams(8, 0.0, 1.0, 1.0))
+    states = [_State("p", [4, 9, 4], [11]), _State("g", [4, 9])]
+    sampler.prepare_tensor_args([_Future(s) for s in states])
+    out = sampler(scores.clone(), torch.zeros(2, dtype=torch.int32))
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([[4, 9, 4, 11]]), scores[:1].clone())
+    assert torch.allclose(out[0], expected[0]) and torch.equal(out[1], scores[1])
+    # A step with greedy rows only hands the manager its own tensor back: no copy, no work.
+    sampler.prepare_tensor_args([_Future(states[1])])
+    only_greedy = scores[1:].clone()
+    assert sampler(only_greedy, torch.zeros(1, dtype=torch.int32)) is only_greedy
+
+
+def test_a_slot_is_reused_with_a_clean_seen_row() -> None:
+    sampler = BatchSampler(slots=1, vocab_size=20, device=torch.device("cpu"))
+    sampler.register("first", SamplingParams(4, 0.0, 1.0, 2.0))
+    _step(sampler, torch.zeros(1, 20), [_State("first", [5, 6])])
+    sampler.forget("first")
+    sampler.register("second", SamplingParams(4, 0.0, 1.0, 2.0))
+    scores = torch.ones(1, 20)
+    sampler.prepare_tensor_args([_Future(_State("second", [7]))])
+    out = sampler(scores.clone(), torch.zeros(1, dtype=torch.int32))
+    assert out[0, 7] == 0.5 and out[0, 5] == 1.0 and out[0, 6] == 1.0
+    with pytest.raises(IndexError):
+        sampler.register("third", SamplingParams(4, 0.0, 1.0, 1.0))
