@@ -1,9 +1,11 @@
 """Random-weight models shaped like real Qwen2.5 checkpoints, built offline from a config alone.
 
 The work per token is the real model's: the same layers, widths, attention heads and a 151,936-row output
-layer. The tokenizer is the tiny model's locally trained one (1,024 tokens), so output rows past it are
-zeroed: greedy decoding then picks tokens the tokenizer can print (among 1,024 random logits one is almost
-surely positive). Replies are gibberish; only speed and memory mean anything.
+layer. The tokenizer is the tiny model's locally trained one, padded with added tokens (`<w123>`) to the
+full vocabulary, so every id the model can pick prints. The output layer is scaled so its logits spread
+like a trained model's (standard deviation `LOGIT_SPREAD`): at the server's default sampling (temperature
+0.7, top_p 0.8) the nucleus is about 150 tokens, where a random model's near-flat logits would make it most
+of the vocabulary. Replies are gibberish; only speed and memory mean anything.
 
     .venv/bin/python bench/shaped_model.py qwen2.5-0.5b DIR
 """
@@ -37,6 +39,8 @@ SHAPES: dict[str, dict[str, int]] = {
     },
 }
 VOCAB_SIZE = 151936
+# Standard deviation of the output logits (the final norm's output has unit scale per dimension).
+LOGIT_SPREAD = 3.0
 
 
 def make_shaped_model(directory: Path | str, shape: str, seed: int = 0) -> Path:
@@ -45,13 +49,14 @@ def make_shaped_model(directory: Path | str, shape: str, seed: int = 0) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(seed=seed)
+    tokenizer.add_tokens([f"<w{i}>" for i in range(VOCAB_SIZE - len(tokenizer))])
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=VOCAB_SIZE,
         max_position_embeddings=32768,
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
-        # Untied (the real 0.5B and 1.5B tie them), so the unprintable output rows can be zeroed alone.
+        # Untied (the real 0.5B ties them), so the output layer can be scaled alone.
         tie_word_embeddings=False,
         bos_token_id=None,
         eos_token_id=2,
@@ -61,7 +66,7 @@ def make_shaped_model(directory: Path | str, shape: str, seed: int = 0) -> Path:
     )
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     with torch.no_grad():
-        model.lm_head.weight[len(tokenizer) :] = 0
+        model.lm_head.weight.normal_(0.0, LOGIT_SPREAD / config.hidden_size**0.5)
     model.generation_config.eos_token_id = [2, 0]
     model.generation_config.pad_token_id = 0
     model.save_pretrained(directory)

@@ -41,7 +41,8 @@ class RawGenerate:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, target))
         self.model = model.to(target).eval()
-        prompt = Prompts(tokenizer, 100_000).encode_chat([{"role": "user", "content": PROMPT}])
+        self.prompts = Prompts(tokenizer, 100_000)
+        prompt = self.prompts.encode_chat([{"role": "user", "content": PROMPT}])
         self.ids = torch.tensor([prompt], device=target)
         self.run(4)  # warm-up
 

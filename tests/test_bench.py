@@ -17,8 +17,8 @@ def test_the_benchmark_suite_runs_end_to_end_and_reports(tmp_path: Path, tiny_mo
     )
     run = subprocess.run(
         [sys.executable, "bench/suite.py", "--model", str(tiny_model_dir), "--concurrency", "1,2",
-         "--tokens", "8", "--label", "ci", "--out-dir", str(tmp_path), "--benchmarks", str(report)],
-        cwd=REPO, capture_output=True, text=True, timeout=280, check=False,
+         "--tokens", "8", "--chat-clients", "1,2", "--turns", "2", "--max-reply", "8", "--label", "ci", "--out-dir", str(tmp_path), "--benchmarks", str(report)],
+        cwd=REPO, capture_output=True, text=True, timeout=420, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (result_file,) = tmp_path.glob("*-ci.json")
@@ -30,8 +30,22 @@ def test_the_benchmark_suite_runs_end_to_end_and_reports(tmp_path: Path, tiny_mo
         assert level["errors"] == 0 and level["tokens"] > 0 and level["ttft_ms_p50"] is not None, level
         assert level["health_probes"] > 0
     assert result["generate_tokens_per_second"] > 0 and result["worker_rss_mib"]
+    # The headline: multi-turn conversations on both servers, time to first token for every turn.
+    chat = {(level["server"], level["clients"]): level for level in result["chat"]}
+    assert set(chat) == {(s, n) for s in ("qwen-chat /ws", "transformers serve") for n in (1, 2)}
+    for level in chat.values():
+        assert level["errors"] == 0 and level["turns"] == 2 * level["clients"], level
+        assert set(level["ttft_ms_p50_by_turn"]) == {"1", "2"} and level["tokens"] > 0
+    assert set(result["raw_turn_tokens_per_second"]) == {"1", "2"}
+    limits = result["limits"]
+    assert limits["matmul_gflops"] > 0 and limits["memory_gbps"] > 0
+    assert limits["prefill_fraction_of_matmul"] > 0 and limits["decode_fraction_of_bandwidth"] > 0
+    assert limits["service_prefill_vs_raw"] > 0
+    assert "sampling_cost" in result and any("turn 2 / turn 1" in t["target"] for t in result["targets"])
     assert result_file.with_suffix(".png").stat().st_size > 10_000
+    assert result_file.with_name(f"{result_file.stem}-chat.png").stat().st_size > 10_000
     text = report.read_text()
     assert "Intro kept." in text and "kept\n<!-- bench:other:end -->" in text
     assert "<!-- bench:ci:start -->" in text and "| transformers serve | 2 |" in text
+    assert "### The chat workload (headline)" in text and "### The limits" in text
     assert result_file.with_suffix(".png").name in text
