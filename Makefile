@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install system-deps tools run test test-unit bench lint format clean
+.PHONY: install system-deps tools run test test-unit bench gpu-check lint format clean
 
 install: $(STAMP)
 
@@ -43,6 +43,16 @@ test-unit: install
 # The benchmark suite (bench/suite.py): tiny model by default, `make bench ARGS="--model PATH"` for another.
 bench: install
 	$(BIN)/python bench/suite.py $(ARGS)
+
+# On a CUDA machine, in an environment with the project installed over CUDA torch (`pip install -e '.[test]'`;
+# `make install` pins the CPU wheel): the GPU tests, then the chat workload on the 0.5B and 1.5B shapes at 1, 16
+# and 64 clients against transformers serve, each a BENCHMARKS.md section. Sized for under 8 minutes on one H200.
+GPU_PYTHON ?= python3
+GPU_BENCH := --chat-clients 1,16,64 --concurrency 1,16 --chats 4
+gpu-check:
+	$(GPU_PYTHON) -m pytest -m gpu -q tests/test_gpu.py
+	$(GPU_PYTHON) bench/suite.py --shape qwen2.5-0.5b $(GPU_BENCH) --label gpu-qwen2.5-0.5b
+	$(GPU_PYTHON) bench/suite.py --shape qwen2.5-1.5b $(GPU_BENCH) --label gpu-qwen2.5-1.5b
 
 lint: install
 	$(BIN)/ruff check service tests bench docs

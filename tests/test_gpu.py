@@ -1,13 +1,18 @@
-"""On a CUDA machine: `auto` picks the GPU in bf16, streams, and gives the memory back at shutdown."""
+"""On a CUDA machine: `auto` picks the GPU in bf16, both engines stream, the batch engine fills the device and
+keeps seeds, and the memory goes back at shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
 import torch
 
+from qwen_chat.app import create_engine
+from qwen_chat.engine.batch import ContinuousBatchEngine
 from qwen_chat.engine.interface import Finished, GenerationRequest, TextDelta
+from qwen_chat.engine.kv_cache import CPU_CACHE_TOKENS, DEFAULT_MAX_RUNNING
 from qwen_chat.engine.simple import SimpleEngine
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
@@ -32,3 +37,39 @@ async def test_auto_device_is_cuda_bf16_and_memory_is_freed(make_settings: Calla
     assert deltas > 1
     await engine.close()
     assert torch.cuda.memory_allocated() == baseline
+
+
+async def test_batch_engine_fills_the_gpu_and_keeps_seeds(make_settings: Callable[..., Settings]) -> None:
+    """The default engine on CUDA: many slots, a cache sized from free memory, sampled rows reproducible
+    by seed whatever else runs, every request of a full batch finishing, the memory given back."""
+    baseline = torch.cuda.memory_allocated()
+    # float32: a bf16 logit can differ in its last bit between batch shapes, enough to move a draw.
+    engine = create_engine(make_settings(device="auto", dtype="float32", engine="batch", max_waiting=64))
+    assert isinstance(engine, ContinuousBatchEngine)
+    await engine.start()
+    try:
+        assert engine.max_running == DEFAULT_MAX_RUNNING["cuda"]
+        cache = engine._manager.batch_processor.cache
+        assert cache.num_blocks * 256 > CPU_CACHE_TOKENS, "the cache comes from device memory, not a budget"
+        ids = engine.prompts.encode_chat([{"role": "user", "content": "hello gpu"}])
+        seeded = SamplingParams(32, 0.7, 0.8, 1.05, seed=5)
+
+        async def reply(request_id: str, params: SamplingParams) -> tuple[str, int]:
+            text, tokens = "", 0
+            async for event in engine.generate(GenerationRequest(request_id, ids, params)):
+                if isinstance(event, TextDelta):
+                    text += event.text
+                elif isinstance(event, Finished):
+                    tokens = event.completion_tokens
+            return text, tokens
+
+        alone = await reply("alone", seeded)
+        others = [SamplingParams(32, 0.7, 0.8, 1.05, seed=i) for i in range(63)]
+        together = await asyncio.gather(
+            reply("seeded", seeded), *(reply(f"o{i}", p) for i, p in enumerate(others))
+        )
+        assert together[0] == alone
+        assert all(tokens == 32 for _, tokens in together), "no request of a full batch fails or stops short"
+    finally:
+        await engine.close()
+    assert torch.cuda.memory_allocated() <= baseline + 64 * 2**20

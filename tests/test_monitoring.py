@@ -61,6 +61,9 @@ METRICS_WITH_MODEL = {
     "requests_total",
     "model_loaded",
     "model_load_seconds",
+    "kv_cache_usage_ratio",
+    "kv_cache_pages",
+    "kv_cache_page_size_tokens",
 }
 METRICS_WITHOUT_MODEL = {
     "active_connections",

@@ -144,8 +144,16 @@ async def test_metrics_pass_promtool_and_auth_failures_are_counted(server: Serve
         "auth_failures_total",
         "model_loaded",
         "model_load_seconds",
+        "kv_cache_usage_ratio",
+        "kv_cache_pages",
+        "kv_cache_page_size_tokens",
     ):
         assert f"# TYPE qwen_chat_{name} " in text, name
+    # The batch engine's cache, over both workers: its size in pages and the share in use.
+    assert (server.metric("qwen_chat_kv_cache_pages") or 0) > 0
+    assert server.metric("qwen_chat_kv_cache_page_size_tokens") == 32
+    usage = server.metric("qwen_chat_kv_cache_usage_ratio")
+    assert usage is not None and 0 <= usage < 1
     loaded = server.metric("qwen_chat_model_loaded")
     assert loaded == 2, "one per warmed worker"
     promtool = shutil.which("promtool")

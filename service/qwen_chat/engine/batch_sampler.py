@@ -161,12 +161,17 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
             scores[rows, seen] = torch.where(logits < 0, logits * penalty, logits / penalty)
         if plan.sampled is not None:
             sampled = plan.sampled
-            every_row = len(sampled) == scores.shape[0]
-            chosen = draw(
-                scores if every_row else scores.index_select(0, sampled),
-                plan.temperature[sampled],
-                plan.top_p[sampled],
-                plan.uniform[sampled],
-            )
+            if len(sampled) == scores.shape[0]:
+                # Every row is sampled: the sampler may use `scores` as its scratch space (the manager needs
+                # nothing of it but the argmax, which the +inf below decides).
+                chosen = draw(scores, plan.temperature, plan.top_p, plan.uniform, in_place=True)
+            else:
+                chosen = draw(
+                    scores.index_select(0, sampled),
+                    plan.temperature[sampled],
+                    plan.top_p[sampled],
+                    plan.uniform[sampled],
+                    in_place=True,
+                )
             scores.index_put_((sampled, chosen), torch.tensor(float("inf"), device=scores.device))
         return scores

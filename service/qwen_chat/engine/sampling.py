@@ -27,7 +27,7 @@ from qwen_chat.sampling_params import SamplingParams
 
 # Most likely tokens searched for the nucleus before falling back to the whole vocabulary. A trained
 # model's nucleus at the defaults (temperature 0.7, top_p 0.8) is a handful to a few dozen tokens.
-CANDIDATES = 256
+CANDIDATES = 512
 
 
 def uniform_stream(seed: int | None) -> random.Random:
@@ -36,13 +36,25 @@ def uniform_stream(seed: int | None) -> random.Random:
 
 
 def draw(
-    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    uniform: torch.Tensor,
+    in_place: bool = False,
 ) -> torch.Tensor:
-    """Token ids [rows] for logits [rows, vocab], per-row temperature (> 0), top_p and uniform in [0, 1)."""
-    scaled = logits.float() / temperature.unsqueeze(-1)
-    vocab = scaled.shape[-1]
+    """Token ids [rows] for logits [rows, vocab], per-row temperature (> 0), top_p and uniform in [0, 1).
+
+    `in_place` lets it overwrite `logits` (float32) instead of copying them: one copy of a 16-row batch of
+    the 151,936-token vocabulary costs about as much as the arithmetic."""
+    weights = logits.float() if in_place else logits.float().clone()
+    vocab = weights.shape[-1]
     k = min(CANDIDATES, vocab)
-    probs, index = scaled.softmax(-1).topk(k, dim=-1)  # most likely first
+    top, index = weights.topk(k, dim=-1)  # most likely first; the order is the same after temperature
+    inverse_temperature = temperature.reciprocal().unsqueeze(-1)
+    # exp((logit - max) / temperature), in place: the softmax's numerator over the whole vocabulary.
+    weights.sub_(top[:, :1]).mul_(inverse_temperature).exp_()
+    total = weights.sum(-1, keepdim=True)
+    probs = ((top - top[:, :1]) * inverse_temperature).exp() / total
     cumulative = probs.cumsum(-1)
     keep = (cumulative - probs) < top_p.unsqueeze(-1)  # the mass before a token is short of top_p
     chosen = _inverse_cdf(index, probs * keep, uniform)
@@ -50,12 +62,11 @@ def draw(
     overflow = keep[:, -1] & (cumulative[:, -1] < top_p) if k < vocab else torch.zeros_like(keep[:, -1])
     if bool(overflow.any()):
         rows = overflow.nonzero().squeeze(-1)
-        chosen[rows] = _draw_full(scaled[rows], top_p[rows], uniform[rows])
+        chosen[rows] = _draw_full(weights[rows] / total[rows], top_p[rows], uniform[rows])
     return chosen
 
 
-def _draw_full(scaled: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    probs = scaled.softmax(-1)
+def _draw_full(probs: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     if bool((top_p < 1.0).any()):
         ordered, order = probs.sort(dim=-1, descending=True)
         keep_sorted = (ordered.cumsum(-1) - ordered) < top_p.unsqueeze(-1)
