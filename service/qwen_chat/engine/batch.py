@@ -21,6 +21,7 @@ from transformers import ContinuousBatchingConfig, GenerationConfig
 from transformers.generation.continuous_batching.requests import RequestStatus
 
 from qwen_chat import metrics
+from qwen_chat.engine import cpu_attention
 from qwen_chat.engine.batch_sampler import BatchSampler
 from qwen_chat.engine.detokenizer import IncrementalDetokenizer
 from qwen_chat.engine.interface import EngineError, Finished, GenerationRequest, TextDelta
@@ -72,6 +73,8 @@ class ContinuousBatchEngine(QueuedEngine):
         self._geometry = cache_geometry(
             self._settings, loaded.context_length, self.prompts.max_input_tokens, loaded.device.type
         )
+        if loaded.device.type == "cpu":
+            cpu_attention.install()
         vocab_size = loaded.model.get_output_embeddings().out_features
         self._sampler = BatchSampler(self.max_running, vocab_size, loaded.device)
         await asyncio.to_thread(self._start_manager)
