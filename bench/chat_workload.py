@@ -173,24 +173,39 @@ async def openai_conversation(
         }
         if model:
             body["model"] = model
-        sent, arrivals, reply, count = time.perf_counter(), [], [], 0
-        async with client.stream("POST", f"{base_url}/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                level.errors += 1
-                await response.aread()
-                return
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                text = chunk["choices"][0].get("delta", {}).get("content") if chunk.get("choices") else None
-                if text:
-                    arrivals.append(time.perf_counter())
-                    reply.append(text)
-                if chunk.get("usage"):
-                    count = chunk["usage"]["completion_tokens"]
-        level.record(turn, sent, arrivals, count or len(arrivals))
-        history.append({"role": "assistant", "content": "".join(reply)})
+        sent = time.perf_counter()
+        streamed = await stream_completion(client, f"{base_url}/chat/completions", body)
+        if streamed is None:
+            level.errors += 1
+            return
+        arrivals, reply, count = streamed
+        level.record(turn, sent, arrivals, count)
+        history.append({"role": "assistant", "content": reply})
+
+
+async def stream_completion(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any]
+) -> tuple[list[float], str, int] | None:
+    """A streamed chat completion: token arrival times, the reply's text and its completion tokens (from
+    the usage chunk, else one per text chunk); None when the server refused it."""
+    arrivals: list[float] = []
+    text: list[str] = []
+    count = 0
+    async with client.stream("POST", url, json=body) as response:
+        if response.status_code != 200:
+            await response.aread()
+            return None
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            delta = chunk["choices"][0].get("delta", {}).get("content") if chunk.get("choices") else None
+            if delta:
+                arrivals.append(time.perf_counter())
+                text.append(delta)
+            if chunk.get("usage"):
+                count = chunk["usage"]["completion_tokens"]
+    return arrivals, "".join(text), count or len(arrivals)
 
 
 async def measure_chat(

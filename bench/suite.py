@@ -54,6 +54,7 @@ from chat_workload import (
     measure_chat,
     percentile,
     raw_turn_tokens_per_second,
+    stream_completion,
 )
 from limits import ForwardLimits, forward_limits, fraction, matmul_gflops, memory_gbps
 from serving import KEY, serve, stop, wait_ok
@@ -175,21 +176,12 @@ async def openai_client(
         body["model"] = model
     for _ in range(chats):
         timing = Timing()
-        count = 0
-        async with client.stream("POST", f"{base_url}/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                level.errors += 1
-                await response.aread()
-                continue
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
-                    timing.token()
-                if chunk.get("usage"):
-                    count = chunk["usage"]["completion_tokens"]
-        timing.record(level, count or len(timing.arrivals))
+        streamed = await stream_completion(client, f"{base_url}/chat/completions", body)
+        if streamed is None:
+            level.errors += 1
+            continue
+        timing.arrivals, _, count = streamed
+        timing.record(level, count)
 
 
 async def probe_health(url: str, level: Level, load_done: asyncio.Event) -> None:

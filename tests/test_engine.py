@@ -258,6 +258,29 @@ async def test_mixed_sampling_in_one_batch_matches_each_request_alone(batch: Que
     assert all(g[0] != a[0] for g, a in zip(greedy, alone[1:], strict=True))
 
 
+async def test_requests_that_outgrow_a_full_cache_wait_or_are_resumed_never_fail(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # A cache of about one longest request (the floor) and four requests that together need three times it.
+    engine = make_engine(
+        make_settings, "batch", max_running=4, max_waiting=4, max_input_tokens=64, max_new_tokens=128,
+        kv_cache_tokens=1,
+    )  # fmt: skip
+    await engine.start()
+    try:
+        params = SamplingParams(128, 0.7, 0.8, 1.05, seed=3)
+        alone = await collect(engine, chat_request(engine, "alone", PROMPTS[1], params))
+        crowded = await run_together(
+            engine, [chat_request(engine, f"c{i}", PROMPTS[1], params) for i in range(4)]
+        )
+        assert all(
+            finished.reason == "length" and finished.completion_tokens == 128 for _, finished in crowded
+        )
+        assert all(text == alone[0] for text, _ in crowded), "a paused and resumed request keeps its reply"
+    finally:
+        await engine.close()
+
+
 async def test_both_engines_give_the_same_reply_for_the_same_seed(
     batch: QueuedEngine, make_settings: Callable[..., Settings]
 ) -> None:
