@@ -118,3 +118,23 @@ def test_a_slot_is_reused_with_a_clean_seen_row() -> None:
     assert out[0, 7] == 0.5 and out[0, 5] == 1.0 and out[0, 6] == 1.0
     with pytest.raises(IndexError):
         sampler.register("third", SamplingParams(4, 0.0, 1.0, 1.0))
+
+
+def test_a_paused_and_requeued_request_keeps_every_token_penalised() -> None:
+    sampler = BatchSampler(slots=1, vocab_size=40, device=torch.device("cpu"))
+    sampler.register("r", SamplingParams(8, 0.0, 1.0, 2.0))
+    state = _State("r", [1, 2], [3, 4])
+    sampler.prepare_tensor_args([_Future(state)])
+    # The manager re-queues a paused request with its generated tokens moved into the prompt.
+    resumed = _State("r", [1, 2, 3, 4], [5])
+    sampler.prepare_tensor_args([_Future(resumed)])
+    out = sampler(torch.ones(1, 40), torch.zeros(1, dtype=torch.int32))
+    assert set((out[0] == 0.5).nonzero().flatten().tolist()) == {1, 2, 3, 4, 5}
+
+
+def test_a_top_p_that_rounds_to_zero_keeps_the_most_likely_token() -> None:
+    torch.manual_seed(4)
+    logits = torch.randn(3, 2000)
+    for top_p in (1e-50, 1e-9):
+        chosen = draw(logits, torch.ones(3), torch.full((3,), top_p), torch.rand(3, dtype=torch.float64))
+        assert torch.equal(chosen, logits.argmax(-1))

@@ -12,11 +12,14 @@ def test_out_of_the_box_many_sequences_decode_at_once() -> None:
     assert running_slots(Settings(), "cuda") >= 64
     assert running_slots(Settings(), "cpu") == 16
     assert running_slots(Settings(max_running=3), "cuda") == 3
+    # The simple engine's slots are `generate` calls with a cache each: few by default.
+    assert running_slots(Settings(engine="simple"), "cuda") == 4
 
 
 def test_on_cuda_the_manager_sizes_the_cache_from_free_memory() -> None:
     geometry = cache_geometry(Settings(), context_length=32768, budget=30000, device_type="cuda")
     assert geometry.num_blocks is None and geometry.memory_fraction == 0.8
+    assert geometry.longest_request == 30000 + 512  # what the engine checks the manager's cache against
     assert (geometry.page_size, geometry.max_batch_tokens) == (256, 2048)
     fraction = cache_geometry(Settings(kv_cache_memory_fraction=0.5), 32768, 30000, "cuda")
     assert fraction.memory_fraction == 0.5

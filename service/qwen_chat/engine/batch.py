@@ -127,6 +127,7 @@ class ContinuousBatchEngine(QueuedEngine):
                 break
         self._publish_cache()
         processor = self._manager.batch_processor
+        self._check_cache_holds_a_request(processor.cache.num_blocks)
         log.info(
             "batch_engine_ready",
             kv_cache_pages=processor.cache.num_blocks,
@@ -134,6 +135,19 @@ class ContinuousBatchEngine(QueuedEngine):
             max_batch_tokens=processor.max_batch_tokens,
             max_running=self.max_running,
         )
+
+    def _check_cache_holds_a_request(self, num_blocks: int) -> None:
+        """A cache sized from device memory must still hold one request of the longest admitted size: the
+        manager fails every running request when one cannot be scheduled at all."""
+        geometry = self._geometry
+        assert geometry is not None
+        tokens = num_blocks * geometry.page_size
+        if tokens < geometry.longest_request:
+            raise EngineError(
+                f"the KV cache holds {tokens} tokens, less than one request of the longest admitted size "
+                f"({geometry.longest_request}: MAX_INPUT_TOKENS plus MAX_NEW_TOKENS); lower those, or raise "
+                "KV_CACHE_MEMORY_FRACTION or KV_CACHE_TOKENS"
+            )
 
     async def _shut_down(self) -> None:
         manager, self._manager = self._manager, None

@@ -38,7 +38,7 @@ class _Request:
     slot: int
     params: SamplingParams
     uniforms: random.Random | None  # None: greedy
-    synced: int = -1  # generated tokens already in the seen table; -1: prompt not written yet
+    synced: int = -1  # prompt and generated tokens already in the seen table; -1: row not started
 
 
 @dataclass(frozen=True)
@@ -116,15 +116,19 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         for row, state in zip(rows, states, strict=True):
             if row is None or row.params.repetition_penalty == 1.0:
                 continue
+            initial, generated = state.initial_tokens, state.generated_tokens
             if row.synced < 0:
-                new = list(state.initial_tokens) + list(state.generated_tokens)
                 self._seen_length[row.slot] = 0
-                self._grow(len(new))
-                self._seen[row.slot].fill_(new[0])
-                row.synced = len(state.generated_tokens)
+                self._grow(len(initial) + len(generated))
+                self._seen[row.slot].fill_(initial[0])
+                row.synced = 0
+            # Prompt and generated tokens in one sequence: a request the manager paused and re-queued comes
+            # back with its generated tokens moved into `initial_tokens`, the same sequence.
+            if row.synced >= len(initial):
+                new = list(generated[row.synced - len(initial) :])
             else:
-                new = state.generated_tokens[row.synced :]
-                row.synced += len(new)
+                new = list(initial[row.synced :]) + list(generated)
+            row.synced += len(new)
             start = self._seen_length[row.slot]
             self._grow(start + len(new))
             slots.extend([row.slot] * len(new))

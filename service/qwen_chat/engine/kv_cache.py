@@ -25,9 +25,17 @@ DEFAULT_MAX_RUNNING = {"cuda": 128, "cpu": 16}
 CPU_CACHE_TOKENS = 32_768
 
 
+# The simple engine runs one `generate` per slot, each with a KV cache of its own: few slots.
+SIMPLE_MAX_RUNNING = 4
+
+
 def running_slots(settings: Settings, device_type: str) -> int:
-    """MAX_RUNNING, or the device's default when it is 0."""
-    return settings.max_running or DEFAULT_MAX_RUNNING.get(device_type, DEFAULT_MAX_RUNNING["cpu"])
+    """MAX_RUNNING, or the default for the engine and device when it is 0."""
+    if settings.max_running:
+        return settings.max_running
+    if settings.engine == "simple":
+        return SIMPLE_MAX_RUNNING
+    return DEFAULT_MAX_RUNNING.get(device_type, DEFAULT_MAX_RUNNING["cpu"])
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class CacheGeometry:
     page_size: int
     max_batch_tokens: int
     memory_fraction: float | None
+    longest_request: int  # prompt budget plus MAX_NEW_TOKENS, within the context: the cache must hold one
 
     @property
     def tokens(self) -> int | None:
@@ -47,10 +56,10 @@ def cache_geometry(settings: Settings, context_length: int, budget: int, device_
     cuda = device_type == "cuda"
     page_size = settings.kv_page_size or (256 if cuda else 32)
     max_batch_tokens = settings.max_batch_tokens or (2048 if cuda else 512)
-    if cuda and not settings.kv_cache_tokens:
-        return CacheGeometry(None, page_size, max_batch_tokens, settings.kv_cache_memory_fraction)
     longest = min(context_length, budget + settings.max_new_tokens)
+    if cuda and not settings.kv_cache_tokens:
+        return CacheGeometry(None, page_size, max_batch_tokens, settings.kv_cache_memory_fraction, longest)
     tokens = max(longest, settings.kv_cache_tokens or CPU_CACHE_TOKENS)
     # The manager holds back new prefills when less than 15% of the cache is free: leave that headroom.
     num_blocks = math.ceil(tokens * 1.2 / page_size) + 1
-    return CacheGeometry(num_blocks, page_size, max_batch_tokens, None)
+    return CacheGeometry(num_blocks, page_size, max_batch_tokens, None, longest)

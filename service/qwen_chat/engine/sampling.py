@@ -57,6 +57,7 @@ def draw(
     probs = ((top - top[:, :1]) * inverse_temperature).exp() / total
     cumulative = probs.cumsum(-1)
     keep = (cumulative - probs) < top_p.unsqueeze(-1)  # the mass before a token is short of top_p
+    keep[:, 0] = True  # the most likely token always (a top_p that rounds to 0 in float32 keeps it alone)
     chosen = _inverse_cdf(index, probs * keep, uniform)
     # A nucleus that may reach past the candidates: every candidate kept and more mass still wanted.
     overflow = keep[:, -1] & (cumulative[:, -1] < top_p) if k < vocab else torch.zeros_like(keep[:, -1])
@@ -70,6 +71,7 @@ def _draw_full(probs: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor) 
     if bool((top_p < 1.0).any()):
         ordered, order = probs.sort(dim=-1, descending=True)
         keep_sorted = (ordered.cumsum(-1) - ordered) < top_p.unsqueeze(-1)
+        keep_sorted[:, 0] = True
         keep = torch.empty_like(keep_sorted).scatter_(-1, order, keep_sorted)
         probs = probs * keep
     index = torch.arange(probs.shape[-1], device=probs.device).expand_as(probs)
