@@ -128,10 +128,11 @@ class ContinuousBatchEngine(QueuedEngine):
         self._publish_cache()
         processor = self._manager.batch_processor
         self._check_cache_holds_a_request(processor.cache.num_blocks)
+        assert self._geometry is not None
         log.info(
             "batch_engine_ready",
             kv_cache_pages=processor.cache.num_blocks,
-            page_size=self._geometry.page_size if self._geometry else None,
+            page_size=self._geometry.page_size,
             max_batch_tokens=processor.max_batch_tokens,
             max_running=self.max_running,
         )

@@ -32,6 +32,9 @@ from transformers.generation.continuous_batching.cb_logits_processors import (
 from qwen_chat.engine.sampling import draw, uniform_stream
 from qwen_chat.sampling_params import SamplingParams
 
+# A row the sampler has no request for (one cancelled while the step was in flight): left to the argmax.
+_GREEDY = SamplingParams(1, 0.0, 1.0, 1.0)
+
 
 @dataclass
 class _Request:
@@ -88,13 +91,13 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         states = [future.state for future in requests_with_new_token]
         rows: list[_Request | None] = [self._requests.get(state.request_id) for state in states]
         self._sync_seen(rows, states)
-        greedy = SamplingParams(1, 0.0, 1.0, 1.0)
-        params = [row.params if row is not None else greedy for row in rows]
+        params = [row.params if row is not None else _GREEDY for row in rows]
+        slots = [row.slot if row is not None else 0 for row in rows]
         penalised = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
         sampled = [i for i, p in enumerate(params) if p.temperature > 0]
         as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=self._device)  # noqa: E731
         self._plan = _Plan(
-            slots=as_tensor([row.slot if row is not None else 0 for row in rows], torch.long),
+            slots=as_tensor(slots, torch.long),
             temperature=as_tensor([p.temperature for p in params], torch.float32),
             top_p=as_tensor([p.top_p for p in params], torch.float32),
             penalty=as_tensor([p.repetition_penalty for p in params], torch.float32),
@@ -103,7 +106,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
                 torch.float64,
             ),
             penalised=as_tensor(penalised, torch.long) if penalised else None,
-            penalised_slots=[rows[i].slot for i in penalised if rows[i] is not None],  # type: ignore[union-attr]
+            penalised_slots=[slots[i] for i in penalised],
             sampled=as_tensor(sampled, torch.long) if sampled else None,
         )
         return torch.zeros(len(rows), dtype=torch.int32)
