@@ -77,6 +77,9 @@ def make_settings(tiny_model_dir: Path, tmp_path: Path) -> Callable[..., Setting
             "device": "cpu",
             "max_new_tokens": 512,
             "credentials_reload_seconds": 0.2,
+            # In-process tests run the core as a thread (no child to start each time); the process layout
+            # has its own tests (test_engine_process.py), and every `qwen-chat serve` test uses the default.
+            "engine_process": False,
         }
         values.update(overrides)
         return Settings(**values)

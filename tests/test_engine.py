@@ -321,7 +321,7 @@ async def test_cancel_frees_the_slot_for_the_next_request_at_once(
         )
         assert engine.stats.running == 0 and engine.stats.waiting == 0
         # Nothing of the cancelled request is left in the engine or the sampler.
-        assert not engine._streams and engine._sampler.active == 0  # type: ignore[attr-defined]
+        assert not engine._streams and engine._core._sampler.active == 0  # type: ignore[attr-defined]
     finally:
         await engine.close()
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from qwen_chat.app import create_app
-from qwen_chat.engine.simple import SimpleEngine
+from qwen_chat.engine.in_thread import ThreadEngine
 from qwen_chat.runtime.lifecycle import WorkerLifecycle
 from tests.support.live_server import run_server, wait_until
 from tests.support.wsclient import open_socket, receive
@@ -19,7 +19,7 @@ from tests.support.wsclient import open_socket, receive
 pytestmark = pytest.mark.anyio
 
 
-class GatedEngine(SimpleEngine):
+class GatedEngine(ThreadEngine):
     """The real engine, whose load waits for the test to open the gate."""
 
     gate: threading.Event

@@ -14,9 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from qwen_chat import metrics
-from qwen_chat.engine.batch import ContinuousBatchEngine
-from qwen_chat.engine.interface import Engine
-from qwen_chat.engine.simple import SimpleEngine
+from qwen_chat.engine.interface import Engine, EngineState
 from qwen_chat.errors import Refusal
 from qwen_chat.http import errors, openai_api, page, probes, seed_api
 from qwen_chat.service import Service
@@ -27,9 +25,14 @@ log = structlog.get_logger(__name__)
 
 
 def create_engine(settings: Settings) -> Engine:
-    if settings.engine == "simple":
-        return SimpleEngine(settings)
-    return ContinuousBatchEngine(settings)
+    """ENGINE picks the core (batch or simple); ENGINE_PROCESS where it runs (a child process or a thread)."""
+    if settings.engine_process:
+        from qwen_chat.engine.process.client import ProcessEngine
+
+        return ProcessEngine(settings)
+    from qwen_chat.engine.in_thread import ThreadEngine
+
+    return ThreadEngine(settings)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -96,3 +99,24 @@ async def _load(service: Service) -> None:
     metrics.MODEL_LOAD_SECONDS.labels(settings.model_name).set(service.engine.stats.load_seconds or 0.0)
     metrics.MODEL_LOADED.labels(settings.model_name).set(1)
     service.readiness.publish("ready")
+    service.engine.watch(lambda state, reason: _on_engine_state(service, state, reason))
+
+
+def _on_engine_state(service: Service, state: EngineState, reason: str) -> None:
+    """A started engine restarts its core (LOADING), is back (READY) or gave up (FAILED)."""
+    model = service.settings.model_name
+    metrics.MODEL_LOADED.labels(model).set(1 if state is EngineState.READY else 0)
+    if service.drain.draining:
+        return  # /readyz stays `draining`
+    if state is EngineState.READY:
+        service.readiness.publish("ready")
+    elif state is EngineState.LOADING:
+        service.readiness.publish("loading", reason)
+    elif state is EngineState.FAILED:
+        service.readiness.publish("failed", reason)
+        exiting = service.lifecycle.report_load_failed()
+        log.error(
+            "engine_failed",
+            error=reason,
+            action="stopping the service" if exiting else "readyz reports failed",
+        )

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     # `batch`: continuous batching on transformers' manager (requests share forward passes);
     # `simple`: one `model.generate` per request in threads. See docs/engines.md.
     engine: Literal["batch", "simple"] = "batch"
+    # Where the engine decodes: true, a child process of each worker (the event loop and the decoder do not
+    # share a GIL); false, a thread of the worker. After more than ENGINE_RESTART_LIMIT engine processes died
+    # within five minutes, the worker exits (Kubernetes then restarts the pod with back-off).
+    engine_process: bool = True
+    engine_restart_limit: int = Field(default=3, ge=0)
     # The batch engine's KV cache, sized from memory: on CUDA this fraction of the device memory free after
     # the weights; on CPU KV_CACHE_TOKENS (0: 32,768). KV_CACHE_TOKENS > 0 fixes the size on either device.
     # Tokens per page (0: 256 on CUDA, 32 on CPU) and per forward pass (0: 2048 on CUDA, 512 on CPU).

@@ -1,33 +1,29 @@
-"""Continuous batching on transformers' own manager: every running request shares each forward pass.
+"""The batch core: continuous batching on transformers' own manager, every running request in each forward.
 
-One long-lived `ContinuousBatchingManager` per worker, its KV cache sized from memory (`kv_cache.py`).
-Requests enter it only when a MAX_RUNNING slot is free (admission, queue positions and overload are
-`QueuedEngine`'s); each streams its tokens back onto the event loop through the manager's result handlers.
-Per-request sampling (temperature, top_p, repetition penalty, seed) is done by `BatchSampler` inside the
-manager's own logits step, for all rows at once, so greedy and sampled requests share a batch and a seed
-reproduces the same reply whatever else is running. See docs/engines.md for the design and its trade-offs.
+One long-lived `ContinuousBatchingManager`, its KV cache sized from memory (`kv_cache.py`). Per-request
+sampling (temperature, top_p, repetition penalty, seed) is done by `BatchSampler` inside the manager's own
+logits step, for all rows at once, so greedy and sampled requests share a batch and a seed reproduces the
+same reply whatever else is running. The manager hands each step's outputs to `_StepRouter` in one call; it
+turns them into one `Step` of new token ids for the core's sink. See docs/engines.md for the trade-offs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from transformers import ContinuousBatchingConfig, GenerationConfig
+from transformers.generation.continuous_batching.continuous_api import OutputRouter
 from transformers.generation.continuous_batching.requests import RequestStatus
 
-from qwen_chat import metrics
 from qwen_chat.engine import cpu_attention
 from qwen_chat.engine.batch_sampler import BatchSampler
-from qwen_chat.engine.detokenizer import IncrementalDetokenizer
-from qwen_chat.engine.interface import EngineError, Finished, GenerationRequest, TextDelta
-from qwen_chat.engine.kv_cache import CacheGeometry, cache_geometry
-from qwen_chat.engine.model_loader import pad_token_id
-from qwen_chat.engine.queued import WARM_UP, Job, QueuedEngine
+from qwen_chat.engine.core import StepSink, WarmingSink, model_facts
+from qwen_chat.engine.kv_cache import cache_geometry, running_slots
+from qwen_chat.engine.model_loader import LoadedModel, input_budget, pad_token_id
+from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
 from qwen_chat.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -38,49 +34,100 @@ _manager_logger = logging.getLogger("ContinuousBatchingLogger")
 _manager_logger.handlers.clear()
 _manager_logger.propagate = True
 
-# How long a cancelled request's result handler stays to swallow a late token from the step in flight.
-_LATE_OUTPUT_SECONDS = 5.0
-# How often a running engine refreshes its KV cache usage gauge (also at each request's end).
-_CACHE_GAUGE_SECONDS = 0.5
+# How often a step carries the KV cache usage (also whenever a request ends).
+_CACHE_USAGE_SECONDS = 0.5
 
 
-@dataclass(eq=False)
-class _Stream:
-    """One running request's view of the manager's cumulative outputs."""
+class _StepRouter(OutputRouter):
+    """The manager's output router, replaced: each step's outputs become one call of `emit` with the new
+    token ids of every request still tracked. Cancelled requests are untracked at once, so a token from
+    the step in flight is dropped here."""
 
-    job: Job
-    detokenizer: IncrementalDetokenizer
-    seen: int = 0
-    done: bool = False
-    generated: list[int] = field(default_factory=list)
+    def __init__(self, emit: Any) -> None:
+        super().__init__()
+        self._emit = emit
+        self._seen: dict[str, int] = {}  # request id -> generated tokens already emitted
+
+    def track(self, request_id: str) -> None:
+        self._seen[request_id] = 0
+
+    def untrack(self, request_id: str) -> None:
+        self._seen.pop(request_id, None)
+
+    def deliver(self, output: Any) -> None:
+        self.deliver_batch([output])
+
+    def deliver_batch(self, outputs: list[Any]) -> None:
+        rows: list[Row] = []
+        for output in outputs:
+            request_id = output.request_id
+            seen = self._seen.get(request_id)
+            if seen is None:
+                continue
+            tokens = output.generated_tokens  # cumulative, also across a pause and resume
+            if output.status == RequestStatus.FAILED:
+                rows.append(Row(request_id, tokens[seen:], RowState.FAILED, str(output.error)))
+                del self._seen[request_id]
+            elif output.is_finished():
+                rows.append(Row(request_id, tokens[seen:], RowState.FINISHED))
+                del self._seen[request_id]
+            else:
+                rows.append(Row(request_id, tokens[seen:]))
+                self._seen[request_id] = len(tokens)
+        if rows:
+            self._emit(rows)
 
 
-class ContinuousBatchEngine(QueuedEngine):
+class BatchCore:
     name = "batch"
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: Settings, loaded: LoadedModel, sink: StepSink) -> None:
+        self._settings = settings
+        self._loaded = loaded
+        self._sink = WarmingSink(sink)
+        self.max_running = running_slots(settings, loaded.device.type)
+        budget = input_budget(settings, loaded.context_length)
+        self._geometry = cache_geometry(settings, loaded.context_length, budget, loaded.device.type)
+        vocab_size = loaded.model.get_output_embeddings().out_features
+        self._sampler = BatchSampler(self.max_running, vocab_size, loaded.device)
+        self._router = _StepRouter(self._emit)
         self._manager: Any = None
-        self._sampler: BatchSampler | None = None
-        self._streams: dict[str, _Stream] = {}
-        self._geometry: CacheGeometry | None = None
-        self._cache_published = 0.0
+        self._step_seconds = 0.0
+        self._preempted = 0
+        self._cache_measured = 0.0
 
     # --- lifecycle ---
 
-    async def _prepare(self) -> None:
-        loaded = self.loaded
-        self._geometry = cache_geometry(
-            self._settings, loaded.context_length, self.prompts.max_input_tokens, loaded.device.type
-        )
-        if loaded.device.type == "cpu":
+    def start(self) -> None:
+        if self._loaded.device.type == "cpu":
             cpu_attention.install()
-        vocab_size = loaded.model.get_output_embeddings().out_features
-        self._sampler = BatchSampler(self.max_running, vocab_size, loaded.device)
-        await asyncio.to_thread(self._start_manager)
+        self._start_manager()
+        self._sink.warm_up(self, self._loaded, self._settings)
+        processor = self._manager.batch_processor
+        self._check_cache_holds_a_request(processor.cache.num_blocks)
+        log.info(
+            "batch_engine_ready",
+            kv_cache_pages=processor.cache.num_blocks,
+            page_size=self._geometry.page_size,
+            max_batch_tokens=processor.max_batch_tokens,
+            max_running=self.max_running,
+        )
+
+    def facts(self) -> ModelFacts:
+        processor = getattr(self._manager, "batch_processor", None)
+        pages = processor.cache.num_blocks if processor is not None else 0
+        return model_facts(self._settings, self._loaded, pages, self._geometry.page_size)
+
+    def healthy(self) -> bool:
+        return self._manager_alive()
+
+    def stop(self) -> None:
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            manager.stop(block=True, timeout=30, hard_stop=True)
 
     def _start_manager(self) -> None:
-        loaded = self.loaded
+        loaded = self._loaded
         stop_ids = loaded.stop_token_ids
         generation = GenerationConfig(
             do_sample=False,  # BatchSampler picks sampled tokens; the manager takes the argmax
@@ -89,7 +136,6 @@ class ContinuousBatchEngine(QueuedEngine):
             pad_token_id=pad_token_id(loaded.tokenizer, stop_ids),
         )
         geometry = self._geometry
-        assert geometry is not None
         config = ContinuousBatchingConfig(
             num_blocks=geometry.num_blocks,
             max_memory_percent=geometry.memory_fraction,
@@ -106,143 +152,103 @@ class ContinuousBatchEngine(QueuedEngine):
             generation_config=generation, continuous_batching_config=config
         )
         processors = manager.logit_processor
-        assert self._sampler is not None
         processors.logits_processor.append(self._sampler)
         processors.tensors_required += 1
         processors.do_processing = True
+        # The batch processor is built on the manager's thread from these two: our router, our timed step.
+        manager.output_router = self._router
+        manager._generation_step = self._timed(manager._generation_step)
         manager.start()
         self._manager = manager
 
-    async def _warm_up(self) -> None:
-        ids = self.prompts.encode_chat([{"role": "user", "content": "hi"}])
-        job = Job(GenerationRequest("warm-up", ids, WARM_UP), asyncio.Queue())
-        self._running += 1  # _slot_free() gives it back when the warm-up finishes
-        job.started_at = time.monotonic()
-        self._run(job)
-        while True:
-            event = await asyncio.wait_for(job.events.get(), timeout=300)
-            if isinstance(event, BaseException):
-                raise EngineError("warm-up failed") from event
-            if isinstance(event, Finished):
-                break
-        self._publish_cache()
-        processor = self._manager.batch_processor
-        self._check_cache_holds_a_request(processor.cache.num_blocks)
-        assert self._geometry is not None
-        log.info(
-            "batch_engine_ready",
-            kv_cache_pages=processor.cache.num_blocks,
-            page_size=self._geometry.page_size,
-            max_batch_tokens=processor.max_batch_tokens,
-            max_running=self.max_running,
-        )
+    def _timed(self, step: Any) -> Any:
+        def timed_step() -> None:
+            started = time.perf_counter()
+            step()
+            self._step_seconds = time.perf_counter() - started
+
+        return timed_step
 
     def _check_cache_holds_a_request(self, num_blocks: int) -> None:
         """A cache sized from device memory must still hold one request of the longest admitted size: the
         manager fails every running request when one cannot be scheduled at all."""
         geometry = self._geometry
-        assert geometry is not None
         tokens = num_blocks * geometry.page_size
         if tokens < geometry.longest_request:
-            raise EngineError(
+            raise RuntimeError(
                 f"the KV cache holds {tokens} tokens, less than one request of the longest admitted size "
                 f"({geometry.longest_request}: MAX_INPUT_TOKENS plus MAX_NEW_TOKENS); lower those, or raise "
                 "KV_CACHE_MEMORY_FRACTION or KV_CACHE_TOKENS"
             )
 
-    async def _shut_down(self) -> None:
-        manager, self._manager = self._manager, None
-        if manager is not None:
-            await asyncio.to_thread(manager.stop, block=True, timeout=30, hard_stop=True)
+    # --- requests (any thread) ---
 
-    # --- running jobs ---
-
-    def _run(self, job: Job) -> None:
-        request = job.request
-        request_id = request.request_id
-        max_new = self.max_new_tokens(request)
-        if max_new <= 0:
-            self._finish(job, job.finished_event("length", 0))
-            self._slot_free()
-            return
+    def submit(self, request: Submit) -> None:
         if not self._manager_alive():
             self._restart_manager()
-        stream = _Stream(job, IncrementalDetokenizer(self.loaded.tokenizer))
-        self._streams[request_id] = stream
-        assert self._sampler is not None
+        request_id = request.request_id
         self._sampler.register(request_id, request.sampling)
-        # Registered before the request exists, so not even its first token can miss the handler.
-        self._manager.register_result_handler(request_id, lambda output: self._on_output(stream, output))
+        self._router.track(request_id)  # before the request exists, so not even its first token is missed
         accepted = self._manager.add_request(
-            list(request.prompt_ids),
+            request.prompt_ids,
             request_id=request_id,
-            max_new_tokens=max_new,
+            max_new_tokens=request.max_new_tokens,
             streaming=True,
-            eos_token_id=sorted(self.stop_ids(request)),
+            eos_token_id=request.stop_token_ids,
         )
         if accepted is None:
-            self._end(stream, EngineError("the batching manager refused the request"))
-
-    def _cancel_running(self, job: Job) -> None:
-        stream = self._streams.get(job.request.request_id)
-        if stream is None or stream.done:
-            return
-        self._manager.cancel_request(job.request.request_id)
-        # The manager frees the request's cache pages at its next step and sends nothing more for it
-        # (perhaps one token from the step in flight, which the finished stream ignores).
-        self._end(stream, job.finished_event("cancelled", len(stream.generated)))
-
-    def _on_output(self, stream: _Stream, output: Any) -> None:
-        """On the loop, for each step's output: cumulative `generated_tokens` and a status."""
-        if stream.done:
-            return
-        new = list(output.generated_tokens[stream.seen :])
-        stream.seen = len(output.generated_tokens)
-        stream.generated.extend(new)
-        if time.monotonic() - self._cache_published > _CACHE_GAUGE_SECONDS:
-            self._publish_cache()
-        if new:
-            delta = stream.detokenizer.push(new)
-            if delta:
-                stream.job.events.put_nowait(TextDelta(delta, len(stream.generated)))
-        if output.status == RequestStatus.FAILED:
-            log.error("generation_failed", request_id=stream.job.request.request_id, error=str(output.error))
-            self._end(stream, EngineError(str(output.error)))
-        elif output.is_finished():
-            tail = stream.detokenizer.flush()
-            if tail:
-                stream.job.events.put_nowait(TextDelta(tail, len(stream.generated)))
-            reason = self.finish_reason(stream.job, stream.generated)
-            self._end(stream, stream.job.finished_event(reason, len(stream.generated)))
-
-    def _end(self, stream: _Stream, event: Any) -> None:
-        stream.done = True
-        request_id = stream.job.request.request_id
-        self._streams.pop(request_id, None)
-        if self._sampler is not None:
+            self._router.untrack(request_id)
             self._sampler.forget(request_id)
-        self._publish_cache()
-        if self._loop is not None and self._manager is not None:
-            # The handler removes itself after a final output; after a cancel there is none.
-            self._loop.call_later(_LATE_OUTPUT_SECONDS, self._drop_handler, self._manager, request_id)
-        self._finish(stream.job, event)
-        self._slot_free()
+            self._emit([Row(request_id, [], RowState.FAILED, "the batching manager refused the request")])
 
-    def _publish_cache(self) -> None:
-        """The KV cache gauges: usage now, and the cache's size in pages of `page_size` tokens."""
+    def cancel(self, request_id: str) -> None:
+        # The manager frees the request's cache pages at its next step.
+        self._router.untrack(request_id)
+        self._sampler.forget(request_id)
+        if self._manager is not None:
+            self._manager.cancel_request(request_id)
+
+    # --- the manager's thread ---
+
+    def _emit(self, rows: list[Row]) -> None:
+        ended = False
+        for row in rows:
+            if row.state is not RowState.RUNNING:
+                self._sampler.forget(row.request_id)
+                ended = True
+        now = time.monotonic()
+        usage = -1.0
+        if ended or now - self._cache_measured > _CACHE_USAGE_SECONDS:
+            usage = self._cache_usage()
+            self._cache_measured = now
+        preempted, self._preempted = self._count_preempted(), 0
+        self._sink(Step(rows, self._step_seconds, preempted, usage))
+
+    def _cache_usage(self) -> float:
         processor = getattr(self._manager, "batch_processor", None)
-        if processor is None or self._geometry is None:
-            return
-        self._cache_published = time.monotonic()
-        cache = processor.cache
-        usage = min(1.0, max(0.0, 1.0 - cache.compute_free_capacity()))
-        metrics.publish_kv_cache(self._settings.model_name, usage, cache.num_blocks, self._geometry.page_size)
+        if processor is None:
+            return -1.0
+        free = float(processor.cache.compute_free_capacity())
+        return min(1.0, max(0.0, 1.0 - free))
 
-    @staticmethod
-    def _drop_handler(manager: Any, request_id: str) -> None:
-        router = manager.output_router
-        with router._lock:
-            router.result_handlers.pop(request_id, None)
+    def _count_preempted(self) -> int:
+        """Requests the manager paused since the last step: the offloading manager requeues each one it
+        frees the cache of, so the waiting list grows by that many inside `offload_requests`."""
+        processor: Any = getattr(self._manager, "batch_processor", None)
+        offloading = getattr(processor, "offloading_manager", None)
+        if offloading is not None and not getattr(offloading, "_qwen_chat_counted", False):
+            scheduler = processor.scheduler
+            offload = offloading.offload_requests
+
+            def counted() -> bool:
+                before = len(scheduler.waiting_requests)
+                result = offload()
+                self._preempted += max(0, len(scheduler.waiting_requests) - before)
+                return bool(result)
+
+            offloading.offload_requests = counted
+            offloading._qwen_chat_counted = True
+        return self._preempted
 
     def _manager_alive(self) -> bool:
         manager = self._manager

@@ -8,7 +8,7 @@ within one decode step. torch never runs on the event loop.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -23,6 +23,11 @@ class EngineState(enum.StrEnum):
     READY = "ready"
     FAILED = "failed"
     CLOSED = "closed"
+
+
+# Told when a started engine changes state by itself: LOADING with the reason while it restarts its core,
+# READY again, or FAILED when it gives up.
+StateListener = Callable[[EngineState, str], None]
 
 
 class EngineError(Exception):
@@ -85,7 +90,7 @@ class EngineStats:
 
 
 class Engine(Protocol):
-    """What transports may use. `ContinuousBatchEngine` and `SimpleEngine` both implement it."""
+    """What transports may use. `ThreadEngine` and `ProcessEngine` implement it, with either core."""
 
     @property
     def state(self) -> EngineState: ...
@@ -99,6 +104,8 @@ class Engine(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
 
     def abort(self, request_id: str) -> None: ...
+
+    def watch(self, listener: StateListener) -> None: ...
 
     async def start(self) -> None: ...
 

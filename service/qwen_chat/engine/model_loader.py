@@ -48,13 +48,17 @@ class LoadedModel:
     stop_token_ids: frozenset[int]
 
 
+def load_tokenizer(settings: Settings) -> Any:
+    return AutoTokenizer.from_pretrained(settings.model)
+
+
 def load_model(settings: Settings) -> LoadedModel:
     # Progress bars are for terminals; in a log stream they are noise.
     transformers_logging.disable_progress_bar()
     torch.set_num_threads(settings.torch_threads_per_worker)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(settings.model)
+    tokenizer = load_tokenizer(settings)
     model: Any = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
     model = model.to(device).eval()
     return LoadedModel(
@@ -67,9 +71,11 @@ def load_model(settings: Settings) -> LoadedModel:
     )
 
 
-def default_max_input_tokens(context_length: int, max_new_tokens: int) -> int:
-    """Leave room for a full reply; a tiny context still gets half of itself for the prompt."""
-    budget = context_length - max_new_tokens
+def input_budget(settings: Settings, context_length: int) -> int:
+    """MAX_INPUT_TOKENS, else room for a full reply; a tiny context still gets half of it for the prompt."""
+    if settings.max_input_tokens:
+        return settings.max_input_tokens
+    budget = context_length - settings.max_new_tokens
     return budget if budget >= context_length // 2 else context_length // 2
 
 

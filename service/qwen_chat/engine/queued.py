@@ -1,9 +1,9 @@
-"""What both engines share: loading, admission, queue positions, cancellation and the event stream.
+"""What every engine shares: admission, queue positions, cancellation and the event stream.
 
 At most MAX_RUNNING requests decode at once; up to MAX_WAITING more wait in line (first come, first
 served); beyond that a request is refused with `EngineOverloaded`. Everything here runs on the event
-loop; subclasses say how a job runs (`_run`) and how a running one stops (`_cancel_running`), and post
-its events back onto the loop.
+loop; subclasses say how the model loads (`_load`), how a job runs (`_run`) and how a running one stops
+(`_cancel_running`), and post its events back onto the loop (`streams.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -30,24 +31,16 @@ from qwen_chat.engine.interface import (
     GenerationEvent,
     GenerationRequest,
     Queued,
+    StateListener,
     TextDelta,
 )
 from qwen_chat.engine.kv_cache import running_slots
-from qwen_chat.engine.model_loader import (
-    LoadedModel,
-    default_max_input_tokens,
-    device_type,
-    load_model,
-    unload,
-)
+from qwen_chat.engine.model_loader import device_type
 from qwen_chat.engine.prompts import Prompts
-from qwen_chat.sampling_params import SamplingParams
+from qwen_chat.engine.wire import ModelFacts
 from qwen_chat.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-# The warm-up both engines run before reporting ready: one greedy token.
-WARM_UP = SamplingParams(max_new_tokens=1, temperature=0.0, top_p=1.0, repetition_penalty=1.0)
 
 
 @dataclass(eq=False)
@@ -80,7 +73,8 @@ class QueuedEngine(abc.ABC):
         self.max_running = running_slots(settings, device_type(settings.device))
         self._state = EngineState.LOADING
         self._stats = EngineStats()
-        self._loaded: LoadedModel | None = None
+        self._facts: ModelFacts | None = None
+        self._listeners: list[StateListener] = []
         self._prompts: Prompts | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jobs: dict[str, Job] = {}
@@ -90,6 +84,10 @@ class QueuedEngine(abc.ABC):
     # --- what subclasses provide ---
 
     @abc.abstractmethod
+    async def _load(self) -> tuple[ModelFacts, Any]:
+        """Load the model and warm it up; returns what the model is and its tokenizer."""
+
+    @abc.abstractmethod
     def _run(self, job: Job) -> None:
         """Start decoding `job` (on the loop; must not block). Call `_slot_free` when it no longer decodes."""
 
@@ -97,17 +95,9 @@ class QueuedEngine(abc.ABC):
     def _cancel_running(self, job: Job) -> None:
         """Stop a decoding job within one decode step; it must still end with a Finished event."""
 
-    async def _prepare(self) -> None:
-        """After the model has loaded, before the warm-up."""
-        return None
-
     @abc.abstractmethod
-    async def _warm_up(self) -> None:
-        """One short generation, so the first user does not pay for lazy initialisation."""
-
     async def _shut_down(self) -> None:
-        """After every job was aborted, before the model is dropped."""
-        return None
+        """After every job was aborted: stop decoding and give the model's memory back."""
 
     # --- the Engine interface ---
 
@@ -127,31 +117,31 @@ class QueuedEngine(abc.ABC):
             raise EngineNotReady()
         return self._prompts
 
+    def watch(self, listener: StateListener) -> None:
+        self._listeners.append(listener)
+
     async def start(self) -> None:
-        """Load the model and tokenizer, prepare the engine, then warm up."""
+        """Load the model and tokenizer, then warm up."""
         self._loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            self._loaded = await asyncio.to_thread(load_model, self._settings)
-            budget = self._settings.max_input_tokens or default_max_input_tokens(
-                self._loaded.context_length, self._settings.max_new_tokens
-            )
-            self._prompts = Prompts(self._loaded.tokenizer, budget)
-            await self._prepare()
-            await self._warm_up()
+            self._facts, tokenizer = await self._load()
+            self._prompts = Prompts(tokenizer, self._facts.max_input_tokens)
         except Exception:
             self._state = EngineState.FAILED
             raise
         self._stats.load_seconds = time.monotonic() - started
         self._state = EngineState.READY
+        facts = self._facts
+        metrics.publish_kv_cache(self._settings.model_name, 0.0, facts.kv_cache_pages, facts.kv_page_size)
         log.info(
             "model_ready",
             model=self._settings.model,
             engine=self.name,
-            device=str(self._loaded.device),
-            dtype=str(self._loaded.dtype).removeprefix("torch."),
+            device=facts.device,
+            dtype=facts.dtype,
             load_seconds=round(self._stats.load_seconds, 2),
-            max_input_tokens=budget,
+            max_input_tokens=facts.max_input_tokens,
         )
 
     async def close(self) -> None:
@@ -159,8 +149,6 @@ class QueuedEngine(abc.ABC):
         for job in list(self._jobs.values()):
             self.abort(job.request.request_id)
         await self._shut_down()
-        unload(self._loaded)
-        self._loaded = None
 
     def abort(self, request_id: str) -> None:
         job = self._jobs.get(request_id)
@@ -219,16 +207,24 @@ class QueuedEngine(abc.ABC):
     # --- for subclasses ---
 
     @property
-    def loaded(self) -> LoadedModel:
-        assert self._loaded is not None, "the model is not loaded"
-        return self._loaded
+    def facts(self) -> ModelFacts:
+        assert self._facts is not None, "the model is not loaded"
+        return self._facts
 
     def stop_ids(self, request: GenerationRequest) -> frozenset[int]:
-        return request.stop_token_ids if request.stop_token_ids is not None else self.loaded.stop_token_ids
+        if request.stop_token_ids is not None:
+            return request.stop_token_ids
+        return frozenset(self.facts.stop_token_ids)
 
     def max_new_tokens(self, request: GenerationRequest) -> int:
         """The request's limit, within what the model's context leaves after the prompt."""
-        return min(request.sampling.max_new_tokens, self.loaded.context_length - len(request.prompt_ids))
+        return min(request.sampling.max_new_tokens, self.facts.context_length - len(request.prompt_ids))
+
+    def _set_state(self, state: EngineState, reason: str = "") -> None:
+        """After the first start: the engine stopped, restarts or failed for good; listeners hear of it."""
+        self._state = state
+        for listener in self._listeners:
+            listener(state, reason)
 
     def finish_reason(self, job: Job, generated: list[int]) -> FinishReason:
         if job.cancelled.is_set():

@@ -1,13 +1,12 @@
-"""An engine that runs each request's own `model.generate` in a thread: up to MAX_RUNNING at once.
+"""The simple core: each request's own `model.generate` in a thread, up to MAX_RUNNING at once.
 
-Selected with QWEN_CHAT_ENGINE=simple. Threads post their results onto the event loop with
-`call_soon_threadsafe`; a stopping criterion that reads the request's cancel flag ends a generation within
-one decode step. Simple and robust, but requests do not share forward passes (see batch.py).
+Selected with QWEN_CHAT_ENGINE=simple. Each new token leaves as a one-row `Step`; a stopping criterion that
+reads the request's cancel flag ends a generation within one decode step. Simple and robust, but requests
+do not share forward passes (see batch.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,11 +16,11 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from qwen_chat.engine.detokenizer import IncrementalDetokenizer
-from qwen_chat.engine.interface import Finished, GenerationEvent, GenerationRequest, TextDelta
-from qwen_chat.engine.model_loader import pad_token_id
-from qwen_chat.engine.queued import WARM_UP, Job, QueuedEngine
+from qwen_chat.engine.core import StepSink, WarmingSink, model_facts
+from qwen_chat.engine.kv_cache import running_slots
+from qwen_chat.engine.model_loader import LoadedModel, pad_token_id
 from qwen_chat.engine.sampling import logits_processors
+from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
 from qwen_chat.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -37,82 +36,76 @@ class _Cancelled(StoppingCriteria):
 
 
 class _Streamer(BaseStreamer):
-    """Receives each new token from `generate` (in the worker thread) and posts text deltas to the loop."""
+    """Receives each new token from `generate` (in the worker thread) and sends it on as a one-row step."""
 
-    def __init__(self, detokenizer: IncrementalDetokenizer, post: Any) -> None:
-        self._detokenizer = detokenizer
-        self._post = post
+    def __init__(self, request_id: str, sink: StepSink) -> None:
+        self._request_id = request_id
+        self._sink = sink
         self._prompt_seen = False
-        self.token_ids: list[int] = []
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:  # generate() first hands over the prompt
             self._prompt_seen = True
             return
-        ids = value.flatten().tolist()
-        self.token_ids.extend(ids)
-        delta = self._detokenizer.push(ids)
-        if delta:
-            self._post(TextDelta(delta, len(self.token_ids)))
+        self._sink(Step([Row(self._request_id, value.flatten().tolist())]))
 
     def end(self) -> None:
-        delta = self._detokenizer.flush()
-        if delta:
-            self._post(TextDelta(delta, len(self.token_ids)))
+        pass
 
 
-class SimpleEngine(QueuedEngine):
+class SimpleCore:
     name = "simple"
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self._executor = ThreadPoolExecutor(self.max_running, thread_name_prefix="generate")
+    def __init__(self, settings: Settings, loaded: LoadedModel, sink: StepSink) -> None:
+        self._settings = settings
+        self._loaded = loaded
+        self._sink = WarmingSink(sink)
+        self._executor = ThreadPoolExecutor(running_slots(settings, "cpu"), thread_name_prefix="generate")
+        self._cancelled: dict[str, threading.Event] = {}
 
-    def _run(self, job: Job) -> None:
-        assert self._loop is not None
-        future = self._loop.run_in_executor(self._executor, self._run_in_thread, job)
-        future.add_done_callback(lambda _: self._slot_free())
+    def start(self) -> None:
+        self._sink.warm_up(self, self._loaded, self._settings)
 
-    def _cancel_running(self, job: Job) -> None:
-        """The stopping criterion sees the flag at the next step; the thread then posts Finished."""
+    def facts(self) -> ModelFacts:
+        return model_facts(self._settings, self._loaded)
 
-    async def _warm_up(self) -> None:
-        ids = self.prompts.encode_chat([{"role": "user", "content": "hi"}])
-        job = Job(GenerationRequest("warm-up", ids, WARM_UP), asyncio.Queue())
-        await asyncio.to_thread(self._generate, job)
+    def healthy(self) -> bool:
+        return True
 
-    async def _shut_down(self) -> None:
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+    def stop(self) -> None:
+        for flag in list(self._cancelled.values()):
+            flag.set()
+        self._executor.shutdown(wait=True)
 
-    def _post(self, job: Job, event: GenerationEvent | BaseException) -> None:
-        """From the worker thread: hand an event to the loop."""
-        assert self._loop is not None
-        if isinstance(event, Finished | BaseException):
-            self._loop.call_soon_threadsafe(self._finish, job, event)
-        else:
-            self._loop.call_soon_threadsafe(job.events.put_nowait, event)
+    def submit(self, request: Submit) -> None:
+        flag = self._cancelled[request.request_id] = threading.Event()
+        self._executor.submit(self._run, request, flag)
 
-    def _run_in_thread(self, job: Job) -> None:
+    def cancel(self, request_id: str) -> None:
+        flag = self._cancelled.get(request_id)
+        if flag is not None:
+            flag.set()
+
+    def _run(self, request: Submit, cancelled: threading.Event) -> None:
         """Worker thread: one request's whole generation."""
+        request_id = request.request_id
         try:
-            event = self._generate(job)
+            if not cancelled.is_set():
+                self._generate(request, cancelled)
         except Exception as exc:
-            log.exception("generation_failed", request_id=job.request.request_id)
-            self._post(job, exc)
+            log.exception("generation_failed", request_id=request_id)
+            self._sink(Step([Row(request_id, [], RowState.FAILED, f"{type(exc).__name__}: {exc}")]))
         else:
-            self._post(job, event)
+            self._sink(Step([Row(request_id, [], RowState.FINISHED)]))
+        finally:
+            self._cancelled.pop(request_id, None)
 
-    def _generate(self, job: Job) -> Finished:
-        loaded = self.loaded
-        request = job.request
+    def _generate(self, request: Submit, cancelled: threading.Event) -> None:
+        loaded = self._loaded
         prompt_len = len(request.prompt_ids)
-        stop_ids = self.stop_ids(request)
-        max_new = self.max_new_tokens(request)
-        if job.cancelled.is_set() or max_new <= 0:
-            return job.finished_event("cancelled" if job.cancelled.is_set() else "length", 0)
-        streamer = _Streamer(IncrementalDetokenizer(loaded.tokenizer), lambda e: self._post(job, e))
+        stop_ids = frozenset(request.stop_token_ids)
         config = GenerationConfig(
-            max_new_tokens=max_new,
+            max_new_tokens=request.max_new_tokens,
             do_sample=False,
             eos_token_id=sorted(stop_ids),
             pad_token_id=pad_token_id(loaded.tokenizer, stop_ids),
@@ -123,8 +116,6 @@ class SimpleEngine(QueuedEngine):
                 attention_mask=torch.ones((1, prompt_len), dtype=torch.long, device=loaded.device),
                 generation_config=config,
                 logits_processor=logits_processors(request.sampling),
-                stopping_criteria=StoppingCriteriaList([_Cancelled(job.cancelled)]),
-                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]),
+                streamer=_Streamer(request.request_id, self._sink),
             )
-        generated = streamer.token_ids
-        return job.finished_event(self.finish_reason(job, generated), len(generated))

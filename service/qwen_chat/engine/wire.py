@@ -1,0 +1,88 @@
+"""What crosses between the API side of an engine and its core (`core.py`), in a thread or a child process.
+
+The API side sends a `Submit` per request and a `Cancel` when one stops early; the core answers with one
+`Step` per decode step, carrying every row that got new tokens (or finished) in that step, never one
+message per token per row. A core in a child process first says `Ready` (or `LoadFailed`). The structs are
+msgspec's: encoded as msgpack arrays, they cost about a microsecond per row.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from qwen_chat.sampling_params import SamplingParams
+
+
+class RowState(enum.IntEnum):
+    RUNNING = 0
+    FINISHED = 1  # the core stopped the request: a stop token or its max_new_tokens
+    FAILED = 2
+
+
+class Submit(msgspec.Struct, array_like=True, gc=False, tag=True):
+    request_id: str
+    prompt_ids: list[int]
+    max_new_tokens: int  # already within the model's context
+    stop_token_ids: list[int]
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+    seed: int | None = None
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            self.max_new_tokens, self.temperature, self.top_p, self.repetition_penalty, self.seed
+        )
+
+
+class Cancel(msgspec.Struct, array_like=True, gc=False, tag=True):
+    request_id: str
+
+
+class Shutdown(msgspec.Struct, array_like=True, gc=False, tag=True):
+    """Stop the core and exit; nothing is running any more."""
+
+
+class Row(msgspec.Struct, array_like=True, gc=False):
+    request_id: str
+    token_ids: list[int]  # new since the row's last step
+    state: RowState = RowState.RUNNING
+    error: str = ""
+
+
+class Step(msgspec.Struct, array_like=True, gc=False, tag=True):
+    rows: list[Row]
+    seconds: float = 0.0  # the forward pass and sampling of this step; 0: the core does not time steps
+    preempted: int = 0  # requests paused (their cache freed) since the last step
+    cache_usage: float = -1.0  # 0..1 of the KV cache in use; negative: not measured this step
+
+
+class ModelFacts(msgspec.Struct, array_like=True, gc=False):
+    """What the API side needs to know of the model the core loaded."""
+
+    context_length: int
+    stop_token_ids: list[int]
+    max_input_tokens: int
+    device: str
+    dtype: str
+    kv_cache_pages: int = 0  # 0: the core has no paged cache
+    kv_page_size: int = 0
+
+
+class Ready(msgspec.Struct, array_like=True, gc=False, tag=True):
+    facts: ModelFacts
+
+
+class LoadFailed(msgspec.Struct, array_like=True, gc=False, tag=True):
+    reason: str
+
+
+Command = Submit | Cancel | Shutdown
+Event = Step | Ready | LoadFailed
+
+encode = msgspec.msgpack.Encoder().encode
+decode_command = msgspec.msgpack.Decoder(Command).decode
+decode_event = msgspec.msgpack.Decoder(Event).decode
