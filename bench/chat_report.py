@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 OURS, THEIRS = "qwen-chat /ws", "transformers serve"
+# The same service with its engine as a thread of the worker (QWEN_CHAT_ENGINE_PROCESS=false).
+THREAD = "qwen-chat /ws, engine thread"
 
 
 def chat_level(result: dict[str, Any], server: str, clients: int) -> dict[str, Any] | None:
@@ -36,6 +38,12 @@ def chat_targets(result: dict[str, Any], tiny: bool) -> list[tuple[str, float | 
                     (f"chat, {clients} clients: TTFT p50 vs transformers serve's", ours["ttft_ms_p50"]
                      / theirs["ttft_ms_p50"], 1.0, False, "x")
                 )  # fmt: skip
+        thread = chat_level(result, THREAD, clients)
+        if thread and thread["tokens_per_second"] and clients >= 16:
+            rows.append(
+                (f"chat, {clients} clients: engine process vs engine thread", ours["tokens_per_second"]
+                 / thread["tokens_per_second"], 1.2, True, "x")
+            )  # fmt: skip
         by_turn = ours["ttft_ms_p50_by_turn"]
         last = max(by_turn, key=int, default=None)
         if last and last != "1" and by_turn.get("1"):
@@ -61,8 +69,9 @@ def chat_markdown(result: dict[str, Any], plot: str) -> list[str]:
         "",
         f"Each client one connection, {result['turns']} turns of its own message length, reply caps from a "
         "seeded spread, the server's default sampling (ours: nothing sent; transformers serve: the same "
-        "values sent). Raw forward: `model.generate`, greedy, one turn's prompt and reply sizes batched "
-        "as many as there are clients.",
+        "values sent). Ours twice: out of the box (the engine in a child process of the worker) and with "
+        "its engine as a thread of the worker. Raw forward: `model.generate`, greedy, one turn's prompt "
+        "and reply sizes batched as many as there are clients.",
         "",
         "| server | clients | turns | tokens/s | raw forward tokens/s | TTFT p50 / p95 (ms) "
         "| TTFT p50 by turn (ms) | ITL p50 / p95 (ms) | errors |",

@@ -209,35 +209,31 @@ async def stream_completion(
 
 
 async def measure_chat(
-    ws_url: str, theirs: str | None, model: str, levels: list[int], turns: int, max_reply: int | None
+    ours: dict[str, str], theirs: str | None, model: str, levels: list[int], turns: int, max_reply: int | None
 ) -> list[ChatLevel]:
-    """Every level on both servers, taking turns (first one, then the other) so drift falls on both."""
+    """Every level on every server: `ours` maps a label to a /ws URL (our engine process, our engine
+    thread), `theirs` is transformers serve's base URL. They take turns, in reverse order at every other
+    level, so that the machine's drift falls on all alike."""
     results: list[ChatLevel] = []
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(timeout=600, limits=limits) as other:
-        for index, clients in enumerate(levels):
+
+        async def talk(server: str, clients: int) -> None:
+            level = ChatLevel(server, clients)
             plans = conversations(clients, turns, max_reply)
+            started = time.perf_counter()
+            if server in ours:
+                await asyncio.gather(*(ws_conversation(ours[server], plan, level) for plan in plans))
+            else:
+                url = f"{theirs}/v1"
+                await asyncio.gather(*(openai_conversation(url, model, plan, level, other) for plan in plans))
+            level.seconds = time.perf_counter() - started
+            results.append(level)
 
-            async def ours(plans: list[Conversation] = plans, clients: int = clients) -> None:
-                level = ChatLevel("qwen-chat /ws", clients)
-                started = time.perf_counter()
-                await asyncio.gather(*(ws_conversation(ws_url, plan, level) for plan in plans))
-                level.seconds = time.perf_counter() - started
-                results.append(level)
-
-            async def transformers(plans: list[Conversation] = plans, clients: int = clients) -> None:
-                if theirs is None:
-                    return
-                level = ChatLevel("transformers serve", clients)
-                started = time.perf_counter()
-                await asyncio.gather(
-                    *(openai_conversation(f"{theirs}/v1", model, plan, level, other) for plan in plans)
-                )
-                level.seconds = time.perf_counter() - started
-                results.append(level)
-
-            for turn in (ours, transformers) if index % 2 == 0 else (transformers, ours):
-                await turn()
+        servers = [*ours, *(["transformers serve"] if theirs is not None else [])]
+        for index, clients in enumerate(levels):
+            for server in servers if index % 2 == 0 else reversed(servers):
+                await talk(server, clients)
     return results
 
 

@@ -1,15 +1,17 @@
 """The benchmark suite (`make bench`): one run measures, with real clients over loopback,
 
   (a) the headline, the chat workload (bench/chat_workload.py): clients holding multi-turn conversations
-      with the server's default sampling, at 1 and 16 clients, ours through /ws against `transformers
-      serve --continuous-batching` through /v1 on the same conversations: aggregate tokens/s, time to first
-      token by turn, inter-token latency, errors; against the raw forward pass (`model.generate` on the
-      same turn sizes, batched as many as there are clients, with the same sampling);
+      with the server's default sampling, at 1 and 16 clients, ours through /ws (out of the box, the
+      engine in a child process of the worker, and beside it with the engine as a thread of the worker)
+      against `transformers serve --continuous-batching` through /v1 on the same conversations:
+      aggregate tokens/s, time to first token by turn, inter-token latency, errors; against the raw
+      forward pass (`model.generate` on the same turn sizes, batched as many as there are clients);
   (b) the limits (bench/limits.py): this machine's matmul GFLOP/s in the model's dtype and memory GB/s, the
       raw forward's prefill FLOP/s and batch-1 decode bytes/s as fractions of them, and the service's
       prefill (time to first token of a long new prompt) against the raw forward on the same tokens;
   (c) the greedy micro-benchmark, a second table: one short prompt, greedy replies of --tokens, through
-      /ws and /v1 of ours and transformers serve's /v1 at --concurrency clients, against `model.generate`;
+      /ws and /v1 of ours (and /ws of the engine-thread layout) and transformers serve's /v1 at
+      --concurrency clients, against `model.generate`;
   (d) resident memory per worker.
 
 Our server runs out of the box: only the rate limit is raised (and MAX_WAITING to the largest greedy level,
@@ -46,7 +48,7 @@ from typing import Any
 import httpx
 import psutil
 import torch
-from chat_report import chat_markdown, chat_targets, draw_chat
+from chat_report import THREAD, chat_markdown, chat_targets, draw_chat
 from chat_workload import (
     TURNS,
     Conversation,
@@ -257,18 +259,29 @@ def transformers_serve(
 
 
 def worker_rss_mib(master_pid: int) -> list[float]:
-    return [child.memory_info().rss / 2**20 for child in psutil.Process(master_pid).children()]
+    """Per worker, its own resident memory and its engine process's (a child of the worker)."""
+    return [
+        sum(p.memory_info().rss for p in [worker, *worker.children()]) / 2**20
+        for worker in psutil.Process(master_pid).children()
+    ]
 
 
 # --- the run ----------------------------------------------------------------------------------------------
 
 
 async def measure(
-    port: int, theirs: str | None, model: str, levels: list[int], tokens: int, chats: dict[int, int]
+    port: int,
+    thread_port: int | None,
+    theirs: str | None,
+    model: str,
+    levels: list[int],
+    tokens: int,
+    chats: dict[int, int],
 ) -> list[Level]:
-    """Every level on both servers, which run side by side: ours (/ws, then /v1) and transformers serve
-    (at `theirs`) take turns at each level, first one then the other, so that the machine's drift over
-    the run falls on both alike. The idle server costs nothing (each measured under 1 % CPU)."""
+    """Every level on every server, which run side by side: ours (/ws, then /v1), ours with its engine
+    as a thread (/ws, at `thread_port`) and transformers serve (at `theirs`) take turns at each level,
+    in reverse order at every other level, so that the machine's drift over the run falls on all alike.
+    An idle server costs nothing (each measured under 1 % CPU)."""
     ws_url = f"ws://127.0.0.1:{port}/ws"
     base = f"http://127.0.0.1:{port}"
     sampled_level = max((n for n in levels if n <= 16), default=levels[0])
@@ -313,6 +326,18 @@ async def measure(
                     )
                 )
 
+            async def thread(clients: int = clients, count: int = count) -> None:
+                if thread_port is not None:
+                    url = f"ws://127.0.0.1:{thread_port}/ws"
+                    results.append(
+                        await run_level(
+                            Level(THREAD, clients),
+                            f"http://127.0.0.1:{thread_port}/livez",
+                            lambda lv: ws_client(url, count, tokens, lv),
+                            clients,
+                        )
+                    )
+
             async def transformers(clients: int = clients, count: int = count) -> None:
                 if theirs:
                     results.append(
@@ -324,7 +349,7 @@ async def measure(
                         )
                     )
 
-            for turn in (ours, transformers) if index % 2 == 0 else (transformers, ours):
+            for turn in (ours, thread, transformers) if index % 2 == 0 else (transformers, thread, ours):
                 await turn()
     return results
 
@@ -346,6 +371,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--engine", default="batch", choices=["batch", "simple"])
     parser.add_argument("--skip-transformers-serve", action="store_true")
+    parser.add_argument(
+        "--skip-engine-thread", action="store_true", help="do not also run ours with its engine as a thread"
+    )
     parser.add_argument("--label", default="", help="a name for this run's section of BENCHMARKS.md")
     parser.add_argument("--out-dir", type=Path, default=HERE / "results", help="where the JSON and PNG go")
     parser.add_argument("--benchmarks", type=Path, default=BENCHMARKS, help="the Markdown file to update")
@@ -397,18 +425,23 @@ def main() -> None:
     }
     with ExitStack() as servers:
         served = servers.enter_context(serve(model, work, **settings))
+        threaded = None
+        if not args.skip_engine_thread:
+            threaded = servers.enter_context(serve(model, work, **settings, engine_process="false"))
         theirs = None
         if not args.skip_transformers_serve:
             page = 256 if device == "cuda" else 32
             blocks = CPU_CACHE_TOKENS * 6 // 5 // page + 1  # our CPU cache, with its headroom
             theirs = servers.enter_context(transformers_serve(model, work, device, dtype, blocks, page))
-        ws_url = f"ws://127.0.0.1:{served.port}/ws"
-        asyncio.run(ws_client(ws_url, 1, 4, Level("warm-up", 1)))
-        chat = asyncio.run(measure_chat(ws_url, theirs, model, chat_levels, args.turns, args.max_reply))
-        service_prefill = asyncio.run(prefill_seconds(ws_url, long_prompt))
-        measured = asyncio.run(measure(served.port, theirs, model, levels, args.tokens, chats))
+        ours = {"qwen-chat /ws": served.ws, **({THREAD: threaded.ws} if threaded else {})}
+        for url in ours.values():
+            asyncio.run(ws_client(url, 1, 4, Level("warm-up", 1)))
+        chat = asyncio.run(measure_chat(ours, theirs, model, chat_levels, args.turns, args.max_reply))
+        service_prefill = asyncio.run(prefill_seconds(served.ws, long_prompt))
+        thread_port = threaded.port if threaded else None
+        measured = asyncio.run(measure(served.port, thread_port, theirs, model, levels, args.tokens, chats))
         rss = worker_rss_mib(served.proc.pid)
-    order = ["qwen-chat /ws", SAMPLED, "qwen-chat /v1", "transformers serve"]
+    order = ["qwen-chat /ws", SAMPLED, "qwen-chat /v1", THREAD, "transformers serve"]
     measured.sort(key=lambda level: (order.index(level.server), level.concurrency))
     chat.sort(key=lambda level: (level.server, level.clients))
 
@@ -553,6 +586,18 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     if sixteen:
         row("time to first token p50 at 16 streams", sixteen["ttft_ms_p50"], 50, False, "ms")
         row("/livez p99 during the 16-stream load", sixteen["health_ms_p99"], 50, False, "ms")
+    sixty_four = _level(result, "qwen-chat /ws", 64)
+    if sixty_four:
+        row("/livez p99 during the 64-stream load", sixty_four["health_ms_p99"], 20, False, "ms")
+    thread_one = _level(result, THREAD, 1)
+    if thread_one:
+        row(
+            "one /ws stream, engine thread, vs model.generate",
+            thread_one["tokens_per_second"] / result["generate_tokens_per_second"],
+            0.9,
+            True,
+            "x",
+        )
     return rows
 
 
@@ -562,7 +607,8 @@ def markdown(result: dict[str, Any], plot: str, chat: list[str]) -> str:
     lines = [
         f"Run {result['date']} on `{result['host']}` ({where}); model: {result['model']}; "
         f"engine `{result['engine']}`, {result['dtype']}, {result['workers']} worker(s), out of the box; "
-        f"{result['wall_seconds']} s in all. Resident memory per worker after the load: {rss}.",
+        f"{result['wall_seconds']} s in all. Resident memory per worker (with its engine process) after the "
+        f"load: {rss}.",
         "",
         *chat,
         "### Targets",

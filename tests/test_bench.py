@@ -24,15 +24,17 @@ def test_the_benchmark_suite_runs_end_to_end_and_reports(tmp_path: Path, tiny_mo
     (result_file,) = tmp_path.glob("*-ci.json")
     result = json.loads(result_file.read_text())
     servers = {(level["server"], level["concurrency"]) for level in result["levels"]}
-    for server in ("qwen-chat /ws", "qwen-chat /v1", "transformers serve"):
+    for server in ("qwen-chat /ws", "qwen-chat /v1", "qwen-chat /ws, engine thread", "transformers serve"):
         assert {(server, 1), (server, 2)} <= servers, servers
     for level in result["levels"]:
         assert level["errors"] == 0 and level["tokens"] > 0 and level["ttft_ms_p50"] is not None, level
         assert level["health_probes"] > 0
     assert result["generate_tokens_per_second"] > 0 and result["worker_rss_mib"]
-    # The headline: multi-turn conversations on both servers, time to first token for every turn.
+    # The headline: multi-turn conversations on every server (ours with its engine in a child process and
+    # as a thread, side by side), time to first token for every turn.
     chat = {(level["server"], level["clients"]): level for level in result["chat"]}
-    assert set(chat) == {(s, n) for s in ("qwen-chat /ws", "transformers serve") for n in (1, 2)}
+    ours = ("qwen-chat /ws", "qwen-chat /ws, engine thread")
+    assert set(chat) == {(s, n) for s in (*ours, "transformers serve") for n in (1, 2)}
     for level in chat.values():
         assert level["errors"] == 0 and level["turns"] == 2 * level["clients"], level
         assert set(level["ttft_ms_p50_by_turn"]) == {"1", "2"} and level["tokens"] > 0

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from qwen_chat.app import create_engine
 from qwen_chat.engine.interface import (
@@ -261,9 +262,10 @@ async def test_mixed_sampling_in_one_batch_matches_each_request_alone(batch: Que
 async def test_requests_that_outgrow_a_full_cache_wait_or_are_resumed_never_fail(
     make_settings: Callable[..., Settings],
 ) -> None:
-    # A cache of about one longest request (the floor) and four requests that together need three times it.
+    # A cache of about one longest request (the floor) and eight requests that together need six times it:
+    # some wait, and some running ones are paused for lack of cache and resumed later.
     engine = make_engine(
-        make_settings, "batch", max_running=4, max_waiting=4, max_input_tokens=64, max_new_tokens=128,
+        make_settings, "batch", max_running=8, max_waiting=8, max_input_tokens=64, max_new_tokens=128,
         kv_cache_tokens=1,
     )  # fmt: skip
     await engine.start()
@@ -271,12 +273,17 @@ async def test_requests_that_outgrow_a_full_cache_wait_or_are_resumed_never_fail
         params = SamplingParams(128, 0.7, 0.8, 1.05, seed=3)
         alone = await collect(engine, chat_request(engine, "alone", PROMPTS[1], params))
         crowded = await run_together(
-            engine, [chat_request(engine, f"c{i}", PROMPTS[1], params) for i in range(4)]
+            engine, [chat_request(engine, f"c{i}", PROMPTS[1], params) for i in range(8)]
         )
         assert all(
             finished.reason == "length" and finished.completion_tokens == 128 for _, finished in crowded
         )
         assert all(text == alone[0] for text, _ in crowded), "a paused and resumed request keeps its reply"
+        # What /metrics says of it: requests were paused, and each step was timed and sized.
+        model = {"model": engine._settings.model_name}
+        assert (REGISTRY.get_sample_value("qwen_chat_engine_preemptions_total", model) or 0) > 0
+        steps = REGISTRY.get_sample_value("qwen_chat_engine_step_seconds_count", model) or 0
+        assert steps >= 128 and (REGISTRY.get_sample_value("qwen_chat_engine_batch_size_sum", model) or 0) > steps
     finally:
         await engine.close()
 

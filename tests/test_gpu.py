@@ -1,5 +1,5 @@
-"""On a CUDA machine: `auto` picks the GPU in bf16, both engines stream, the batch engine fills the device and
-keeps seeds, and the memory goes back at shutdown."""
+"""On a CUDA machine: `auto` picks the GPU in bf16, both cores stream, the batch core fills the device and
+keeps seeds, the engine process does the same, and the memory goes back at shutdown."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from qwen_chat.app import create_engine
-from qwen_chat.engine.batch import ContinuousBatchEngine
+from qwen_chat.engine.batch import BatchCore
+from qwen_chat.engine.in_thread import ThreadEngine
 from qwen_chat.engine.interface import Finished, GenerationRequest, TextDelta
 from qwen_chat.engine.kv_cache import CPU_CACHE_TOKENS, DEFAULT_MAX_RUNNING
-from qwen_chat.engine.simple import SimpleEngine
+from qwen_chat.engine.process.client import ProcessEngine
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.anyio]
 
 async def test_auto_device_is_cuda_bf16_and_memory_is_freed(make_settings: Callable[..., Settings]) -> None:
     baseline = torch.cuda.memory_allocated()
-    engine = SimpleEngine(make_settings(device="auto", dtype="auto"))
+    engine = ThreadEngine(make_settings(device="auto", dtype="auto", engine="simple"))
     await engine.start()
     loaded = engine._loaded
     assert loaded is not None
@@ -45,11 +46,12 @@ async def test_batch_engine_fills_the_gpu_and_keeps_seeds(make_settings: Callabl
     baseline = torch.cuda.memory_allocated()
     # float32: a bf16 logit can differ in its last bit between batch shapes, enough to move a draw.
     engine = create_engine(make_settings(device="auto", dtype="float32", engine="batch", max_waiting=64))
-    assert isinstance(engine, ContinuousBatchEngine)
+    assert isinstance(engine, ThreadEngine)
     await engine.start()
     try:
         assert engine.max_running == DEFAULT_MAX_RUNNING["cuda"]
-        cache = engine._manager.batch_processor.cache
+        assert isinstance(engine._core, BatchCore)
+        cache = engine._core._manager.batch_processor.cache
         assert cache.num_blocks * 256 > CPU_CACHE_TOKENS, "the cache comes from device memory, not a budget"
         ids = engine.prompts.encode_chat([{"role": "user", "content": "hello gpu"}])
         seeded = SamplingParams(32, 0.7, 0.8, 1.05, seed=5)
@@ -73,3 +75,31 @@ async def test_batch_engine_fills_the_gpu_and_keeps_seeds(make_settings: Callabl
     finally:
         await engine.close()
     assert torch.cuda.memory_allocated() <= baseline + 64 * 2**20
+
+
+async def test_the_engine_process_runs_on_the_gpu_and_gives_its_memory_back(
+    make_settings: Callable[..., Settings],
+) -> None:
+    free_before, _ = torch.cuda.mem_get_info()
+    engine = create_engine(make_settings(device="auto", dtype="auto", engine_process=True))
+    assert isinstance(engine, ProcessEngine)
+    await engine.start()
+    try:
+        facts = engine.facts
+        assert facts.device.startswith("cuda") and facts.dtype == "bfloat16"
+        assert facts.kv_cache_pages * facts.kv_page_size > CPU_CACHE_TOKENS
+        assert torch.cuda.mem_get_info()[0] < free_before - 2**30, "the child holds the cache"
+        ids = engine.prompts.encode_chat([{"role": "user", "content": "hello gpu"}])
+
+        async def tokens(request_id: str) -> int:
+            async for event in engine.generate(
+                GenerationRequest(request_id, ids, SamplingParams(32, 0.7, 0.8, 1.05))
+            ):
+                if isinstance(event, Finished):
+                    return event.completion_tokens
+            return 0
+
+        assert await asyncio.gather(*(tokens(f"p{i}") for i in range(64))) == [32] * 64
+    finally:
+        await engine.close()
+    assert torch.cuda.mem_get_info()[0] > free_before - 256 * 2**20, "the engine process gave its memory back"

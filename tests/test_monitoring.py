@@ -64,6 +64,10 @@ METRICS_WITH_MODEL = {
     "kv_cache_usage_ratio",
     "kv_cache_pages",
     "kv_cache_page_size_tokens",
+    "engine_step_seconds",
+    "engine_batch_size",
+    "engine_preemptions_total",
+    "engine_restarts_total",
 }
 METRICS_WITHOUT_MODEL = {
     "active_connections",
@@ -137,11 +141,12 @@ def promtool() -> str:
 
 
 def selectors(expr: str) -> list[tuple[str, str]]:
-    """Each `qwen_chat_<name>{...}` of an expression as (name without prefix and _bucket, matchers)."""
+    """Each `qwen_chat_<name>{...}` of an expression as (the histogram's or metric's name without prefix,
+    matchers): `_bucket`, `_sum` and `_count` are series of one histogram."""
     bare = re.findall(r"qwen_chat_\w+(?![\w{])", expr)
     assert not bare, f"a metric without a selector: {bare} in {expr}"
     return [
-        (re.sub(r"_bucket$", "", name), matchers)
+        (re.sub(r"_(bucket|sum|count)$", "", name), matchers)
         for name, matchers in re.findall(r"qwen_chat_(\w+)\{([^}]*)\}", expr)
     ]
 

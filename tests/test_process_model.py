@@ -1,6 +1,7 @@
 """`qwen-chat serve` as the container runs it: a gunicorn master, two uvicorn workers, the tiny model.
 
-Readiness across workers, multiprocess metrics, JSON logs, a worker killed mid-stream, drain on SIGTERM.
+Readiness across workers, multiprocess metrics, JSON logs, a worker or its engine process killed mid-stream,
+drain on SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -83,7 +85,9 @@ async def test_generation_tokens_total_counts_exactly_what_clients_received(serv
     outcomes: list[str] = []
     async with AsyncExitStack() as stack:
         held = await open_on_every_worker(stack, server, per_worker=1)
-        for index, ws in enumerate(s for sockets in held.values() for s in sockets):
+        # One socket per worker: a busy worker can leave the kernel to hand one worker many more, and
+        # three chats on each of them would run into alice's rate limit.
+        for index, ws in enumerate(sockets[0] for sockets in held.values()):
             for max_new in (7, 19, 33 + index):
                 done = (await chat(ws, f"count {max_new}", params={"max_new_tokens": max_new}))[-1]
                 received += done["usage"]["completion_tokens"]
@@ -192,6 +196,8 @@ async def test_sigkill_of_a_worker_mid_stream(server: ServeProcess) -> None:
     async with AsyncExitStack() as stack:
         held = await open_on_every_worker(stack, server, per_worker=1)
         (victim, (doomed, *_)), (survivor, (steady, *_)) = held.items()
+        orphan = server.engine_of(victim)
+        assert orphan is not None, "each worker runs its engine in a child process"
         await _stream_until_first_token(steady)
         await _stream_until_first_token(doomed)
         os.kill(victim, signal.SIGKILL)
@@ -200,6 +206,8 @@ async def test_sigkill_of_a_worker_mid_stream(server: ServeProcess) -> None:
             while True:
                 await receive(doomed, timeout=5)
         assert time.monotonic() - killed_at < 2, "the killed worker's client must see the close promptly"
+        # Its engine process notices that its worker is gone and exits: nothing holds the model's memory.
+        wait_until(lambda: not _alive(orphan), timeout=10, interval=0.05)
         # Until the replacement has loaded and warmed the model, the pod is not ready.
         wait_until(lambda: server.readyz()[0] == 503, timeout=5, interval=0.02)
         # The other worker's stream is untouched.
@@ -218,6 +226,42 @@ async def test_sigkill_of_a_worker_mid_stream(server: ServeProcess) -> None:
         assert (await chat(steady, "still here", params={"max_new_tokens": 3}))[-1]["type"] == "done"
 
 
+async def test_sigkill_of_an_engine_process_mid_stream(server: ServeProcess) -> None:
+    async with AsyncExitStack() as stack:
+        held = await open_on_every_worker(stack, server, per_worker=1)
+        (worker, (doomed, *_)), (_, (steady, *_)) = held.items()
+        victim = server.engine_of(worker)
+        assert victim is not None
+        await _stream_until_first_token(steady)
+        await _stream_until_first_token(doomed)
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        frames = await until_end(doomed, timeout=10)
+        assert frames[-1]["type"] == "error" and frames[-1]["code"] == "internal", frames[-1]
+        assert time.monotonic() - killed_at < 3, "a dead engine's clients must hear of it promptly"
+        # That worker restarts its engine; until it is warm the pod is not ready, and says why.
+        wait_until(lambda: server.readyz()[0] == 503, timeout=5, interval=0.02)
+        status, body = server.readyz()
+        assert status == 503 and body["status"] == "loading" and "SIGKILL" in body["reason"], body
+        # The other worker's stream is untouched.
+        done = (await until_end(steady))[-1]
+        assert done["type"] == "done" and done["finish_reason"] == "length"
+        server.wait_ready(timeout=120)
+        assert worker in server.workers(), "the worker survives its engine"
+        assert server.engine_of(worker) not in (None, victim)
+        # The client's socket stayed open: it chats on with the new engine.
+        assert (await chat(doomed, "still here", params={"max_new_tokens": 3}))[-1]["type"] == "done"
+        assert server.metric("qwen_chat_engine_restarts_total") == 1
+        assert server.metric("qwen_chat_model_loaded") == 2
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 async def test_sigterm_drains_in_flight_replies_then_exits_zero(tmp_path: Path, tiny_model_dir: Path) -> None:
     drain_seconds = 40
     settings = {"drain_seconds": str(drain_seconds), "max_new_tokens": "1500"}
@@ -226,6 +270,8 @@ async def test_sigterm_drains_in_flight_replies_then_exits_zero(tmp_path: Path, 
         async with AsyncExitStack() as stack:
             held = await open_on_every_worker(stack, live, per_worker=1)
             streams = [sockets[0] for sockets in held.values()]
+            engines = [live.engine_of(worker) for worker in held]
+            assert None not in engines
             # Long replies (several seconds here), so that the checks below happen while they stream.
             for ws in streams:
                 await _stream_until_first_token(ws, max_new_tokens=1500)
@@ -257,6 +303,7 @@ async def test_sigterm_drains_in_flight_replies_then_exits_zero(tmp_path: Path, 
         code = await asyncio.to_thread(live.proc.wait, drain_seconds + 15)
         assert code == 0
         assert time.monotonic() - terminated_at < drain_seconds + 15
+        assert not [pid for pid in engines if pid is not None and _alive(pid)], "engine processes outlived it"
     live.assert_clean_logs(ALL_KEYS)
 
 

@@ -33,6 +33,14 @@ class ServeProcess(Loopback):
             return sorted(child.pid for child in psutil.Process(self.proc.pid).children())
         return []
 
+    def engine_of(self, worker: int) -> int | None:
+        """The pid of the worker's engine process (`runtime/engine_process.py`), while it has one."""
+        with suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(worker).children():
+                if "qwen_chat.runtime.engine_process" in " ".join(child.cmdline()):
+                    return child.pid
+        return None
+
     def worker_of(self, client_port: int) -> int | None:
         """Which worker holds the TCP connection whose client side is `client_port`."""
         for pid in self.workers():

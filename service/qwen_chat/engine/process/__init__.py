@@ -2,8 +2,10 @@
 
 - `client.py`: `ProcessEngine`, the worker's side: spawns the child, sends it requests, turns its steps into
   events, and replaces it when it dies
-- `child.py`: the child's `main`: loads the model, runs a core, exits when its parent is gone
 - `channel.py`: the two pipes between them, one length-prefixed msgpack message per frame
+
+The child's `main` is a process runtime, so it lives in `runtime/engine_process.py`: it loads the model, runs
+a core and exits when its parent is gone.
 
 The child imports torch; the worker side needs only the tokenizer.
 """

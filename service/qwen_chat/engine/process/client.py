@@ -1,4 +1,5 @@
-"""`ProcessEngine`: the worker's side of an engine whose core runs in a child process (`child.py`).
+"""`ProcessEngine`: the worker's side of an engine whose core runs in a child process
+(`runtime/engine_process.py`).
 
 The worker keeps admission, queue positions, detokenization and every transport (`streams.py`); the child
 decodes. Requests go down as `Submit`/`Cancel` frames, written from the event loop (a few per request);
@@ -65,7 +66,7 @@ def _start_child(ends: ChildEnds) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.pop(metrics.MULTIPROC_ENV, None)
     return subprocess.Popen(
-        [sys.executable, "-m", "qwen_chat.engine.process.child", str(ends.commands), str(ends.events)],
+        [sys.executable, "-m", "qwen_chat.runtime.engine_process", str(ends.commands), str(ends.events)],
         pass_fds=(ends.commands, ends.events),
         env=env,
     )

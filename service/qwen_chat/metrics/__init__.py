@@ -141,93 +141,13 @@ MODEL_LOAD_SECONDS = Gauge(
     namespace=NAMESPACE,
     multiprocess_mode="liveall",
 )
-KV_CACHE_USAGE = Gauge(
-    "kv_cache_usage_ratio",
-    "Share of the batch engine's KV cache in use, 0 to 1 (the fullest worker's).",
-    ["model"],
-    namespace=NAMESPACE,
-    multiprocess_mode="livemax",
-)
-KV_CACHE_PAGES = Gauge(
-    "kv_cache_pages",
-    "Pages in the batch engine's KV cache, over all workers.",
-    ["model"],
-    namespace=NAMESPACE,
-    multiprocess_mode="livesum",
-)
-KV_CACHE_PAGE_SIZE = Gauge(
-    "kv_cache_page_size_tokens",
-    "Tokens per page of the batch engine's KV cache.",
-    ["model"],
-    namespace=NAMESPACE,
-    multiprocess_mode="livemax",
-)
-
-
-_STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5.0)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-ENGINE_STEP_SECONDS = Histogram(
-    "engine_step_seconds",
-    "How long one decode step of the batch engine took: the forward pass and sampling of every row.",
-    ["model"],
-    namespace=NAMESPACE,
-    buckets=_STEP_BUCKETS,
-)
-ENGINE_BATCH_SIZE = Histogram(
-    "engine_batch_size",
-    "Sequences that got a token in one decode step of the batch engine.",
-    ["model"],
-    namespace=NAMESPACE,
-    buckets=_BATCH_BUCKETS,
-)
-ENGINE_PREEMPTIONS = Counter(
-    "engine_preemptions",
-    "Running requests the batch engine paused (their KV cache freed, to be resumed) for lack of cache.",
-    ["model"],
-    namespace=NAMESPACE,
-)
-ENGINE_RESTARTS = Counter(
-    "engine_restarts",
-    "Engine processes that stopped unexpectedly (killed, out of memory, a device error) and were replaced.",
-    ["model"],
-    namespace=NAMESPACE,
-)
-
-
-class EngineStepMetrics:
-    """What each engine step tells `/metrics`: recorded by the worker that owns the engine, wherever the
-    engine runs, so the multiprocess rules above hold for a child process too."""
-
-    def __init__(self, model: str) -> None:
-        self._model = model
-        self._seconds = ENGINE_STEP_SECONDS.labels(model)
-        self._batch = ENGINE_BATCH_SIZE.labels(model)
-        self._preemptions = ENGINE_PREEMPTIONS.labels(model)
-
-    def observe(self, step: Any) -> None:
-        if step.seconds > 0:  # cores that do not time steps (the simple one) send one row per token
-            self._seconds.observe(step.seconds)
-            self._batch.observe(len(step.rows))
-        if step.preempted:
-            self._preemptions.inc(step.preempted)
-        if step.cache_usage >= 0:
-            KV_CACHE_USAGE.labels(self._model).set(step.cache_usage)
-
-
-def publish_kv_cache(model: str, usage: float, pages: int, page_size: int) -> None:
-    KV_CACHE_USAGE.labels(model).set(usage)
-    KV_CACHE_PAGES.labels(model).set(pages)
-    KV_CACHE_PAGE_SIZE.labels(model).set(page_size)
-
-
 def publish_zeros(model: str) -> None:
     """Create the gauge series at worker start, so dashboards show 0 rather than no data."""
     ACTIVE_CONNECTIONS.labels(Transport.WS).set(0)
     REQUESTS_RUNNING.labels(model).set(0)
     REQUESTS_WAITING.labels(model).set(0)
     MODEL_LOADED.labels(model).set(0)
-    ENGINE_PREEMPTIONS.labels(model)
-    ENGINE_RESTARTS.labels(model)
+    engine.publish_zeros(model)
 
 
 class _WorkerFilesCollector(multiprocess.MultiProcessCollector):
@@ -313,3 +233,10 @@ class RequestMetrics:
         if completion_tokens > self.tokens_counted:
             GENERATION_TOKENS.labels(self.model).inc(completion_tokens - self.tokens_counted)
             self.tokens_counted = completion_tokens
+
+
+# The engine's series (KV cache, decode steps, restarts) live in `engine.py`; it needs NAMESPACE above.
+from qwen_chat.metrics import engine  # noqa: E402
+from qwen_chat.metrics.engine import ENGINE_RESTARTS, EngineStepMetrics, publish_kv_cache  # noqa: E402
+
+__all__ = ["ENGINE_RESTARTS", "EngineStepMetrics", "engine", "publish_kv_cache"]

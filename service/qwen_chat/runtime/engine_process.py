@@ -1,4 +1,4 @@
-"""The engine process: `python -m qwen_chat.engine.process.child COMMANDS_FD EVENTS_FD`, started by
+"""The engine process: `python -m qwen_chat.runtime.engine_process COMMANDS_FD EVENTS_FD`, started by
 `ProcessEngine` with the worker's settings as its first command frame.
 
 Three threads, so that the decoding loop holds this process's GIL for little but decoding:

@@ -1,0 +1,96 @@
+"""The engine's metrics: its KV cache, its decode steps, its preemptions and the engine processes replaced.
+
+Recorded by the worker that owns the engine, from the steps its core sends (`EngineStepMetrics`), wherever
+the core runs: an engine process writes no metric files, so the multiprocess rules of `__init__.py` hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from qwen_chat.metrics import NAMESPACE
+
+KV_CACHE_USAGE = Gauge(
+    "kv_cache_usage_ratio",
+    "Share of the batch engine's KV cache in use, 0 to 1 (the fullest worker's).",
+    ["model"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+KV_CACHE_PAGES = Gauge(
+    "kv_cache_pages",
+    "Pages in the batch engine's KV cache, over all workers.",
+    ["model"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
+KV_CACHE_PAGE_SIZE = Gauge(
+    "kv_cache_page_size_tokens",
+    "Tokens per page of the batch engine's KV cache.",
+    ["model"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+
+
+_STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ENGINE_STEP_SECONDS = Histogram(
+    "engine_step_seconds",
+    "How long one decode step of the batch engine took: the forward pass and sampling of every row.",
+    ["model"],
+    namespace=NAMESPACE,
+    buckets=_STEP_BUCKETS,
+)
+ENGINE_BATCH_SIZE = Histogram(
+    "engine_batch_size",
+    "Sequences that got a token in one decode step of the batch engine.",
+    ["model"],
+    namespace=NAMESPACE,
+    buckets=_BATCH_BUCKETS,
+)
+ENGINE_PREEMPTIONS = Counter(
+    "engine_preemptions",
+    "Running requests the batch engine paused (their KV cache freed, to be resumed) for lack of cache.",
+    ["model"],
+    namespace=NAMESPACE,
+)
+ENGINE_RESTARTS = Counter(
+    "engine_restarts",
+    "Engine processes that stopped unexpectedly (killed, out of memory, a device error) and were replaced.",
+    ["model"],
+    namespace=NAMESPACE,
+)
+
+
+class EngineStepMetrics:
+    """What each engine step tells `/metrics`: recorded by the worker that owns the engine, wherever the
+    engine runs."""
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._seconds = ENGINE_STEP_SECONDS.labels(model)
+        self._batch = ENGINE_BATCH_SIZE.labels(model)
+        self._preemptions = ENGINE_PREEMPTIONS.labels(model)
+
+    def observe(self, step: Any) -> None:
+        if step.seconds > 0:  # cores that do not time steps (the simple one) send one row per token
+            self._seconds.observe(step.seconds)
+            self._batch.observe(len(step.rows))
+        if step.preempted:
+            self._preemptions.inc(step.preempted)
+        if step.cache_usage >= 0:
+            KV_CACHE_USAGE.labels(self._model).set(step.cache_usage)
+
+
+def publish_kv_cache(model: str, usage: float, pages: int, page_size: int) -> None:
+    KV_CACHE_USAGE.labels(model).set(usage)
+    KV_CACHE_PAGES.labels(model).set(pages)
+    KV_CACHE_PAGE_SIZE.labels(model).set(page_size)
+
+
+def publish_zeros(model: str) -> None:
+    ENGINE_PREEMPTIONS.labels(model)
+    ENGINE_RESTARTS.labels(model)
