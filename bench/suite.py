@@ -258,6 +258,17 @@ def transformers_serve(
         log.close()
 
 
+def cpu_seconds(master_pid: int) -> dict[str, float]:
+    """CPU time over the whole run, of the workers (event loops) and of their engine processes."""
+
+    def used(procs: list[psutil.Process]) -> float:
+        return round(sum(p.cpu_times().user + p.cpu_times().system for p in procs), 1)
+
+    workers = psutil.Process(master_pid).children()
+    engines = [engine for worker in workers for engine in worker.children()]
+    return {"workers": used(workers), "engine_processes": used(engines)}
+
+
 def worker_rss_mib(master_pid: int) -> list[float]:
     """Per worker, its own resident memory and its engine process's (a child of the worker)."""
     return [
@@ -441,6 +452,9 @@ def main() -> None:
         thread_port = threaded.port if threaded else None
         measured = asyncio.run(measure(served.port, thread_port, theirs, model, levels, args.tokens, chats))
         rss = worker_rss_mib(served.proc.pid)
+        cpu = {"qwen-chat": cpu_seconds(served.proc.pid)}
+        if threaded:
+            cpu["qwen-chat, engine thread"] = cpu_seconds(threaded.proc.pid)
     order = ["qwen-chat /ws", SAMPLED, "qwen-chat /v1", THREAD, "transformers serve"]
     measured.sort(key=lambda level: (order.index(level.server), level.concurrency))
     chat.sort(key=lambda level: (level.server, level.clients))
@@ -462,6 +476,7 @@ def main() -> None:
         "tokens_per_reply": args.tokens,
         "generate_tokens_per_second": round(generate_tps, 1),
         "worker_rss_mib": [round(v, 1) for v in rss],
+        "cpu_seconds": cpu,
         "levels": [level.summary() for level in measured],
         "wall_seconds": round(time.monotonic() - started, 1),
     }
@@ -608,7 +623,12 @@ def markdown(result: dict[str, Any], plot: str, chat: list[str]) -> str:
         f"Run {result['date']} on `{result['host']}` ({where}); model: {result['model']}; "
         f"engine `{result['engine']}`, {result['dtype']}, {result['workers']} worker(s), out of the box; "
         f"{result['wall_seconds']} s in all. Resident memory per worker (with its engine process) after the "
-        f"load: {rss}.",
+        f"load: {rss}. CPU time over the run: "
+        + "; ".join(
+            f"{name}: workers {c['workers']} s, engine processes {c['engine_processes']} s"
+            for name, c in result["cpu_seconds"].items()
+        )
+        + ".",
         "",
         *chat,
         "### Targets",
