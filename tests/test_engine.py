@@ -283,7 +283,10 @@ async def test_requests_that_outgrow_a_full_cache_wait_or_are_resumed_never_fail
         model = {"model": engine._settings.model_name}
         assert (REGISTRY.get_sample_value("qwen_chat_engine_preemptions_total", model) or 0) > 0
         steps = REGISTRY.get_sample_value("qwen_chat_engine_step_seconds_count", model) or 0
-        assert steps >= 128 and (REGISTRY.get_sample_value("qwen_chat_engine_batch_size_sum", model) or 0) > steps
+        assert (
+            steps >= 128
+            and (REGISTRY.get_sample_value("qwen_chat_engine_batch_size_sum", model) or 0) > steps
+        )
     finally:
         await engine.close()
 

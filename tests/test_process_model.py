@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.support.live_server import wait_until
 from tests.support.secret_volume import KEYS
 from tests.support.serve_process import ServeProcess, open_on_every_worker, serve_process
-from tests.support.wsclient import chat, open_socket, receive, until_end
+from tests.support.wsclient import chat, open_socket, receive, reply_text, until_end
 
 pytestmark = pytest.mark.anyio
 
@@ -253,6 +253,36 @@ async def test_sigkill_of_an_engine_process_mid_stream(server: ServeProcess) -> 
         assert (await chat(doomed, "still here", params={"max_new_tokens": 3}))[-1]["type"] == "done"
         assert server.metric("qwen_chat_engine_restarts_total") == 1
         assert server.metric("qwen_chat_model_loaded") == 2
+
+
+async def test_a_consumer_that_stops_reading_does_not_stall_other_streams(server: ServeProcess) -> None:
+    async with AsyncExitStack() as stack:
+        # A client that reads nothing: its frames pile up in its socket and in the server's send buffer.
+        slow = await stack.enter_async_context(open_socket(server.ws, max_queue=1))
+        worker = server.worker_of(slow.local_address[1])
+        fast = None
+        for _ in range(20):  # a second socket on the same worker (the kernel picks it)
+            candidate = await stack.enter_async_context(open_socket(server.ws))
+            if server.worker_of(candidate.local_address[1]) == worker:
+                fast = candidate
+                break
+        assert fast is not None, "no second socket landed on the slow client's worker"
+        params = {"max_new_tokens": 512, "temperature": 0}  # the server's cap
+        await slow.send(json.dumps({"type": "chat", "content": "a very long story", "params": params}))
+        started = time.monotonic()
+        for index in range(3):
+            frames = await chat(fast, f"quick one {index}", params={"max_new_tokens": 64})
+            assert frames[-1]["type"] == "done" and frames[-1]["usage"]["completion_tokens"] == 64
+        assert time.monotonic() - started < 30, (
+            "the other stream on that worker must not wait for the slow one"
+        )
+        # Nothing of the slow reply was lost: once it reads again it gets all of it, the same reply (greedy)
+        # as a client that reads at once.
+        frames = await until_end(slow, timeout=120)
+        assert frames[-1]["type"] == "done", frames[-1]
+        fresh = await stack.enter_async_context(open_socket(server.ws))  # no history, like `slow`
+        again = await chat(fresh, "a very long story", params=params)
+        assert reply_text(frames) == reply_text(again) and reply_text(frames)
 
 
 def _alive(pid: int) -> bool:

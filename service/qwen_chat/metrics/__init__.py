@@ -141,6 +141,8 @@ MODEL_LOAD_SECONDS = Gauge(
     namespace=NAMESPACE,
     multiprocess_mode="liveall",
 )
+
+
 def publish_zeros(model: str) -> None:
     """Create the gauge series at worker start, so dashboards show 0 rather than no data."""
     ACTIVE_CONNECTIONS.labels(Transport.WS).set(0)

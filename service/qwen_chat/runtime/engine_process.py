@@ -1,11 +1,11 @@
 """The engine process: `python -m qwen_chat.runtime.engine_process COMMANDS_FD EVENTS_FD`, started by
 `ProcessEngine` with the worker's settings as its first command frame.
 
-Three threads, so that the decoding loop holds this process's GIL for little but decoding:
+Two threads of ours beside the decoding loop, which holds this process's GIL for little but decoding:
 - the main thread loads the model, starts the core (which warms up), says `Ready`, then waits;
 - the command thread reads `Submit`/`Cancel`/`Shutdown` and hands them to the core. End-of-file means the
   worker is gone (it exited, or was killed): the process exits at once, so no orphan holds device memory;
-- the event thread writes what the core's sink queued, one frame per step.
+- the core's own threads write its events, one frame per step (`_Outbox`).
 SIGINT and SIGTERM are the worker's to act on (a terminal's Ctrl-C reaches the whole process group): this
 process stops when the worker says so or disappears.
 """
@@ -13,7 +13,6 @@ process stops when the worker says so or disappears.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import sys
 import threading
@@ -45,23 +44,21 @@ log = structlog.get_logger("qwen_chat.engine.process")
 
 
 class _Outbox:
-    """Events to the worker, written by a thread of their own: the core's threads only encode and queue."""
+    """Events to the worker, written by the thread that has them (the decoding loop, once per step): a
+    frame is a few hundred bytes and the worker's reader drains the pipe at once, so a write does not
+    wait, and no hand-over to a writer thread waits for the GIL either."""
 
     def __init__(self, events: Connection) -> None:
         self._events = events
-        self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        threading.Thread(target=self._write, name="engine-events", daemon=True).start()
+        self._lock = threading.Lock()  # the simple core's threads write too
 
     def send(self, event: Event) -> None:
-        self._queue.put(encode(event))
-
-    def _write(self) -> None:
-        while True:
-            frame = self._queue.get()
-            try:
+        frame = encode(event)
+        try:
+            with self._lock:
                 self._events.send_bytes(frame)
-            except OSError:  # the worker is gone
-                os._exit(0)
+        except OSError:  # the worker is gone
+            os._exit(0)
 
 
 class _Engine:
@@ -105,6 +102,8 @@ class _Engine:
                 return
             core = self._core
             if isinstance(command, Shutdown):
+                if core is None:  # still loading: nothing to stop gracefully
+                    os._exit(0)
                 self._stop.set()
                 return
             if core is None:
@@ -128,8 +127,9 @@ def main(argv: list[str]) -> int:
         settings = Settings.model_validate_json(commands.recv_bytes())
     except EOFError:
         return 0
-    configure_logging(settings.log_format, settings.log_level)
-    structlog.contextvars.bind_contextvars(process="engine", worker_pid=os.getppid())
+    configure_logging(
+        settings.log_format, settings.log_level, {"process": "engine", "worker_pid": os.getppid()}
+    )
     engine = _Engine(settings, _Outbox(events))
     threading.Thread(
         target=engine.read_commands, args=(commands,), name="engine-commands", daemon=True

@@ -34,8 +34,23 @@ _SHARED: list[Any] = [
 ]
 
 
-def logging_config(log_format: str = "json", level: str = "info") -> dict[str, Any]:
-    """A `logging.config.dictConfig` for stdlib loggers; gunicorn takes it as `logconfig_dict`."""
+def _stamp(fields: dict[str, Any]) -> Any:
+    """A processor that adds `fields` to every line of this process (from any thread)."""
+
+    def stamp(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+    return stamp
+
+
+def logging_config(
+    log_format: str = "json", level: str = "info", fields: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A `logging.config.dictConfig` for stdlib loggers; gunicorn takes it as `logconfig_dict`. `fields`
+    go on every line (the engine process marks its lines so)."""
+    shared = [*_SHARED, _stamp(fields)] if fields else _SHARED
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
@@ -52,7 +67,7 @@ def logging_config(log_format: str = "json", level: str = "info") -> dict[str, A
                     structlog.processors.format_exc_info,
                     renderer,
                 ],
-                "foreign_pre_chain": _SHARED,
+                "foreign_pre_chain": shared,
             }
         },
         "handlers": {
@@ -77,10 +92,13 @@ def logging_config(log_format: str = "json", level: str = "info") -> dict[str, A
     }
 
 
-def configure_logging(log_format: str = "json", level: str = "info") -> None:
-    logging.config.dictConfig(logging_config(log_format, level))
+def configure_logging(
+    log_format: str = "json", level: str = "info", fields: dict[str, Any] | None = None
+) -> None:
+    logging.config.dictConfig(logging_config(log_format, level, fields))
+    shared = [*_SHARED, _stamp(fields)] if fields else _SHARED
     structlog.configure(
-        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

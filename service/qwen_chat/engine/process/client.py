@@ -148,6 +148,11 @@ class ProcessEngine(StreamingEngine):
             process.kill()
             await asyncio.to_thread(process.wait)
 
+    def _close_commands(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close_commands()
+
     # --- requests ---
 
     def _submit(self, request: Submit) -> None:
@@ -194,14 +199,13 @@ class ProcessEngine(StreamingEngine):
                 self._ready.set_result(event.facts)
             elif isinstance(event, LoadFailed):
                 self._ready.set_exception(EngineError(f"the engine could not load the model: {event.reason}"))
+                self._close_commands()  # the child exits at once
 
     def _on_exit(self, incarnation: int, reason: str) -> None:
         if incarnation != self._incarnation:
             return
         self._process = None
-        if self._channel is not None:
-            self._channel.close_commands()
-            self._channel = None
+        self._close_commands()
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(EngineError(f"the engine process stopped while loading ({reason})"))
             return
