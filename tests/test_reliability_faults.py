@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -91,6 +92,26 @@ def test_a_model_that_cannot_load_stops_the_service_with_the_reason(
     # Not a crash loop: the two workers booted once each and none was replaced.
     assert sum(e.startswith("Booting worker") for e in events) == 2, events
     assert "Traceback" not in live.log.read_text()
+
+
+def test_an_engine_that_keeps_dying_stops_the_service_for_kubernetes_to_back_off(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # ENGINE_RESTART_LIMIT=0: the first death of the engine process is one too many.
+    with serve_process(tmp_path, tiny_model_dir, workers=1, engine_restart_limit="0") as live:
+        live.wait_ready()
+        (worker,) = live.workers()
+        engine = live.engine_of(worker)
+        assert engine is not None
+        os.kill(engine, signal.SIGKILL)
+        code, _ = wait_exit(live, EXIT_DEADLINE)
+    assert code == WORKER_BOOT_ERROR, live.log.read_text()[-3000:]
+    logged = records(live)
+    died = [r for r in logged if r.get("event") == "engine_process_died"]
+    assert died and "SIGKILL" in str(died[0]["reason"]), died
+    failed = [r for r in logged if r.get("event") == "engine_failed" and r.get("action")]
+    assert failed and failed[0]["action"] == "stopping the service", failed
+    assert "ENGINE_RESTART_LIMIT=0" in str(failed[0]["error"])
 
 
 @pytest.mark.parametrize("kind", ["missing", "not-a-directory", "symlink-loop"])

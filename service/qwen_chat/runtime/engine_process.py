@@ -77,8 +77,10 @@ class _Engine:
             core = make_core(self._settings, loaded, self._outbox.send)
             core.start()
         except Exception as exc:
-            log.exception("engine_load_failed")
-            self._outbox.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
+            # The worker logs it as `model_load_failed`, with this reason, as it does any load failure.
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("engine_load_failed", error=reason)
+            self._outbox.send(LoadFailed(reason))
             self._stop.wait(30)  # the worker reads it, then closes our commands
             return 1
         self._core = core
