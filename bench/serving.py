@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 KEY = "bench-key-0123456789abcdef"
 
@@ -85,3 +86,11 @@ def stop(proc: subprocess.Popen[bytes], grace: float) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def worker_rss_mib(master_pid: int) -> list[float]:
+    """Per worker, its own resident memory and its engine process's (a child of the worker)."""
+    return [
+        sum(p.memory_info().rss for p in [worker, *worker.children()]) / 2**20
+        for worker in psutil.Process(master_pid).children()
+    ]

@@ -1,4 +1,5 @@
-"""Time from `qwen-chat serve` to /readyz 200, and resident memory per worker, for 1 and 2 workers.
+"""Time from `qwen-chat serve` to /readyz 200, and resident memory per worker (with its engine process),
+for 1 and 2 workers.
 
     .venv/bin/python bench/startup.py [--model PATH_OR_ID]
 
@@ -14,17 +15,14 @@ import platform
 import tempfile
 from pathlib import Path
 
-import psutil
-from serving import serve
+from serving import serve, worker_rss_mib
 
 from qwen_chat.engine.tiny_model import make_tiny_model
 
 
 def measure(model: str, workers: int, work: Path) -> dict[str, object]:
     with serve(model, work, workers=workers) as served:
-        rss = [
-            round(child.memory_info().rss / 2**20, 1) for child in psutil.Process(served.proc.pid).children()
-        ]
+        rss = [round(v, 1) for v in worker_rss_mib(served.proc.pid)]
     return {"workers": workers, "ready_seconds": round(served.ready_seconds, 2), "worker_rss_mib": rss}
 
 

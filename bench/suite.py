@@ -59,7 +59,7 @@ from chat_workload import (
     stream_completion,
 )
 from limits import ForwardLimits, forward_limits, fraction, matmul_gflops, memory_gbps
-from serving import KEY, serve, stop, wait_ok
+from serving import KEY, serve, stop, wait_ok, worker_rss_mib
 from shaped_model import SHAPES, make_shaped_model
 from single_stream import PROMPT, RawGenerate
 from websockets.asyncio.client import connect
@@ -267,14 +267,6 @@ def cpu_seconds(master_pid: int) -> dict[str, float]:
     workers = psutil.Process(master_pid).children()
     engines = [engine for worker in workers for engine in worker.children()]
     return {"workers": used(workers), "engine_processes": used(engines)}
-
-
-def worker_rss_mib(master_pid: int) -> list[float]:
-    """Per worker, its own resident memory and its engine process's (a child of the worker)."""
-    return [
-        sum(p.memory_info().rss for p in [worker, *worker.children()]) / 2**20
-        for worker in psutil.Process(master_pid).children()
-    ]
 
 
 # --- the run ----------------------------------------------------------------------------------------------
