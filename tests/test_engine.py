@@ -24,6 +24,7 @@ from qwen_chat.engine.interface import (
 from qwen_chat.engine.queued import QueuedEngine
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
+from tests.support.engine_events import collect
 
 pytestmark = pytest.mark.anyio
 
@@ -54,16 +55,6 @@ def request(
 ) -> GenerationRequest:
     ids = engine.prompts.encode_chat([{"role": "user", "content": "hello engine"}])
     return GenerationRequest(request_id, ids, params, **kw)
-
-
-async def collect(engine: QueuedEngine, req: GenerationRequest) -> tuple[str, Finished]:
-    text = ""
-    async for event in engine.generate(req):
-        if isinstance(event, TextDelta):
-            text += event.text
-        elif isinstance(event, Finished):
-            return text, event
-    raise AssertionError("no Finished event")
 
 
 async def test_greedy_is_deterministic_and_respects_max_new_tokens(engine: QueuedEngine) -> None:

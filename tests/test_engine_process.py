@@ -20,13 +20,13 @@ from qwen_chat.engine.interface import (
     EngineError,
     EngineNotReady,
     EngineState,
-    Finished,
     GenerationRequest,
     TextDelta,
 )
 from qwen_chat.engine.process.client import ProcessEngine
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
+from tests.support.engine_events import collect as reply
 
 pytestmark = pytest.mark.anyio
 
@@ -47,16 +47,6 @@ def request(
     return GenerationRequest(
         request_id, engine.prompts.encode_chat([{"role": "user", "content": content}]), params
     )
-
-
-async def reply(engine: Any, req: GenerationRequest) -> tuple[str, Finished]:
-    text = ""
-    async for event in engine.generate(req):
-        if isinstance(event, TextDelta):
-            text += event.text
-        elif isinstance(event, Finished):
-            return text, event
-    raise AssertionError("no Finished event")
 
 
 async def wait_for_state(engine: Any, state: EngineState, timeout: float = 90) -> None:
