@@ -58,6 +58,27 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen_v1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen v1 checkpoint in the original layout (`model_type: qwen`, qwen.tiktoken)."""
+    from qwen_chat.engine.tiny_model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-qwen-v1"), family="qwen")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from qwen_chat.engine.tiny_model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-qwen3"), family="qwen3")
+
+
+@pytest.fixture(scope="session")
+def conversion_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tests' Qwen v1 conversions go (never the user's HF_HOME)."""
+    return tmp_path_factory.mktemp("converted")
+
+
 @pytest.fixture
 def secret_volume(tmp_path: Path) -> SecretVolume:
     volume = SecretVolume(tmp_path / "credentials")
@@ -66,7 +87,7 @@ def secret_volume(tmp_path: Path) -> SecretVolume:
 
 
 @pytest.fixture
-def make_settings(tiny_model_dir: Path, tmp_path: Path) -> Callable[..., Settings]:
+def make_settings(tiny_model_dir: Path, tmp_path: Path, conversion_cache: Path) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         if "credentials_dir" not in overrides:
             volume = SecretVolume(tmp_path / f"credentials-{len(list(tmp_path.iterdir()))}")
@@ -77,6 +98,7 @@ def make_settings(tiny_model_dir: Path, tmp_path: Path) -> Callable[..., Setting
             "device": "cpu",
             "max_new_tokens": 512,
             "credentials_reload_seconds": 0.2,
+            "conversion_cache": conversion_cache,
             # In-process tests run the core as a thread (no child to start each time); the process layout
             # has its own tests (test_engine_process.py), and every `qwen-chat serve` test uses the default.
             "engine_process": False,

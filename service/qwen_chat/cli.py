@@ -24,9 +24,15 @@ def main(argv: list[str] | None = None) -> int:
         "model when no model is configured and the hub cannot be reached",
     )
 
-    tiny = commands.add_parser("make-tiny-model", help="build the small random Qwen2 model used by tests")
+    tiny = commands.add_parser("make-tiny-model", help="build a small random Qwen model used by tests")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--family",
+        choices=["qwen2", "qwen3", "qwen"],
+        default="qwen2",
+        help="qwen2 (Qwen2.5's layout, the default), qwen3, or qwen: Qwen v1's own layout (qwen.tiktoken)",
+    )
 
     smoke = commands.add_parser(
         "smoke-test", help="one authenticated chat round trip against a running service"
@@ -44,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "make-tiny-model":
         from qwen_chat.engine.tiny_model import make_tiny_model
 
-        print(make_tiny_model(args.directory, seed=args.seed))
+        print(make_tiny_model(args.directory, seed=args.seed, family=args.family))
         return 0
     return _serve(args)
 

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     kv_cache_tokens: int = Field(default=0, ge=0)
     kv_page_size: int = Field(default=0, ge=0)
     max_batch_tokens: int = Field(default=0, ge=0)
+    # Where a Qwen v1 checkpoint is converted to Qwen2 once (engine/families.py); None: `qwen-chat/converted`
+    # under HF_HOME (the chart's model cache volume), so a restart loads the conversion at once.
+    conversion_cache: Path | None = None
 
     # HTTP server.
     host: str = "0.0.0.0"
@@ -89,6 +92,14 @@ class Settings(BaseSettings):
             return self.served_model_name
         path = Path(self.model)
         return path.name if path.is_dir() else self.model
+
+    @property
+    def conversion_cache_dir(self) -> Path:
+        if self.conversion_cache is not None:
+            return self.conversion_cache
+        from huggingface_hub.constants import HF_HOME
+
+        return Path(HF_HOME) / "qwen-chat" / "converted"
 
     @property
     def torch_threads_per_worker(self) -> int:

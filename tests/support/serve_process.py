@@ -105,6 +105,7 @@ def serve_process(
             "QWEN_CHAT_WORKERS": str(workers),
             "QWEN_CHAT_LOG_FORMAT": "json",
             "QWEN_CHAT_STATE_DIR": str(tmp_path / "state"),
+            "QWEN_CHAT_CONVERSION_CACHE": str(tmp_path / "converted"),
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }

@@ -8,11 +8,12 @@ import asyncio
 import uuid
 
 from qwen_chat.chat.rate_limit import RateLimiter
+from qwen_chat.chat.reasoning import ReasoningSplit
 from qwen_chat.chat.stop_strings import StopStrings
 from qwen_chat.chat.stream import ChatStream
 from qwen_chat.chat.surrogates import has_lone_surrogate
 from qwen_chat.engine.interface import Engine, EngineNotReady, EngineOverloaded, GenerationRequest, Queued
-from qwen_chat.engine.prompts import Message, PromptTooLong
+from qwen_chat.engine.prompts import Message, PromptTooLong, TemplateArgs
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.metrics import RequestMetrics, Transport
 from qwen_chat.runtime.drain import Drain
@@ -35,6 +36,7 @@ class Admission:
         params: SamplingParams,
         stop: list[str] | None = None,
         usage: RequestMetrics | None = None,
+        template_args: TemplateArgs | None = None,
     ) -> ChatStream:
         """Admit one chat request, or raise `Refusal` (not text, draining, rate limit, too long, not
         ready, queue full)."""
@@ -51,7 +53,8 @@ class Admission:
         engine = self._engine
         try:
             # Tokenising a long conversation takes milliseconds: keep it off the event loop.
-            kept, prompt_ids = await asyncio.to_thread(engine.prompts.fit, messages)
+            prompts = engine.prompts
+            kept, prompt_ids = await asyncio.to_thread(prompts.fit, messages, template_args)
             request = GenerationRequest(uuid.uuid4().hex, prompt_ids, params)
             events = engine.generate(request)
             first = await anext(events)
@@ -60,6 +63,9 @@ class Admission:
         except (EngineNotReady, EngineOverloaded) as exc:
             raise Refusal(ErrorCode.OVERLOADED, str(exc), retry_after=exc.retry_after) from None
         assert isinstance(first, Queued)
-        stream = ChatStream(engine, request, kept, first.position, usage, StopStrings(stop or []), events)
+        stops = StopStrings(stop or [])
+        stream = ChatStream(engine, request, kept, first.position, usage, stops, events)
+        if prompts.reasons:
+            stream.reasoning = ReasoningSplit(opened=prompts.opens_reasoning(prompt_ids))
         self._drain.track(stream)
         return stream

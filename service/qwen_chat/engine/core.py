@@ -64,6 +64,7 @@ def model_facts(settings: Settings, loaded: LoadedModel, pages: int = 0, page_si
         dtype=str(loaded.dtype).removeprefix("torch."),
         kv_cache_pages=pages,
         kv_page_size=page_size,
+        family=loaded.family,
     )
 
 
@@ -92,7 +93,7 @@ class WarmingSink:
 
     def warm_up(self, core: EngineCore, loaded: LoadedModel, settings: Settings) -> None:
         """Run one short generation through `core`, so that the first user does not pay for lazy setup."""
-        prompts = Prompts(loaded.tokenizer, input_budget(settings, loaded.context_length))
+        prompts = Prompts(loaded.tokenizer, input_budget(settings, loaded.context_length), loaded.family)
         ids = prompts.encode_chat([{"role": "user", "content": "hi"}])
         self._warm = warm = threading.Event()
         core.submit(Submit(WARM_UP_ID, ids, 1, sorted(loaded.stop_token_ids), 0.0, 1.0, 1.0))

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
+from qwen_chat.engine.families import Checkpoint, resolve
 from qwen_chat.settings import Settings
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -46,10 +47,16 @@ class LoadedModel:
     dtype: torch.dtype
     context_length: int
     stop_token_ids: frozenset[int]
+    family: str
+
+
+def checkpoint(settings: Settings) -> Checkpoint:
+    """Where MODEL loads from (a Qwen v1 checkpoint converted first); raises for a family not served."""
+    return resolve(settings.model, settings.conversion_cache_dir)
 
 
 def load_tokenizer(settings: Settings) -> Any:
-    return AutoTokenizer.from_pretrained(settings.model)
+    return AutoTokenizer.from_pretrained(checkpoint(settings).path)
 
 
 def load_model(settings: Settings) -> LoadedModel:
@@ -58,8 +65,9 @@ def load_model(settings: Settings) -> LoadedModel:
     torch.set_num_threads(settings.torch_threads_per_worker)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    tokenizer = load_tokenizer(settings)
-    model: Any = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
+    source = checkpoint(settings)
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    model: Any = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
     model = model.to(device).eval()
     return LoadedModel(
         model=model,
@@ -68,6 +76,7 @@ def load_model(settings: Settings) -> LoadedModel:
         dtype=dtype,
         context_length=_context_length(model, tokenizer),
         stop_token_ids=_stop_token_ids(model, tokenizer),
+        family=source.family,
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 Message = dict[str, str]
+# Per-request chat template arguments (`chat_template_kwargs`), e.g. Qwen3's `enable_thinking`.
+TemplateArgs = dict[str, object]
 
 # For tokenizers without a chat template (the seeds' Qwen-1_8B-Chat): the ChatML they were trained on.
 CHATML_SYSTEM = "You are a helpful assistant."
@@ -29,25 +31,63 @@ def render_chatml(messages: list[Message]) -> str:
 
 
 class Prompts:
-    """Renders conversations with the tokenizer's chat template (or ChatML) and keeps them within budget."""
+    """Renders conversations with the tokenizer's chat template (or ChatML) and keeps them within budget.
 
-    def __init__(self, tokenizer: Any, max_input_tokens: int) -> None:
+    Qwen v1 (`family="qwen"`) is encoded as its own `make_context` does: ChatML built part by part, with
+    message text encoded as text, so a user's literal `<|im_end|>` can never end a turn.
+    """
+
+    def __init__(self, tokenizer: Any, max_input_tokens: int, family: str = "qwen2") -> None:
         self.tokenizer = tokenizer
         self.max_input_tokens = max_input_tokens
-        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.family = family
+        self.has_template = bool(getattr(tokenizer, "chat_template", None)) and family != "qwen"
+        vocab = tokenizer.get_vocab()
+        # Replies open with a `<think>` block where the vocabulary has one (Qwen3, QwQ): chat/reasoning.py.
+        self.reasons = "<think>" in vocab and "</think>" in vocab
 
-    def render(self, messages: list[Message]) -> str:
+    def render(self, messages: list[Message], template_args: TemplateArgs | None = None) -> str:
         if self.has_template:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True, **(template_args or {})
+            )
             return str(text)
         return render_chatml(messages)
 
-    def encode_chat(self, messages: list[Message]) -> list[int]:
+    def encode_chat(self, messages: list[Message], template_args: TemplateArgs | None = None) -> list[int]:
+        if self.family == "qwen":
+            return self._encode_chatml_parts(messages)
         # The rendered text already holds every special token the model expects.
-        ids = self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(self.render(messages, template_args), add_special_tokens=False)["input_ids"]
         return list(ids)
 
-    def fit(self, messages: list[Message]) -> tuple[list[Message], list[int]]:
+    def opens_reasoning(self, prompt_ids: list[int]) -> bool:
+        """Whether the prompt itself ends inside a `<think>` block (templates that open it for the model)."""
+        if not self.reasons:
+            return False
+        tail = self.tokenizer.decode(prompt_ids[-8:], skip_special_tokens=False)
+        return str(tail).rstrip().endswith("<think>")
+
+    def _encode_chatml_parts(self, messages: list[Message]) -> list[int]:
+        def special(token: str) -> list[int]:
+            return [self.tokenizer.convert_tokens_to_ids(token)]
+
+        def text(value: str) -> list[int]:
+            ids = self.tokenizer(value, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            return list(ids)
+
+        newline = text("\n")
+        if not messages or messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": CHATML_SYSTEM}, *messages]
+        ids: list[int] = []
+        for message in messages:
+            turn = special("<|im_start|>") + text(message["role"]) + newline
+            ids += turn + text(message["content"]) + special("<|im_end|>") + newline
+        return ids + special("<|im_start|>") + text("assistant") + newline
+
+    def fit(
+        self, messages: list[Message], template_args: TemplateArgs | None = None
+    ) -> tuple[list[Message], list[int]]:
         """Drop the oldest turns (never a system message, never the last one) until the prompt fits.
 
         Returns the kept messages and their prompt tokens; raises `PromptTooLong` if the last message
@@ -55,7 +95,7 @@ class Prompts:
         """
         kept = list(messages)
         while True:
-            ids = self.encode_chat(kept)
+            ids = self.encode_chat(kept, template_args)
             if len(ids) <= self.max_input_tokens:
                 return kept, ids
             first = 1 if kept and kept[0]["role"] == "system" else 0

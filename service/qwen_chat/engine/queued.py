@@ -126,7 +126,7 @@ class QueuedEngine(abc.ABC):
         started = time.monotonic()
         try:
             self._facts, tokenizer = await self._load()
-            self._prompts = Prompts(tokenizer, self._facts.max_input_tokens)
+            self._prompts = Prompts(tokenizer, self._facts.max_input_tokens, self._facts.family)
         except Exception:
             self._state = EngineState.FAILED
             raise

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.utils import logging as transformers_logging
 
@@ -45,23 +45,34 @@ def _corpus(seed: int, lines: int = 3000) -> list[str]:
     return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 16))) for _ in range(lines)]
 
 
-def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on a generated corpus, with Qwen's special tokens."""
+def train_bpe(vocab_size: int, seed: int, special_tokens: list[str]) -> Tokenizer:
+    """A byte-level BPE trained on a generated corpus of chat words (Chinese, emoji, accents among them)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    return tokenizer
+
+
+def build_tokenizer(
+    vocab_size: int = 1024, seed: int = 0, added: tuple[str, ...] = (), chat_template: str = CHAT_TEMPLATE
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on a generated corpus, with Qwen's special tokens (and `added`
+    ordinary tokens after them, as Qwen3's `<think>`)."""
+    tokenizer = train_bpe(vocab_size, seed, SPECIAL_TOKENS)
+    if added:
+        tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in added])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
         model_max_length=2048,
         clean_up_tokenization_spaces=False,
     )
@@ -98,11 +109,23 @@ def build_model(vocab_size: int, seed: int = 0, hidden_size: int = 128, layers: 
     return model
 
 
-def make_tiny_model(directory: Path | str, seed: int = 0) -> Path:
-    """Build the tiny model and tokenizer and save both into `directory` (created if needed)."""
+FAMILIES = ("qwen2", "qwen3", "qwen")
+
+
+def make_tiny_model(directory: Path | str, seed: int = 0, family: str = "qwen2") -> Path:
+    """Build a tiny model of `family` (`qwen2`, `qwen3`, or `qwen` for Qwen v1's own layout) and its
+    tokenizer, and save both into `directory` (created if needed)."""
     transformers_logging.disable_progress_bar()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if family == "qwen3":
+        from qwen_chat.engine.tiny_qwen3 import make_tiny_qwen3
+
+        return make_tiny_qwen3(directory, seed)
+    if family == "qwen":
+        from qwen_chat.engine.tiny_qwen_v1 import make_tiny_qwen_v1
+
+        return make_tiny_qwen_v1(directory, seed)
     tokenizer = build_tokenizer(seed=seed)
     model = build_model(vocab_size=len(tokenizer), seed=seed)
     model.save_pretrained(directory)

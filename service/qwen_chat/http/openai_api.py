@@ -13,6 +13,7 @@ from fastapi import APIRouter
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from qwen_chat.chat.reasoning import ReasoningDelta
 from qwen_chat.chat.stream import ChatStream
 from qwen_chat.engine.interface import Finished
 from qwen_chat.engine.prompts import Message
@@ -45,6 +46,13 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class ChatTemplateArgs(BaseModel):
+    """`chat_template_kwargs`, as vLLM takes it; only what the served templates read is accepted."""
+
+    model_config = ConfigDict(extra="forbid")
+    enable_thinking: bool | None = None  # Qwen3: false answers without a <think> block
+
+
 class ChatCompletionRequest(BaseModel):
     # Unknown OpenAI fields (user, metadata, ...) are accepted and ignored, as other servers do.
     model_config = ConfigDict(extra="ignore")
@@ -59,6 +67,7 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = Field(default=None, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    chat_template_kwargs: ChatTemplateArgs | None = None
 
     @field_validator("stop")
     @classmethod
@@ -75,6 +84,10 @@ class ChatCompletionRequest(BaseModel):
             top_p=self.top_p,
             seed=self.seed,
         )
+
+    def template_args(self) -> dict[str, object] | None:
+        args = self.chat_template_kwargs
+        return args.model_dump(exclude_none=True) if args is not None else None
 
 
 def _finish_reason(reason: str) -> str:
@@ -102,7 +115,15 @@ async def chat_completions(
     limit_field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     params = resolve(settings, body.sampling(), limit_field)
     messages = [m.as_message() for m in body.messages]
-    stream = await service.admission.start(principal.user, Transport.OPENAI, messages, params, body.stop)  # type: ignore[arg-type]
+    admission = service.admission
+    stream = await admission.start(
+        principal.user,
+        Transport.OPENAI,
+        messages,
+        params,
+        body.stop,  # type: ignore[arg-type]
+        template_args=body.template_args(),
+    )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if not body.stream:
@@ -113,7 +134,10 @@ async def chat_completions(
 
 
 async def _complete(stream: ChatStream, completion_id: str, created: int, model: str) -> dict[str, Any]:
-    text, finished = await stream.collect()
+    text, reasoning, finished = await stream.collect()
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if reasoning is not None:  # a model that thinks first: its thinking apart, as vLLM's reasoning parsers
+        message["reasoning_content"] = reasoning or None
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -122,7 +146,7 @@ async def _complete(stream: ChatStream, completion_id: str, created: int, model:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "finish_reason": _finish_reason(finished.reason),
                 "logprobs": None,
             }
@@ -165,6 +189,8 @@ async def _chunks(
                 yield chunk({}, _finish_reason(event.reason))
                 if include_usage:
                     yield chunk({}, None, choices=[], usage=_usage(event))
+            elif isinstance(event, ReasoningDelta):
+                yield chunk({"reasoning_content": event.text})
             else:
                 yield chunk({"content": event.text})
         yield format_sse_event(data_str="[DONE]")

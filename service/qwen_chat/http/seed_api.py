@@ -15,6 +15,7 @@ from fastapi import APIRouter
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
+from qwen_chat.chat.reasoning import ReasoningDelta
 from qwen_chat.chat.stream import ChatStream
 from qwen_chat.engine.interface import EngineError, Finished
 from qwen_chat.engine.prompts import Message
@@ -66,6 +67,7 @@ class SimpleChatResponse(BaseModel):
     usage: Usage
     time: str
     finish_reason: str
+    reasoning: str | None = None  # a model that thinks first (Qwen3): its thinking, apart from `response`
 
 
 async def _start(body: SimpleChatRequest, service: Service, user: str, transport: Transport) -> ChatStream:
@@ -73,7 +75,9 @@ async def _start(body: SimpleChatRequest, service: Service, user: str, transport
     return await service.admission.start(user, transport, body.messages(), params)
 
 
-def _result(body: SimpleChatRequest, text: str, finished: Finished) -> SimpleChatResponse:
+def _result(
+    body: SimpleChatRequest, text: str, finished: Finished, reasoning: str | None = None
+) -> SimpleChatResponse:
     total = finished.prompt_tokens + finished.completion_tokens
     return SimpleChatResponse(
         response=text,
@@ -85,32 +89,39 @@ def _result(body: SimpleChatRequest, text: str, finished: Finished) -> SimpleCha
         ),
         time=dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
         finish_reason=finished.reason,
+        reasoning=reasoning,
     )
 
 
 @router.post("/chat")
 async def chat(body: SimpleChatRequest, service: ServiceDep, principal: PrincipalDep) -> SimpleChatResponse:
     stream = await _start(body, service, principal.user, Transport.HTTP)
-    text, finished = await stream.collect()
-    return _result(body, text, finished)
+    text, reasoning, finished = await stream.collect()
+    return _result(body, text, finished, reasoning)
 
 
 @router.post("/chat_stream", response_model=None, responses=SSE_RESPONSE)
 async def chat_stream(
     body: SimpleChatRequest, service: ServiceDep, principal: PrincipalDep
 ) -> EventSourceResponse:
-    """One `{"text": ...}` event per delta, then a `done` event holding what `/chat` returns."""
+    """One `{"text": ...}` event per delta (`{"reasoning": ...}` for a thinking model's thinking, first),
+    then a `done` event holding what `/chat` returns."""
     stream = await _start(body, service, principal.user, Transport.SSE)
     return EventSourceResponse(_events(body, stream), headers={"Cache-Control": "no-cache"})
 
 
 async def _events(body: SimpleChatRequest, stream: ChatStream) -> AsyncIterator[bytes]:
     parts: list[str] = []
+    thoughts: list[str] = []
     try:
         async for event in stream.events():
             if isinstance(event, Finished):
-                result = _result(body, "".join(parts), event)
+                reasoning = "".join(thoughts) if stream.reasoning is not None else None
+                result = _result(body, "".join(parts), event, reasoning)
                 yield format_sse_event(data_str=result.model_dump_json(), event="done")
+            elif isinstance(event, ReasoningDelta):
+                thoughts.append(event.text)
+                yield format_sse_event(data_str=json.dumps({"reasoning": event.text}, ensure_ascii=False))
             else:
                 parts.append(event.text)
                 yield format_sse_event(data_str=json.dumps({"text": event.text}, ensure_ascii=False))

@@ -6,8 +6,9 @@ Client to server (text frames):
     {"type": "cancel"}  {"type": "reset"}
     any text frame that does not start with "{" is a chat message whose content is the whole frame.
 
-Server to client: `start`, `token`..., then `done`; or `error` (`Refusal.ws_frame`, errors.py). Every
-message echoes the client's `id`. `params` is `SamplingOverrides` (sampling_params.py).
+Server to client: `start`, `reasoning`... (a thinking model's thinking), `token`..., then `done`; or
+`error` (`Refusal.ws_frame`, errors.py). Every message echoes the client's `id`. `params` is
+`SamplingOverrides` (sampling_params.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class ChatRequest(_Strict):
     content: str | None = None
     messages: list[Message] | None = Field(default=None, min_length=1)
     params: SamplingOverrides = Field(default_factory=SamplingOverrides)
+    # Qwen3: false answers without thinking first (the chat template's `enable_thinking`).
+    enable_thinking: bool | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ChatRequest:
@@ -112,6 +115,10 @@ def start(message_id: str | None, queue_position: int) -> dict[str, Any]:
 
 def token(message_id: str | None, text: str) -> dict[str, Any]:
     return {"type": "token", "id": message_id, "text": text}
+
+
+def reasoning(message_id: str | None, text: str) -> dict[str, Any]:
+    return {"type": "reasoning", "id": message_id, "text": text}
 
 
 def done(

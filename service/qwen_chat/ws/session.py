@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from qwen_chat.chat.reasoning import ReasoningDelta
 from qwen_chat.chat.stream import ChatStream, tokens_per_second
 from qwen_chat.engine.interface import EngineError, Finished
 from qwen_chat.engine.prompts import Message
@@ -91,7 +92,13 @@ class ChatSession:
         try:
             params = resolve(self._settings, message.params, "params.max_new_tokens")
             admission = self._service.admission
-            stream = await admission.start(self._user, Transport.WS, messages, params, usage=usage)
+            thinking = message.enable_thinking
+            template_args: dict[str, object] | None = None
+            if thinking is not None:
+                template_args = {"enable_thinking": thinking}
+            stream = await admission.start(
+                self._user, Transport.WS, messages, params, usage=usage, template_args=template_args
+            )
         except Refusal as refusal:
             await self._refuse(usage, mid, refusal)
             return
@@ -108,6 +115,8 @@ class ChatSession:
             async for event in stream.events():
                 if isinstance(event, Finished):
                     await self._finish(mid, stream, event, epoch, "".join(reply))
+                elif isinstance(event, ReasoningDelta):  # not part of the conversation's history
+                    await self._send(wire.reasoning(mid, event.text))
                 else:
                     await self._send(wire.token(mid, event.text))
                     reply.append(event.text)

@@ -1,0 +1,69 @@
+"""A tiny random Qwen3 chat model (`Qwen3ForCausalLM`, q/k norms, explicit head_dim) for tests and demos.
+
+Its tokenizer has Qwen3's `<think>` and `</think>` as ordinary added tokens, and its chat template follows
+Qwen3's thinking switch: with `enable_thinking` (the default) the prompt opens the `<think>` block for the
+model, as Qwen3-2507's thinking template does, so a reply is reasoning until the model closes it; with
+`enable_thinking=false` the prompt holds an empty, closed block and the reply is all answer. Earlier turns
+keep only their answer, as in Qwen3's own template.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from qwen_chat.engine.tiny_model import SPECIAL_TOKENS, build_tokenizer
+
+THINK_TOKENS = ("<think>", "</think>")
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- set content = message['content'] %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- else %}"
+    "{{- '<think>\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def make_tiny_qwen3(directory: Path, seed: int = 0) -> Path:
+    tokenizer = build_tokenizer(seed=seed, added=THINK_TOKENS, chat_template=CHAT_TEMPLATE)
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=2,  # <|im_end|>
+        pad_token_id=0,
+        initializer_range=0.5,
+        dtype="float32",
+    )
+    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight[: len(SPECIAL_TOKENS)] *= 0.2
+        model.lm_head.weight[len(SPECIAL_TOKENS) : len(SPECIAL_TOKENS) + 256] *= 0.3
+    model.generation_config.eos_token_id = [2, 0]
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
