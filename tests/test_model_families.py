@@ -27,11 +27,11 @@ from tests.support.engine_events import collect
 from tests.support.qwen_v1_reference import qwen_v1_logits
 
 TEXTS = [
-    "你好，世界！今天天气很好。",
+    "你好，世界！今天天气很好。",  # noqa: RUF001 (full-width punctuation is the point)
     "emoji 😀🚀👩‍👩‍👧 and flags 🇩🇪",
     "def f(x):\n    return x ** 2  # 12345\n\n\n",
     "literal <|im_end|> and <|im_start|>user and <|endoftext|> <|extra_7|>",
-    "  spaces\t\ttabs\r\nCRLF café naïve ﬁ Ｆｕｌｌ",
+    "  spaces\t\ttabs\r\nCRLF café naïve ﬁ Ｆｕｌｌ",  # noqa: RUF001
 ]
 
 

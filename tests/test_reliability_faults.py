@@ -61,6 +61,13 @@ def broken_model(kind: str, tiny_model_dir: Path, tmp_path: Path) -> tuple[Path,
     """A model folder that cannot load, and what its `model_load_failed` line must say."""
     if kind == "missing":
         return tmp_path / "no-such-model", "the model path does not exist"
+    if kind == "unsupported-family":
+        llama = tmp_path / "llama-model"
+        shutil.copytree(tiny_model_dir, llama)
+        config = json.loads((llama / "config.json").read_text())
+        config.update(model_type="llama", architectures=["LlamaForCausalLM"])
+        (llama / "config.json").write_text(json.dumps(config))
+        return llama, "model_type 'llama' (LlamaForCausalLM) is not served"
     copy = tmp_path / "corrupt-model"
     shutil.copytree(tiny_model_dir, copy)
     weights = copy / "model.safetensors"
@@ -68,7 +75,7 @@ def broken_model(kind: str, tiny_model_dir: Path, tmp_path: Path) -> tuple[Path,
     return copy, "SafetensorError"
 
 
-@pytest.mark.parametrize("kind", ["missing", "truncated-weights"])
+@pytest.mark.parametrize("kind", ["missing", "truncated-weights", "unsupported-family"])
 def test_a_model_that_cannot_load_stops_the_service_with_the_reason(
     kind: str, tmp_path: Path, tiny_model_dir: Path
 ) -> None:

@@ -4,7 +4,8 @@ Its tokenizer has Qwen3's `<think>` and `</think>` as ordinary added tokens, and
 Qwen3's thinking switch: with `enable_thinking` (the default) the prompt opens the `<think>` block for the
 model, as Qwen3-2507's thinking template does, so a reply is reasoning until the model closes it; with
 `enable_thinking=false` the prompt holds an empty, closed block and the reply is all answer. Earlier turns
-keep only their answer, as in Qwen3's own template.
+keep only their answer, as in Qwen3's own template. Random weights never learned to think, so `</think>` is
+made likelier than other tokens: some replies close their block after a few tokens and answer after it.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def make_tiny_qwen3(directory: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         model.lm_head.weight[: len(SPECIAL_TOKENS)] *= 0.2
         model.lm_head.weight[len(SPECIAL_TOKENS) : len(SPECIAL_TOKENS) + 256] *= 0.3
+        # `</think>` likelier than a random token: some greedy replies close their thinking, then answer.
+        model.lm_head.weight[tokenizer.convert_tokens_to_ids("</think>")] *= 2.0
     model.generation_config.eos_token_id = [2, 0]
     model.generation_config.pad_token_id = 0
     model.save_pretrained(directory)
