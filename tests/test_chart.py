@@ -60,6 +60,7 @@ def test_every_scenario_the_issue_names_exists() -> None:
         "gpu-values.yaml",
         "ingress-values.yaml",
         "monitoring-values.yaml",
+        "qwen-7b-chat-values.yaml",
     ]
 
 
@@ -145,6 +146,19 @@ def test_gpu_is_requested_by_default_and_not_in_the_cpu_scenario() -> None:
     cpu = server("cpu-values.yaml")
     assert env_of(cpu)["QWEN_CHAT_DEVICE"] == "cpu"
     assert cpu["image"].endswith("-cpu")
+
+
+def test_the_qwen_7b_chat_scenario_converts_onto_the_model_cache_claim() -> None:
+    """Qwen v1 is converted under HF_HOME (settings.conversion_cache_dir): on the claim, so a restart reuses it."""
+    docs = render("qwen-7b-chat-values.yaml")
+    pod = deployment("qwen-7b-chat-values.yaml")["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    assert env["QWEN_CHAT_MODEL"] == "Qwen/Qwen-7B-Chat" and "QWEN_CHAT_CONVERSION_CACHE" not in env
+    cache = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == env["HF_HOME"])
+    volume = next(v for v in pod["volumes"] if v["name"] == cache["name"])
+    claim = next(d for d in find(docs, "PersistentVolumeClaim"))
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"  # the download and its conversion
 
 
 def test_gpu_scheduling_values_reach_the_pod() -> None:

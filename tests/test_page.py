@@ -151,6 +151,8 @@ def test_model_and_user_text_are_shown_literally_and_run_no_script(page: Page) -
                 return
             mid = frame["id"]
             ws.send(json.dumps({"type": "start", "id": mid, "queue_position": 0}))
+            for part in ("I think <b>", "hard</b>"):  # a thinking model's thinking comes first
+                ws.send(json.dumps({"type": "reasoning", "id": mid, "text": part}))
             for part in ("<img src=x ", "onerror=alert(1)>", "<script>alert(2)</script>"):
                 ws.send(json.dumps({"type": "token", "id": mid, "text": part}))
             ws.send(
@@ -173,6 +175,10 @@ def test_model_and_user_text_are_shown_literally_and_run_no_script(page: Page) -
     expect(last_reply(page)).to_have_attribute("data-finish-reason", "stop")
     expect(page.locator("article.msg.user .text")).to_have_text(XSS)
     expect(last_reply(page).locator(".text")).to_have_text(XSS + "<script>alert(2)</script>")
+    thinking = last_reply(page).locator("details.thinking")
+    expect(thinking.locator("summary")).to_have_text("Thinking")
+    thinking.locator("summary").click()
+    expect(thinking.locator(".thoughts")).to_have_text("I think <b>hard</b>")
     assert page.locator("#log img, #log script").count() == 0
     page.wait_for_timeout(300)
     assert page.dialogs == []  # type: ignore[attr-defined]

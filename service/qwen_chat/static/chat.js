@@ -73,6 +73,24 @@ function addMessage(role, text) {
   return element;
 }
 
+// A thinking model's thinking (`reasoning` frames), folded away above its answer.
+function showThinking(reply, text) {
+  let details = reply.element.querySelector("details.thinking");
+  if (!details) {
+    details = document.createElement("details");
+    details.className = "thinking";
+    const summary = document.createElement("summary");
+    summary.textContent = "Thinking";
+    const thoughts = document.createElement("div");
+    thoughts.className = "thoughts";
+    details.append(summary, thoughts);
+    reply.element.prepend(details);
+    reply.thinking = "";
+  }
+  reply.thinking += text;
+  details.querySelector(".thoughts").textContent = reply.thinking;
+}
+
 function setMeta(element, text) {
   element.querySelector(".meta").textContent = text;
 }
@@ -246,6 +264,13 @@ function handleFrame(data) {
   switch (frame.type) {
     case "start":
       if (mine) setMeta(reply.element, frame.queue_position > 0 ? `Waiting in line: position ${frame.queue_position}` : "Thinking…");
+      break;
+    case "reasoning":
+      if (mine) {
+        showThinking(reply, frame.text);
+        setMeta(reply.element, "Thinking…");
+        followNewest();
+      }
       break;
     case "token":
       if (mine) {
