@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -105,6 +106,15 @@ async def test_qwen3_thinking_arrives_apart_from_the_answer(
             )  # type: ignore[arg-type]
             assert reasoning == plain.choices[0].message.reasoning_content  # type: ignore[attr-defined]
             assert reply_text(frames) == (plain.choices[0].message.content or "")
+
+        seed_style = httpx.post(
+            live.http + "/chat",
+            headers={"Authorization": f"Bearer {KEYS['alice']}"},
+            json={"prompt": PROMPTS[1], "max_new_tokens": 24, "temperature": 0},
+            timeout=60,
+        ).json()
+        assert (seed_style["reasoning"], seed_style["response"]) == (reasoning, reply_text(frames))
+        assert seed_style["history"] == [[PROMPTS[1], reply_text(frames)]]  # the answer only
 
 
 @pytest.mark.anyio
