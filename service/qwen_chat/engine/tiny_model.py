@@ -78,10 +78,19 @@ def build_tokenizer(
     )
 
 
-def build_model(vocab_size: int, seed: int = 0, hidden_size: int = 128, layers: int = 2) -> Qwen2ForCausalLM:
-    """A Qwen2 causal LM with random weights scaled so that greedy decoding wanders instead of looping."""
+def build_model(
+    vocab_size: int,
+    seed: int = 0,
+    hidden_size: int = 128,
+    layers: int = 2,
+    classes: tuple[type[Any], type[Any]] = (Qwen2Config, Qwen2ForCausalLM),
+    **config_values: Any,
+) -> Any:
+    """A Qwen2 causal LM (or another family's `classes`: config, model) with random weights scaled so that
+    greedy decoding wanders instead of looping."""
     torch.manual_seed(seed)
-    config = Qwen2Config(
+    config_class, model_class = classes
+    config = config_class(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
@@ -96,8 +105,9 @@ def build_model(vocab_size: int, seed: int = 0, hidden_size: int = 128, layers: 
         # Large random weights give peaked, context-dependent logits: greedy text varies from step to step.
         initializer_range=0.5,
         dtype="float32",
+        **config_values,
     )
-    model = Qwen2ForCausalLM(config)
+    model = model_class(config)
     with torch.no_grad():
         # Random special-token logits would end most replies after a few tokens; keep them possible but rare.
         model.lm_head.weight[: len(SPECIAL_TOKENS)] *= 0.2

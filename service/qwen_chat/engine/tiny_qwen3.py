@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from qwen_chat.engine.tiny_model import SPECIAL_TOKENS, build_tokenizer
+from qwen_chat.engine.tiny_model import build_model, build_tokenizer
 
 THINK_TOKENS = ("<think>", "</think>")
 CHAT_TEMPLATE = (
@@ -42,31 +42,10 @@ CHAT_TEMPLATE = (
 
 def make_tiny_qwen3(directory: Path, seed: int = 0) -> Path:
     tokenizer = build_tokenizer(seed=seed, added=THINK_TOKENS, chat_template=CHAT_TEMPLATE)
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=2,  # <|im_end|>
-        pad_token_id=0,
-        initializer_range=0.5,
-        dtype="float32",
-    )
-    model = Qwen3ForCausalLM(config)
+    model = build_model(len(tokenizer), seed, classes=(Qwen3Config, Qwen3ForCausalLM), head_dim=32)
     with torch.no_grad():
-        model.lm_head.weight[: len(SPECIAL_TOKENS)] *= 0.2
-        model.lm_head.weight[len(SPECIAL_TOKENS) : len(SPECIAL_TOKENS) + 256] *= 0.3
         # `</think>` likelier than a random token: some greedy replies close their thinking, then answer.
         model.lm_head.weight[tokenizer.convert_tokens_to_ids("</think>")] *= 2.0
-    model.generation_config.eos_token_id = [2, 0]
-    model.generation_config.pad_token_id = 0
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
