@@ -146,7 +146,7 @@ async def ws_conversation(url: str, plan: Conversation, level: ChatLevel) -> Non
             sent, arrivals = time.perf_counter(), []
             while True:
                 frame = json.loads(await ws.recv())
-                if frame["type"] == "token":
+                if frame["type"] in ("token", "reasoning"):  # a thinking model thinks out loud first
                     arrivals.append(time.perf_counter())
                 elif frame["type"] == "done":
                     level.record(turn, sent, arrivals, frame["usage"]["completion_tokens"])
@@ -199,10 +199,10 @@ async def stream_completion(
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            delta = chunk["choices"][0].get("delta", {}).get("content") if chunk.get("choices") else None
-            if delta:
+            delta = chunk["choices"][0].get("delta", {}) if chunk.get("choices") else {}
+            if delta.get("content") or delta.get("reasoning_content"):  # thinking is output too
                 arrivals.append(time.perf_counter())
-                text.append(delta)
+                text.append(delta.get("content") or "")
             if chunk.get("usage"):
                 count = chunk["usage"]["completion_tokens"]
     return arrivals, "".join(text), count or len(arrivals)

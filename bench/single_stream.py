@@ -26,9 +26,10 @@ from serving import KEY, serve
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from websockets.asyncio.client import ClientConnection, connect
 
-from qwen_chat.engine.model_loader import resolve_device, resolve_dtype
+from qwen_chat.engine.model_loader import checkpoint, resolve_device, resolve_dtype
 from qwen_chat.engine.prompts import Prompts
 from qwen_chat.engine.tiny_model import make_tiny_model
+from qwen_chat.settings import Settings
 
 PROMPT = "Tell me about continuous batching in language model servers."
 
@@ -38,10 +39,12 @@ class RawGenerate:
 
     def __init__(self, model_dir: str, device: str = "cpu", dtype: str = "auto") -> None:
         target = resolve_device(device)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, target))
+        # Where the service loads it from: a Qwen v1 checkpoint converted to Qwen2 (engine/families.py).
+        source = checkpoint(Settings(model=model_dir))
+        tokenizer = AutoTokenizer.from_pretrained(source.path)
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=resolve_dtype(dtype, target))
         self.model = model.to(target).eval()
-        self.prompts = Prompts(tokenizer, 100_000)
+        self.prompts = Prompts(tokenizer, 100_000, source.family)
         prompt = self.prompts.encode_chat([{"role": "user", "content": PROMPT}])
         self.ids = torch.tensor([prompt], device=target)
         self.run(4)  # warm-up
@@ -68,7 +71,7 @@ async def service_run(ws: ClientConnection, tokens: int) -> tuple[float, float, 
     first = None
     while True:
         frame = json.loads(await ws.recv())
-        if frame["type"] == "token" and first is None:
+        if frame["type"] in ("token", "reasoning") and first is None:
             first = time.perf_counter()
         if frame["type"] in {"done", "error"}:
             break

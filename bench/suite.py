@@ -6,9 +6,10 @@
       against `transformers serve --continuous-batching` through /v1 on the same conversations:
       aggregate tokens/s, time to first token by turn, inter-token latency, errors; against the raw
       forward pass (`model.generate` on the same turn sizes, batched as many as there are clients);
-  (b) the limits (bench/limits.py): this machine's matmul GFLOP/s in the model's dtype and memory GB/s, the
-      raw forward's prefill FLOP/s and batch-1 decode bytes/s as fractions of them, and the service's
-      prefill (time to first token of a long new prompt) against the raw forward on the same tokens;
+  (b) the limits (bench/machine_limits.py): this machine's matmul GFLOP/s in the model's dtype and
+      memory GB/s, the raw forward's prefill FLOP/s and batch-1 decode bytes/s as fractions of them, and
+      the service's prefill (time to first token of a long new prompt) against the raw forward on the
+      same tokens;
   (c) the greedy micro-benchmark, a second table: one short prompt, greedy replies of --tokens, through
       /ws and /v1 of ours (and /ws of the engine-thread layout) and transformers serve's /v1 at
       --concurrency clients, against `model.generate`;
@@ -58,7 +59,7 @@ from chat_workload import (
     raw_turn_tokens_per_second,
     stream_completion,
 )
-from limits import ForwardLimits, forward_limits, fraction, matmul_gflops, memory_gbps
+from machine_limits import ForwardLimits, forward_limits, fraction, matmul_gflops, memory_gbps
 from serving import KEY, serve, stop, wait_ok, worker_rss_mib
 from shaped_model import SHAPES, make_shaped_model
 from single_stream import PROMPT, RawGenerate
@@ -153,7 +154,7 @@ async def ws_client(
             timing = Timing()
             while True:
                 frame = json.loads(await ws.recv())
-                if frame["type"] == "token":
+                if frame["type"] in ("token", "reasoning"):  # a thinking model thinks out loud first
                     timing.token()
                 elif frame["type"] == "done":
                     timing.record(level, frame["usage"]["completion_tokens"])
@@ -512,7 +513,7 @@ async def prefill_seconds(ws_url: str, messages: list[dict[str, str]], runs: int
             first = None
             while True:
                 frame = json.loads(await ws.recv())
-                if frame["type"] in ("token", "done") and first is None:
+                if frame["type"] in ("token", "reasoning", "done") and first is None:
                     first = time.perf_counter() - sent
                 if frame["type"] == "error":
                     raise RuntimeError(f"the prefill probe was refused: {frame}")

@@ -18,7 +18,7 @@ from qwen_chat.engine.qwen_v1.tokenizer import SPECIAL_TOKENS, VOCAB_FILE
 from qwen_chat.engine.tiny_model import train_bpe
 
 HIDDEN, HEADS, LAYERS, MLP = 128, 4, 2, 256  # MLP: per projection; Qwen v1 stores twice that
-SEQ_LENGTH = 512
+SEQ_LENGTH = 2048
 SCALE = 0.1  # small weights: a well-conditioned network, so float32 rounding stays small
 
 
