@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from qwen_chat import metrics
+from qwen_chat.engine.families import is_local
 from qwen_chat.engine.interface import Engine, EngineState
 from qwen_chat.errors import Refusal
 from qwen_chat.http import errors, openai_api, page, probes, seed_api
@@ -84,8 +85,9 @@ async def _load(service: Service) -> None:
         # model that cannot load will not load on a retry either. Elsewhere /readyz stays 503 `failed`.
         service.readiness.publish("failed")
         reason = f"{type(exc).__name__}: {exc}"
-        local = settings.model.startswith((".", "/", "~"))
-        if local and not await asyncio.to_thread(lambda: Path(settings.model).expanduser().exists()):
+        if is_local(settings.model) and not await asyncio.to_thread(
+            lambda: Path(settings.model).expanduser().exists()
+        ):
             # transformers would call it an invalid hub repo id; say what is wrong in the operator's terms.
             reason = f"the model path does not exist ({reason})"
         exiting = service.lifecycle.report_load_failed()  # no await from here on: logged before shutdown

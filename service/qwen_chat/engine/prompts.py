@@ -21,13 +21,20 @@ class PromptTooLong(ValueError):
         self.budget = budget
 
 
-def render_chatml(messages: list[Message]) -> str:
-    parts = []
+def chatml_parts(messages: list[Message]) -> list[tuple[bool, str]]:
+    """ChatML, with the default system turn when there is none, as (is a control token, text) pieces:
+    Qwen v1's `make_context` encodes each piece on its own."""
     if not messages or messages[0]["role"] != "system":
-        parts.append(f"<|im_start|>system\n{CHATML_SYSTEM}<|im_end|>\n")
-    parts.extend(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
+        messages = [{"role": "system", "content": CHATML_SYSTEM}, *messages]
+    parts: list[tuple[bool, str]] = []
+    for m in messages:
+        parts += [(True, "<|im_start|>"), (False, m["role"]), (False, "\n"), (False, m["content"])]
+        parts += [(True, "<|im_end|>"), (False, "\n")]
+    return [*parts, (True, "<|im_start|>"), (False, "assistant"), (False, "\n")]
+
+
+def render_chatml(messages: list[Message]) -> str:
+    return "".join(text for _, text in chatml_parts(messages))
 
 
 class Prompts:
@@ -69,21 +76,13 @@ class Prompts:
         return str(tail).rstrip().endswith("<think>")
 
     def _encode_chatml_parts(self, messages: list[Message]) -> list[int]:
-        def special(token: str) -> list[int]:
-            return [self.tokenizer.convert_tokens_to_ids(token)]
-
-        def text(value: str) -> list[int]:
-            ids = self.tokenizer(value, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-            return list(ids)
-
-        newline = text("\n")
-        if not messages or messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": CHATML_SYSTEM}, *messages]
         ids: list[int] = []
-        for message in messages:
-            turn = special("<|im_start|>") + text(message["role"]) + newline
-            ids += turn + text(message["content"]) + special("<|im_end|>") + newline
-        return ids + special("<|im_start|>") + text("assistant") + newline
+        for control, text in chatml_parts(messages):
+            if control:
+                ids.append(self.tokenizer.convert_tokens_to_ids(text))
+            else:
+                ids += self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return ids
 
     def fit(
         self, messages: list[Message], template_args: TemplateArgs | None = None

@@ -34,7 +34,7 @@ MARKER = "qwen_chat_conversion.json"
 
 def converted_path(source: Path, cache: Path) -> Path:
     files = sorted(p for p in source.iterdir() if p.is_file())
-    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    stamp = [(p.name, stat.st_size, stat.st_mtime_ns) for p in files for stat in [p.stat()]]
     digest = hashlib.sha256(
         json.dumps([CONVERTER_VERSION, str(source.resolve()), stamp]).encode()
     ).hexdigest()

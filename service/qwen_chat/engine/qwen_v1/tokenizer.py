@@ -18,6 +18,8 @@ from tokenizers.models import BPE
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from qwen_chat.engine.prompts import CHATML_SYSTEM
+
 VOCAB_FILE = "qwen.tiktoken"
 # QWenTokenizer's split pattern: like cl100k's, but digits one by one.
 PATTERN = (
@@ -29,13 +31,12 @@ SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, *(f"<|extra_{i}|>" for i in range
 # Where a turn ends, as Qwen v1's `chat()` stops (`get_stop_words_ids`): its generation config names only
 # <|endoftext|>, so a reply would otherwise run on into a made-up next turn.
 STOP_TOKENS = (IM_END, IM_START, ENDOFTEXT)
-DEFAULT_SYSTEM = "You are a helpful assistant."
 # ChatML as Qwen v1's `make_context` lays it out, with its default system prompt. The service encodes each
 # part on its own (engine/prompts.py), so message text stays text; the template is for other readers.
 CHAT_TEMPLATE = (
     "{%- for m in messages %}"
     "{%- if loop.first and m['role'] != 'system' %}"
-    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM + "<|im_end|>\\n' }}"
+    "{{- '<|im_start|>system\\n" + CHATML_SYSTEM + "<|im_end|>\\n' }}"
     "{%- endif %}"
     "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
     "{%- endfor %}"
