@@ -4,6 +4,8 @@ continuous batching must keep: a request's output does not depend on what else i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -292,6 +294,36 @@ async def test_both_engines_give_the_same_reply_for_the_same_seed(
             ours = await collect(batch, chat_request(batch, "b", PROMPTS[1], params))
             theirs = await collect(simple, chat_request(simple, "s", PROMPTS[1], params))
             assert ours[0] == theirs[0] and ours[1].completion_tokens == theirs[1].completion_tokens
+    finally:
+        await simple.close()
+
+
+async def test_both_engines_mask_to_a_grammar_and_report_the_same_logprobs(
+    batch: QueuedEngine, make_settings: Callable[..., Settings]
+) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}}}
+    schema |= {"required": ["n"], "additionalProperties": False}
+    constraint = json.dumps({"type": "json_schema", "json_schema": {"schema": schema}})
+    simple = make_engine(make_settings, "simple")
+    await simple.start()
+    try:
+        replies = []
+        for engine in (batch, simple):
+            req = chat_request(engine, "g", PROMPTS[1], SamplingParams(30, 0.8, 0.9, 1.1, seed=5))
+            req = dataclasses.replace(req, constraint=constraint, top_logprobs=3)
+            logprobs: list[Any] = []
+            text = ""
+            async for event in engine.generate(req):
+                if isinstance(event, TextDelta):
+                    text, logprobs = text + event.text, logprobs + list(event.logprobs)
+                elif isinstance(event, Finished):
+                    assert event.reason == "stop"
+            assert 0 <= json.loads(text)["n"] <= 9
+            assert [len(entry.top_ids) for _, entry in logprobs] == [3] * len(logprobs)
+            replies.append((text, [token for token, _ in logprobs], [e.logprob for _, e in logprobs]))
+        (text, tokens, values), (text2, tokens2, values2) = replies
+        assert (text, tokens) == (text2, tokens2)
+        assert values == pytest.approx(values2, abs=1e-4)
     finally:
         await simple.close()
 

@@ -108,6 +108,8 @@ def test_transports_service_and_runtime_load_without_torch() -> None:
         "qwen_chat.service",
         "qwen_chat.ws.router",
         "qwen_chat.http.openai_api",
+        "qwen_chat.http.openai_chat",
+        "qwen_chat.http.openai_completions",
         "qwen_chat.http.seed_api",
         "qwen_chat.http.page",
         "qwen_chat.http.probes",

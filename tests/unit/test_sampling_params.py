@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from qwen_chat.errors import ErrorCode, Refusal
-from qwen_chat.http.openai_api import ChatCompletionRequest
+from qwen_chat.http.openai_schema import ChatCompletionRequest
 from qwen_chat.http.seed_api import SimpleChatRequest
 from qwen_chat.sampling_params import (
     DEFAULTS,

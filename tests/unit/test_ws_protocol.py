@@ -7,7 +7,6 @@ import json
 import pytest
 
 from qwen_chat.errors import ErrorCode
-from qwen_chat.sampling_params import SamplingOverrides
 from qwen_chat.ws.protocol import Cancel, ChatRequest, ProtocolError, Reset, done, parse_frame, start, token
 
 
@@ -15,7 +14,7 @@ def test_plain_text_is_a_chat_message_and_json_frames_parse() -> None:
     assert parse_frame("hello there") == ChatRequest(type="chat", content="hello there")
     assert parse_frame("[1, 2]") == ChatRequest(type="chat", content="[1, 2]")  # not an object: text
     chat = parse_frame(json.dumps({"type": "chat", "id": "7", "content": "hi", "params": {"seed": 3}}))
-    assert isinstance(chat, ChatRequest) and chat.id == "7" and chat.params == SamplingOverrides(seed=3)
+    assert isinstance(chat, ChatRequest) and chat.id == "7" and chat.params.seed == 3
     stateless = parse_frame(json.dumps({"type": "chat", "messages": [{"role": "user", "content": "q"}]}))
     assert isinstance(stateless, ChatRequest) and stateless.content is None
     assert parse_frame('{"type": "cancel", "id": "x"}') == Cancel(type="cancel", id="x")
@@ -49,7 +48,7 @@ def test_plain_text_is_a_chat_message_and_json_frames_parse() -> None:
             "params.bogus: Extra inputs are not permitted",
             "4",
         ),
-        ('{"type": "chat", "id": "5"}', "send either 'content' or 'messages'", "5"),
+        ('{"type": "chat", "id": "5"}', "send one of 'content', 'messages' or 'tool_results'", "5"),
         ('{"type": "chat", "content": "  "}', "'content' is empty", None),
         (
             '{"type": "chat", "id": "6", "messages": [{"role": "assistant", "content": "x"}]}',

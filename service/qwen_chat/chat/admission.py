@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 
 from qwen_chat.chat.rate_limit import RateLimiter
 from qwen_chat.chat.reasoning import ReasoningSplit
+from qwen_chat.chat.reply_options import ReplyOptions
 from qwen_chat.chat.stop_strings import StopStrings
 from qwen_chat.chat.stream import ChatStream
 from qwen_chat.chat.surrogates import has_lone_surrogate
@@ -37,13 +39,66 @@ class Admission:
         stop: list[str] | None = None,
         usage: RequestMetrics | None = None,
         template_args: TemplateArgs | None = None,
+        options: ReplyOptions | None = None,
     ) -> ChatStream:
         """Admit one chat request, or raise `Refusal` (not text, draining, rate limit, too long, not
         ready, queue full)."""
-        usage = usage or RequestMetrics(self._settings.model_name, transport)
+        options = options or ReplyOptions()
         if has_lone_surrogate(messages):
             message = "a message holds a lone surrogate (\\ud800-\\udfff): it is not text"
             raise Refusal(ErrorCode.BAD_REQUEST, message, param="messages")
+        prompts = self._engine.prompts
+        if options.tools is not None:
+            if not prompts.takes_tools:
+                message = "this model's chat template does not take tools"
+                raise Refusal(ErrorCode.BAD_REQUEST, message, param="tools", status=400)
+            template_args = {**(template_args or {}), "tools": options.tools}
+        if options.constraint is not None and prompts.reasons:
+            # The grammar shapes the answer from its first token: a thinking block would be cut off by it.
+            template_args = {**(template_args or {}), "enable_thinking": False}
+
+        async def encode() -> tuple[list[Message], list[int]]:
+            # Tokenising a long conversation takes milliseconds: keep it off the event loop.
+            return await asyncio.to_thread(prompts.fit, messages, template_args)
+
+        stream = await self._admit(user, transport, encode, "messages", params, stop, usage, options)
+        if prompts.reasons:
+            stream.reasoning = ReasoningSplit(opened=prompts.opens_reasoning(stream.request.prompt_ids))
+        return stream
+
+    async def start_prompt(
+        self,
+        user: str,
+        transport: Transport,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        stop: list[str] | None = None,
+        options: ReplyOptions | None = None,
+    ) -> ChatStream:
+        """Admit a raw prompt (`/v1/completions`): no chat template, no turns to drop."""
+        budget = self._engine.prompts.max_input_tokens
+
+        async def encode() -> tuple[list[Message], list[int]]:
+            if len(prompt_ids) > budget:
+                raise PromptTooLong(len(prompt_ids), budget)
+            return [], prompt_ids
+
+        return await self._admit(
+            user, transport, encode, "prompt", params, stop, None, options or ReplyOptions()
+        )
+
+    async def _admit(
+        self,
+        user: str,
+        transport: Transport,
+        encode: Callable[[], Awaitable[tuple[list[Message], list[int]]]],
+        prompt_field: str,
+        params: SamplingParams,
+        stop: list[str] | None,
+        usage: RequestMetrics | None,
+        options: ReplyOptions,
+    ) -> ChatStream:
+        usage = usage or RequestMetrics(self._settings.model_name, transport)
         if self._drain.draining:
             raise self._drain.refusal()
         retry_after = await self._rate_limiter.hit(user)
@@ -52,20 +107,23 @@ class Admission:
             raise Refusal(ErrorCode.RATE_LIMITED, message, retry_after=retry_after)
         engine = self._engine
         try:
-            # Tokenising a long conversation takes milliseconds: keep it off the event loop.
-            prompts = engine.prompts
-            kept, prompt_ids = await asyncio.to_thread(prompts.fit, messages, template_args)
-            request = GenerationRequest(uuid.uuid4().hex, prompt_ids, params)
+            kept, prompt_ids = await encode()
+            request = GenerationRequest(
+                uuid.uuid4().hex,
+                prompt_ids,
+                params,
+                constraint=options.constraint,
+                top_logprobs=options.top_logprobs,
+            )
             events = engine.generate(request)
             first = await anext(events)
         except PromptTooLong as exc:
-            raise Refusal(ErrorCode.TOO_LONG, str(exc), param="messages") from None
+            raise Refusal(ErrorCode.TOO_LONG, str(exc), param=prompt_field) from None
         except (EngineNotReady, EngineOverloaded) as exc:
             raise Refusal(ErrorCode.OVERLOADED, str(exc), retry_after=exc.retry_after) from None
         assert isinstance(first, Queued)
         stops = StopStrings(stop or [])
         stream = ChatStream(engine, request, kept, first.position, usage, stops, events)
-        if prompts.reasons:
-            stream.reasoning = ReasoningSplit(opened=prompts.opens_reasoning(prompt_ids))
+        stream.tools = options.tool_parser
         self._drain.track(stream)
         return stream

@@ -1,5 +1,8 @@
 """One admitted chat reply, as the transports read it: text deltas (a reasoning model's thinking first, as
-`ReasoningDelta`s), then one `Finished`."""
+`ReasoningDelta`s; tool calls as `ToolCallDelta`s when the request gave tools), then one `Finished`.
+
+The engine's text passes, in order: the client's stop strings, the reasoning split, the tool-call parser.
+Log-probabilities, when asked for, gather in `logprobs` as their tokens arrive (`take_logprobs`)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from dataclasses import dataclass, field
 
 from qwen_chat.chat.reasoning import ReasoningDelta, ReasoningSplit
 from qwen_chat.chat.stop_strings import StopStrings
+from qwen_chat.chat.tool_calls import ToolCall, ToolCallDelta, ToolCallParser
 from qwen_chat.engine.interface import (
     Engine,
     EngineError,
@@ -19,7 +23,18 @@ from qwen_chat.engine.interface import (
     TextDelta,
 )
 from qwen_chat.engine.prompts import Message
+from qwen_chat.engine.wire import TokenLogprob
 from qwen_chat.metrics import RequestMetrics
+
+Delta = ReasoningDelta | TextDelta | ToolCallDelta
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str  # the answer
+    reasoning: str | None  # None for a model that does not think first
+    tool_calls: list[ToolCall]
+    finished: Finished
 
 
 @dataclass(eq=False)
@@ -34,14 +49,25 @@ class ChatStream:
     stops: StopStrings
     _events: AsyncIterator[GenerationEvent]
     reasoning: ReasoningSplit | None = None  # set for a model that thinks first (chat/reasoning.py)
+    tools: ToolCallParser | None = None  # set when the request gave tools (chat/tool_calls.py)
+    logprobs: list[tuple[int, TokenLogprob]] = field(default_factory=list)
+    _logprobs_taken: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     on_close: Callable[[ChatStream], None] | None = None
+    _calls: list[ToolCall] = field(default_factory=list)
 
-    async def events(self) -> AsyncIterator[ReasoningDelta | TextDelta | Finished]:
+    def take_logprobs(self) -> list[tuple[int, TokenLogprob]]:
+        """The tokens' log-probabilities that arrived since the last call."""
+        taken = self.logprobs[self._logprobs_taken :]
+        self._logprobs_taken = len(self.logprobs)
+        return taken
+
+    async def events(self) -> AsyncIterator[Delta | Finished]:
         """Text deltas, then `Finished`; metrics are recorded as each is handed on (that is, sent)."""
         try:
             async for event in self._events:
                 if isinstance(event, TextDelta) and not self.stops.stopped:
+                    self.logprobs += event.logprobs
                     text = self.stops.feed(event.text)
                     if self.stops.stopped:
                         self.engine.abort(self.request.request_id)
@@ -73,33 +99,57 @@ class ChatStream:
         finally:
             await self.aclose()
 
-    def _split(self, text: str, completion: int, end: bool = False) -> list[ReasoningDelta | TextDelta]:
+    def _split(self, text: str, completion: int, end: bool = False) -> list[Delta]:
         if self.reasoning is None:
-            return [TextDelta(text, completion)] if text else []
-        parts = self.reasoning.feed(text) if text else []
-        if end:
-            parts += self.reasoning.flush()
-        return [
-            ReasoningDelta(part, completion) if kind == "reasoning" else TextDelta(part, completion)
-            for kind, part in parts
-        ]
+            deltas: list[Delta] = [TextDelta(text, completion)] if text else []
+        else:
+            parts = self.reasoning.feed(text) if text else []
+            if end:
+                parts += self.reasoning.flush()
+            deltas = [
+                ReasoningDelta(part, completion) if kind == "reasoning" else TextDelta(part, completion)
+                for kind, part in parts
+            ]
+        return self._find_calls(deltas, completion, end) if self.tools is not None else deltas
 
-    async def collect(self) -> tuple[str, str | None, Finished]:
-        """The whole answer, the reasoning (None for a model that does not think first) and how the reply
-        ended, for APIs that answer at once. It reads `events` to their end: a consumer that stopped at
-        `Finished` would close the stream before its metrics are recorded."""
+    def _find_calls(self, deltas: list[Delta], completion: int, end: bool) -> list[Delta]:
+        assert self.tools is not None
+        out: list[Delta] = []
+        pieces: list[str | ToolCall] = []
+        for delta in deltas:
+            if isinstance(delta, TextDelta):
+                pieces += self.tools.feed(delta.text)
+            else:
+                out.append(delta)
+        if end:
+            pieces += self.tools.flush()
+        for piece in pieces:
+            if isinstance(piece, ToolCall):
+                out.append(ToolCallDelta(piece, len(self._calls), completion))
+                self._calls.append(piece)
+            else:
+                out.append(TextDelta(piece, completion))
+        return out
+
+    async def collect(self) -> Reply:
+        """The whole reply, for APIs that answer at once. It reads `events` to their end: a consumer that
+        stopped at `Finished` would close the stream before its metrics are recorded."""
         parts: list[str] = []
         thoughts: list[str] = []
+        calls: list[ToolCall] = []
         finished: Finished | None = None
         async for event in self.events():  # which close the stream however they end
             if isinstance(event, Finished):
                 finished = event
             elif isinstance(event, ReasoningDelta):
                 thoughts.append(event.text)
+            elif isinstance(event, ToolCallDelta):
+                calls.append(event.call)
             else:
                 parts.append(event.text)
         assert finished is not None, "the engine ended without finishing"
-        return "".join(parts), "".join(thoughts) if self.reasoning is not None else None, finished
+        reasoning = "".join(thoughts) if self.reasoning is not None else None
+        return Reply("".join(parts), reasoning, calls, finished)
 
     def cancel(self) -> None:
         """End the reply early: it finishes with reason `cancelled`."""

@@ -20,7 +20,8 @@ from transformers.generation.continuous_batching.requests import RequestStatus
 
 from qwen_chat.engine import cpu_attention
 from qwen_chat.engine.batch_sampler import BatchSampler
-from qwen_chat.engine.core import StepSink, WarmingSink, model_facts
+from qwen_chat.engine.core import StepSink, WarmingSink, grammar_eos, model_facts
+from qwen_chat.engine.grammar import GrammarError, Grammars
 from qwen_chat.engine.kv_cache import cache_geometry, running_slots
 from qwen_chat.engine.model_loader import LoadedModel, input_budget, pad_token_id
 from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
@@ -43,9 +44,10 @@ class _StepRouter(OutputRouter):
     token ids of every request still tracked. Cancelled requests are untracked at once, so a token from
     the step in flight is dropped here."""
 
-    def __init__(self, emit: Any) -> None:
+    def __init__(self, emit: Any, sampler: BatchSampler) -> None:
         super().__init__()
         self._emit = emit
+        self._sampler = sampler
         self._seen: dict[str, int] = {}  # request id -> generated tokens already emitted
 
     def track(self, request_id: str) -> None:
@@ -64,16 +66,17 @@ class _StepRouter(OutputRouter):
             seen = self._seen.get(request_id)
             if seen is None:
                 continue
-            tokens = output.generated_tokens  # cumulative, also across a pause and resume
+            tokens = output.generated_tokens[seen:]  # cumulative, also across a pause and resume
+            logprobs = self._sampler.take_logprobs(request_id, len(tokens))
             if output.status == RequestStatus.FAILED:
-                rows.append(Row(request_id, tokens[seen:], RowState.FAILED, str(output.error)))
+                rows.append(Row(request_id, tokens, RowState.FAILED, str(output.error), logprobs))
                 del self._seen[request_id]
             elif output.is_finished():
-                rows.append(Row(request_id, tokens[seen:], RowState.FINISHED))
+                rows.append(Row(request_id, tokens, RowState.FINISHED, logprobs=logprobs))
                 del self._seen[request_id]
             else:
-                rows.append(Row(request_id, tokens[seen:]))
-                self._seen[request_id] = len(tokens)
+                rows.append(Row(request_id, tokens, logprobs=logprobs))
+                self._seen[request_id] += len(tokens)
         if rows:
             self._emit(rows)
 
@@ -90,7 +93,8 @@ class BatchCore:
         self._geometry = cache_geometry(settings, loaded.context_length, budget, loaded.device.type)
         vocab_size = loaded.model.get_output_embeddings().out_features
         self._sampler = BatchSampler(self.max_running, vocab_size, loaded.device)
-        self._router = _StepRouter(self._emit)
+        self._grammars = Grammars(loaded.tokenizer, vocab_size, grammar_eos(loaded))
+        self._router = _StepRouter(self._emit, self._sampler)
         self._manager: Any = None
         self._step_seconds = 0.0
         self._preempted = 0
@@ -103,6 +107,7 @@ class BatchCore:
             cpu_attention.install()
         self._start_manager()
         self._sink.warm_up(self, self._loaded, self._settings)
+        self._grammars.warm_in_background()
         processor = self._manager.batch_processor
         self._check_cache_holds_a_request(processor.cache.num_blocks)
         log.info(
@@ -187,7 +192,12 @@ class BatchCore:
         if not self._manager_alive():
             self._restart_manager()
         request_id = request.request_id
-        self._sampler.register(request_id, request.sampling)
+        try:
+            matcher = self._grammars.for_request(request.response_format)
+        except GrammarError as exc:
+            self._emit([Row(request_id, [], RowState.FAILED, f"response_format: {exc}")])
+            return
+        self._sampler.register(request_id, request.sampling, matcher, request.top_logprobs)
         self._router.track(request_id)  # before the request exists, so not even its first token is missed
         accepted = self._manager.add_request(
             request.prompt_ids,

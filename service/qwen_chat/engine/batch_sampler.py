@@ -12,6 +12,12 @@ greedy (`do_sample=False`) and takes the argmax of what it returns:
   then one token per step. Unused entries repeat the row's first id, so the repetition penalty is one
   gather and one scatter over all penalised rows at once, its cost the tokens seen, not the vocabulary.
 - Greedy rows are left to the manager's argmax; sampled rows get `sampling.draw`'s token set to +inf.
+- A request with a `response_format` has a grammar matcher (engine/grammar.py): the plan feeds it the
+  tokens generated since the last step and fills the row's allowed-token bitmask; `__call__` masks those
+  rows first, so penalties, sampling and the argmax only ever see allowed tokens, and constrained and free
+  requests share one batch.
+- A request that asked for log-probabilities gets them from its row after the penalty and the mask
+  (engine/logprobs.py), kept until the step's outputs reach the router (`take_logprobs`).
 
 `prepare_tensor_args` and `__call__` must alternate step by step, which holds in the manager's synchronous,
 eager mode only: with double buffering (`use_async_batching`) the plan for step n+1 is built while step n
@@ -29,7 +35,10 @@ from transformers.generation.continuous_batching.cb_logits_processors import (
     ContinuousBatchingLogitsProcessor,
 )
 
+from qwen_chat.engine.grammar import Matcher, allocate_bitmask, apply_bitmask, fill_masks
+from qwen_chat.engine.logprobs import log_softmax_rows, token_logprobs
 from qwen_chat.engine.sampling import draw, uniform_stream
+from qwen_chat.engine.wire import TokenLogprob
 from qwen_chat.sampling_params import SamplingParams
 
 # A row the sampler has no request for (one cancelled while the step was in flight): left to the argmax.
@@ -42,6 +51,11 @@ class _Request:
     params: SamplingParams
     uniforms: random.Random | None  # None: greedy
     synced: int = -1  # prompt and generated tokens already in the seen table; -1: row not started
+    matcher: Matcher | None = None
+    prompt_length: int = -1  # the prompt as first seen; -1: row not started
+    accepted: int = 0  # generated tokens the matcher has taken
+    top_logprobs: int = -1  # -1: none wanted
+    logprobs: list[TokenLogprob] | None = None  # computed, not yet taken by the router
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,10 @@ class _Plan:
     penalised: torch.Tensor | None  # row indices with a penalty != 1, None when no row has one
     penalised_slots: list[int]
     sampled: torch.Tensor | None  # row indices with temperature > 0, None when none
+    constrained: torch.Tensor | None  # row indices with a grammar, None when none
+    bitmask: torch.Tensor | None  # their allowed tokens, one row each
+    logprob_rows: list[int]  # row indices that want log-probabilities
+    logprob_requests: list[_Request]
 
 
 class BatchSampler(ContinuousBatchingLogitsProcessor):
@@ -62,6 +80,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         self.supported_kwargs: dict[str, type] = {}
         self.ignored_kwargs: tuple[str, ...] = ()
         self._device = device
+        self._vocab_size = vocab_size
         self._seen = torch.zeros(slots, 1024, dtype=torch.long, device=device)
         self._seen_length = [0] * slots
         self._free = list(range(slots - 1, -1, -1))
@@ -72,10 +91,23 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
     def active(self) -> int:
         return len(self._requests)
 
-    def register(self, request_id: str, params: SamplingParams) -> None:
+    def register(
+        self, request_id: str, params: SamplingParams, matcher: Matcher | None = None, top_logprobs: int = -1
+    ) -> None:
         """Before the request reaches the manager; raises IndexError when every slot is taken."""
         uniforms = uniform_stream(params.seed) if params.temperature > 0 else None
-        self._requests[request_id] = _Request(self._free.pop(), params, uniforms)
+        request = _Request(self._free.pop(), params, uniforms, matcher=matcher, top_logprobs=top_logprobs)
+        if top_logprobs >= 0:
+            request.logprobs = []
+        self._requests[request_id] = request
+
+    def take_logprobs(self, request_id: str, count: int) -> list[TokenLogprob]:
+        """The router's: the log-probabilities of the request's next `count` tokens ([] if not wanted)."""
+        request = self._requests.get(request_id)
+        if request is None or request.logprobs is None:
+            return []
+        taken, request.logprobs[:count] = request.logprobs[:count], []
+        return taken
 
     def forget(self, request_id: str) -> None:
         request = self._requests.pop(request_id, None)
@@ -95,6 +127,9 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         slots = [row.slot if row is not None else 0 for row in rows]
         penalised = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
         sampled = [i for i, p in enumerate(params) if p.temperature > 0]
+        constrained = [i for i, row in enumerate(rows) if row is not None and row.matcher is not None]
+        bitmask = self._fill_masks(rows, states, constrained) if constrained else None
+        wanting = [i for i, row in enumerate(rows) if row is not None and row.top_logprobs >= 0]
         as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=self._device)  # noqa: E731
         self._plan = _Plan(
             slots=as_tensor(slots, torch.long),
@@ -108,8 +143,35 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
             penalised=as_tensor(penalised, torch.long) if penalised else None,
             penalised_slots=[slots[i] for i in penalised],
             sampled=as_tensor(sampled, torch.long) if sampled else None,
+            constrained=as_tensor(constrained, torch.long) if constrained else None,
+            bitmask=bitmask.to(self._device) if bitmask is not None else None,
+            logprob_rows=wanting,
+            logprob_requests=[row for i in wanting if (row := rows[i]) is not None],
         )
         return torch.zeros(len(rows), dtype=torch.int32)
+
+    def _fill_masks(
+        self, rows: list[_Request | None], states: list[Any], constrained: list[int]
+    ) -> torch.Tensor:
+        """Feed each constrained row's matcher the tokens generated since the last step, then its mask."""
+        bitmask = allocate_bitmask(len(constrained), self._vocab_size)
+        matchers: list[Matcher] = []
+        for i in constrained:
+            row, state = rows[i], states[i]
+            assert row is not None and row.matcher is not None
+            initial, generated = state.initial_tokens, state.generated_tokens
+            if row.prompt_length < 0:
+                row.prompt_length = len(initial) + len(generated)
+            # A paused and re-queued request has its generated tokens moved into `initial_tokens`.
+            produced = len(initial) + len(generated) - row.prompt_length
+            if produced > row.accepted:
+                new = (list(initial) + list(generated))[row.prompt_length + row.accepted :]
+                for token in new:
+                    row.matcher.accept(token)
+                row.accepted = produced
+            matchers.append(row.matcher)
+        fill_masks(matchers, bitmask)
+        return bitmask
 
     def _sync_seen(self, rows: list[_Request | None], states: list[Any]) -> None:
         """Append new prompts and the tokens generated since the last step to the seen table, in place."""
@@ -155,9 +217,18 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
 
     def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
         plan = self._plan
-        if plan is None or (plan.penalised is None and plan.sampled is None):
+        if plan is None or (
+            plan.penalised is None
+            and plan.sampled is None
+            and plan.constrained is None
+            and not plan.logprob_rows
+        ):
             return scores
         # In place: `scores` holds this step's logits, which the manager uses for nothing but its argmax.
+        if plan.constrained is not None and plan.bitmask is not None:
+            masked = scores.index_select(0, plan.constrained)
+            apply_bitmask(masked, plan.bitmask)
+            scores.index_copy_(0, plan.constrained, masked)
         if plan.penalised is not None:
             penalised = plan.penalised
             width = max(self._seen_length[slot] for slot in plan.penalised_slots)
@@ -166,6 +237,12 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
             logits = scores[rows, seen]
             penalty = plan.penalty[penalised].unsqueeze(-1)
             scores[rows, seen] = torch.where(logits < 0, logits * penalty, logits / penalty)
+        logp = None
+        if plan.logprob_rows:
+            logp = log_softmax_rows(scores, torch.tensor(plan.logprob_rows, device=scores.device))
+            # Greedy rows take the argmax; a sampled row's pick replaces it below.
+            picked = logp.argmax(-1)
+        chosen = None
         if plan.sampled is not None:
             sampled = plan.sampled
             if len(sampled) == scores.shape[0]:
@@ -181,4 +258,14 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
                     in_place=True,
                 )
             scores.index_put_((sampled, chosen), torch.tensor(float("inf"), device=scores.device))
+        if logp is not None:
+            if chosen is not None:
+                where = {row: n for n, row in enumerate(plan.sampled.tolist())}  # type: ignore[union-attr]
+                for n, row in enumerate(plan.logprob_rows):
+                    if row in where:
+                        picked[n] = chosen[where[row]]
+            top = [request.top_logprobs for request in plan.logprob_requests]
+            for request, entry in zip(plan.logprob_requests, token_logprobs(logp, picked, top), strict=True):
+                if request.logprobs is not None:
+                    request.logprobs.append(entry)
         return scores

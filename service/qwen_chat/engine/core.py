@@ -68,6 +68,14 @@ def model_facts(settings: Settings, loaded: LoadedModel, pages: int = 0, page_si
     )
 
 
+def grammar_eos(loaded: LoadedModel) -> int:
+    """The token a grammar lets end a constrained reply: the end of turn (`<|im_end|>`) where it stops one."""
+    end_of_turn = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(end_of_turn, int) and end_of_turn in loaded.stop_token_ids:
+        return end_of_turn
+    return min(loaded.stop_token_ids)
+
+
 class WarmingSink:
     """The core's sink while it warms up: the warm-up's own rows stop here, every other row passes."""
 

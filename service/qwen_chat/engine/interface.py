@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from qwen_chat.engine.prompts import Prompts
+from qwen_chat.engine.wire import TokenLogprob
 from qwen_chat.sampling_params import SamplingParams  # what a GenerationRequest samples with
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -55,6 +56,10 @@ class GenerationRequest:
     sampling: SamplingParams
     # None: the model's own end-of-turn tokens.
     stop_token_ids: frozenset[int] | None = None
+    # OpenAI's response_format as canonical JSON (engine/grammar.py): every token is masked to it.
+    constraint: str | None = None
+    # None: no log-probabilities; k: each token's, with the k likeliest alternatives.
+    top_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class Queued:
 class TextDelta:
     text: str
     completion_tokens: int  # generated so far
+    # The tokens behind this text (and any whose text is still held back), when the request asked.
+    logprobs: tuple[tuple[int, TokenLogprob], ...] = ()
 
 
 @dataclass(frozen=True)

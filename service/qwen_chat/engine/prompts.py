@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-Message = dict[str, str]
+Message = dict[str, Any]  # role, content; an assistant turn may hold tool_calls
 # Per-request chat template arguments (`chat_template_kwargs`), e.g. Qwen3's `enable_thinking`.
 TemplateArgs = dict[str, object]
 
@@ -49,6 +49,8 @@ class Prompts:
         self.max_input_tokens = max_input_tokens
         self.family = family
         self.has_template = bool(getattr(tokenizer, "chat_template", None)) and family != "qwen"
+        # Qwen2.5 and Qwen3 templates list the tools in the system turn and render calls and results.
+        self.takes_tools = self.has_template and "tools" in str(tokenizer.chat_template)
         vocab = tokenizer.get_vocab()
         # Replies open with a `<think>` block where the vocabulary has one (Qwen3, QwQ): chat/reasoning.py.
         self.reasons = "<think>" in vocab and "</think>" in vocab

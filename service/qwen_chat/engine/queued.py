@@ -191,7 +191,11 @@ class QueuedEngine(abc.ABC):
                     while held is None and not job.events.empty():
                         following = job.events.get_nowait()
                         if isinstance(following, TextDelta):
-                            event = TextDelta(event.text + following.text, following.completion_tokens)
+                            event = TextDelta(
+                                event.text + following.text,
+                                following.completion_tokens,
+                                event.logprobs + following.logprobs,
+                            )
                         else:
                             held = following
                 if isinstance(event, BaseException):

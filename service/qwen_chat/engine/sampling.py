@@ -107,11 +107,15 @@ class SeededSampler(LogitsProcessor):
         return forced.scatter_(-1, chosen.unsqueeze(-1), 0.0)  # type: ignore[return-value]
 
 
-def logits_processors(params: SamplingParams) -> LogitsProcessorList:
-    """Repetition penalty (if any), then seeded sampling unless the request is greedy (temperature 0)."""
+def logits_processors(
+    params: SamplingParams, before_sampling: tuple[LogitsProcessor, ...] = ()
+) -> LogitsProcessorList:
+    """Repetition penalty (if any), `before_sampling` (a grammar mask, a log-probability recorder), then
+    seeded sampling unless the request is greedy (temperature 0)."""
     processors = LogitsProcessorList()
     if params.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    processors.extend(before_sampling)
     if params.temperature > 0:
         processors.append(SeededSampler(params))
     return processors

@@ -13,10 +13,12 @@ from typing import Any
 
 import structlog
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from qwen_chat.engine.core import StepSink, WarmingSink, model_facts
+from qwen_chat.engine.core import StepSink, WarmingSink, grammar_eos, model_facts
+from qwen_chat.engine.generate_processors import GrammarMask, LogprobRecorder
+from qwen_chat.engine.grammar import Grammars
 from qwen_chat.engine.kv_cache import running_slots
 from qwen_chat.engine.model_loader import LoadedModel, pad_token_id
 from qwen_chat.engine.sampling import logits_processors
@@ -38,16 +40,20 @@ class _Cancelled(StoppingCriteria):
 class _Streamer(BaseStreamer):
     """Receives each new token from `generate` (in the worker thread) and sends it on as a one-row step."""
 
-    def __init__(self, request_id: str, sink: StepSink) -> None:
+    def __init__(self, request_id: str, sink: StepSink, recorder: LogprobRecorder | None) -> None:
         self._request_id = request_id
         self._sink = sink
+        self._recorder = recorder
         self._prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:  # generate() first hands over the prompt
             self._prompt_seen = True
             return
-        self._sink(Step([Row(self._request_id, value.flatten().tolist())]))
+        tokens = value.flatten().tolist()
+        entries = [self._recorder.take(token) for token in tokens] if self._recorder is not None else []
+        logprobs = [entry for entry in entries if entry is not None]
+        self._sink(Step([Row(self._request_id, tokens, logprobs=logprobs)]))
 
     def end(self) -> None:
         pass
@@ -62,9 +68,12 @@ class SimpleCore:
         self._sink = WarmingSink(sink)
         self._executor = ThreadPoolExecutor(running_slots(settings, "cpu"), thread_name_prefix="generate")
         self._cancelled: dict[str, threading.Event] = {}
+        self._vocab_size = loaded.model.get_output_embeddings().out_features
+        self._grammars = Grammars(loaded.tokenizer, self._vocab_size, grammar_eos(loaded))
 
     def start(self) -> None:
         self._sink.warm_up(self, self._loaded, self._settings)
+        self._grammars.warm_in_background()
 
     def facts(self) -> ModelFacts:
         return model_facts(self._settings, self._loaded)
@@ -110,12 +119,19 @@ class SimpleCore:
             eos_token_id=sorted(stop_ids),
             pad_token_id=pad_token_id(loaded.tokenizer, stop_ids),
         )
+        matcher = self._grammars.for_request(request.response_format)
+        recorder = LogprobRecorder(request.top_logprobs) if request.top_logprobs >= 0 else None
+        extra: list[LogitsProcessor] = []
+        if matcher is not None:
+            extra.append(GrammarMask(matcher, prompt_len, self._vocab_size))
+        if recorder is not None:
+            extra.append(recorder)
         with torch.inference_mode():
             loaded.model.generate(
                 input_ids=torch.tensor([request.prompt_ids], device=loaded.device),
                 attention_mask=torch.ones((1, prompt_len), dtype=torch.long, device=loaded.device),
                 generation_config=config,
-                logits_processor=logits_processors(request.sampling),
+                logits_processor=logits_processors(request.sampling, tuple(extra)),
                 stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]),
-                streamer=_Streamer(request.request_id, self._sink),
+                streamer=_Streamer(request.request_id, self._sink, recorder),
             )

@@ -17,7 +17,7 @@ from qwen_chat import metrics
 from qwen_chat.engine.detokenizer import IncrementalDetokenizer
 from qwen_chat.engine.interface import EngineError, TextDelta
 from qwen_chat.engine.queued import Job, QueuedEngine
-from qwen_chat.engine.wire import RowState, Step, Submit
+from qwen_chat.engine.wire import RowState, Step, Submit, TokenLogprob
 from qwen_chat.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -29,7 +29,13 @@ class _Stream:
 
     job: Job
     detokenizer: IncrementalDetokenizer
+    stop_ids: frozenset[int]
     generated: list[int] = field(default_factory=list)
+    logprobs: list[tuple[int, TokenLogprob]] = field(default_factory=list)  # not yet handed out
+
+    def delta(self, text: str) -> TextDelta:
+        logprobs, self.logprobs = tuple(self.logprobs), []
+        return TextDelta(text, len(self.generated), logprobs)
 
 
 class StreamingEngine(QueuedEngine):
@@ -57,7 +63,8 @@ class StreamingEngine(QueuedEngine):
             self._finish(job, job.finished_event("length", 0))
             self._slot_free()
             return
-        stream = _Stream(job, IncrementalDetokenizer(self.prompts.tokenizer))
+        stop_ids = self.stop_ids(request)
+        stream = _Stream(job, IncrementalDetokenizer(self.prompts.tokenizer), stop_ids)
         self._streams[request.request_id] = stream
         sampling = request.sampling
         try:
@@ -66,11 +73,13 @@ class StreamingEngine(QueuedEngine):
                     request.request_id,
                     list(request.prompt_ids),
                     max_new,
-                    sorted(self.stop_ids(request)),
+                    sorted(stop_ids),
                     sampling.temperature,
                     sampling.top_p,
                     sampling.repetition_penalty,
                     sampling.seed,
+                    request.constraint or "",
+                    -1 if request.top_logprobs is None else request.top_logprobs,
                 )
             )
         except Exception as exc:
@@ -96,16 +105,19 @@ class StreamingEngine(QueuedEngine):
                 continue
             if row.token_ids:
                 stream.generated.extend(row.token_ids)
+                if row.logprobs:  # the end-of-turn token is not part of the reply's text
+                    pairs = zip(row.token_ids, row.logprobs, strict=False)
+                    stream.logprobs += [pair for pair in pairs if pair[0] not in stream.stop_ids]
                 delta = stream.detokenizer.push(row.token_ids)
                 if delta:
-                    stream.job.events.put_nowait(TextDelta(delta, len(stream.generated)))
+                    stream.job.events.put_nowait(stream.delta(delta))
             if row.state is RowState.FAILED:
                 log.error("generation_failed", request_id=row.request_id, error=row.error)
                 self._end(stream, EngineError(row.error))
             elif row.state is RowState.FINISHED:
                 tail = stream.detokenizer.flush()
-                if tail:
-                    stream.job.events.put_nowait(TextDelta(tail, len(stream.generated)))
+                if tail or stream.logprobs:
+                    stream.job.events.put_nowait(stream.delta(tail))
                 reason = self.finish_reason(stream.job, stream.generated)
                 self._end(stream, stream.job.finished_event(reason, len(stream.generated)))
 

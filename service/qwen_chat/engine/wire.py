@@ -14,6 +14,8 @@ import msgspec
 
 from qwen_chat.sampling_params import SamplingParams
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
+
 
 class RowState(enum.IntEnum):
     RUNNING = 0
@@ -30,6 +32,8 @@ class Submit(msgspec.Struct, array_like=True, gc=False, tag=True):
     top_p: float
     repetition_penalty: float
     seed: int | None = None
+    response_format: str = ""  # canonical JSON of the request's response_format; "": unconstrained
+    top_logprobs: int = -1  # -1: no log-probabilities; k >= 0: the sampled token's and the k likeliest
 
     @property
     def sampling(self) -> SamplingParams:
@@ -46,11 +50,21 @@ class Shutdown(msgspec.Struct, array_like=True, gc=False, tag=True):
     """Stop the core and exit; nothing is running any more."""
 
 
+class TokenLogprob(msgspec.Struct, array_like=True, gc=False):
+    """One generated token's log-probability and the likeliest alternatives, from the row it was sampled
+    from (after the repetition penalty and the grammar mask, before temperature)."""
+
+    logprob: float
+    top_ids: list[int]
+    top_logprobs: list[float]
+
+
 class Row(msgspec.Struct, array_like=True, gc=False):
     request_id: str
     token_ids: list[int]  # new since the row's last step
     state: RowState = RowState.RUNNING
     error: str = ""
+    logprobs: list[TokenLogprob] = msgspec.field(default_factory=list)  # one per token, when asked for
 
 
 class Step(msgspec.Struct, array_like=True, gc=False, tag=True):

@@ -1,3 +1,5 @@
-"""The HTTP transports and pages: `openai_api.py` (`/v1/...`), `seed_api.py` (the seeds' `/chat` and
+"""The HTTP transports and pages: `openai_api.py` (`/v1/models` and what the OpenAI endpoints share),
+`openai_chat.py` (`/v1/chat/completions`), `openai_completions.py` (`/v1/completions`), `openai_schema.py`
+(their bodies), `openai_logprobs.py`, `seed_api.py` (the seeds' `/chat` and
 `/chat_stream`), `probes.py` (/livez, /readyz, /metrics), `page.py` (the chat page, /whoami, security
 headers), `bearer.py` (the key dependency) and `errors.py` (every HTTP error as OpenAI's error object)."""

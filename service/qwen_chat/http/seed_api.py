@@ -17,7 +17,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstrain
 
 from qwen_chat.chat.reasoning import ReasoningDelta
 from qwen_chat.chat.stream import ChatStream
-from qwen_chat.engine.interface import EngineError, Finished
+from qwen_chat.engine.interface import EngineError, Finished, TextDelta
 from qwen_chat.engine.prompts import Message
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
@@ -96,8 +96,8 @@ def _result(
 @router.post("/chat")
 async def chat(body: SimpleChatRequest, service: ServiceDep, principal: PrincipalDep) -> SimpleChatResponse:
     stream = await _start(body, service, principal.user, Transport.HTTP)
-    text, reasoning, finished = await stream.collect()
-    return _result(body, text, finished, reasoning)
+    reply = await stream.collect()
+    return _result(body, reply.text, reply.finished, reply.reasoning)
 
 
 @router.post("/chat_stream", response_model=None, responses=SSE_RESPONSE)
@@ -122,7 +122,7 @@ async def _events(body: SimpleChatRequest, stream: ChatStream) -> AsyncIterator[
             elif isinstance(event, ReasoningDelta):
                 thoughts.append(event.text)
                 yield format_sse_event(data_str=json.dumps({"reasoning": event.text}, ensure_ascii=False))
-            else:
+            elif isinstance(event, TextDelta):  # the seed API takes no tools, so there are no calls
                 parts.append(event.text)
                 yield format_sse_event(data_str=json.dumps({"text": event.text}, ensure_ascii=False))
     except EngineError:

@@ -3,12 +3,14 @@
 Client to server (text frames):
     {"type": "chat", "content": "...", "params": {...}, "id": "..."}   one user turn of this connection's chat
     {"type": "chat", "messages": [{"role": ..., "content": ...}], ...}  a whole conversation, stateless
+    ... "tools": [...], "tool_choice": ..., "parallel_tool_calls": ...  as OpenAI's (chat/reply_options.py)
+    {"type": "chat", "tool_results": [{"tool_call_id", "content"}]}    answers the reply's tool calls
     {"type": "cancel"}  {"type": "reset"}
     any text frame that does not start with "{" is a chat message whose content is the whole frame.
 
-Server to client: `start`, `reasoning`... (a thinking model's thinking), `token`..., then `done`; or
-`error` (`Refusal.ws_frame`, errors.py). Every message echoes the client's `id`. `params` is
-`SamplingOverrides` (sampling_params.py).
+Server to client: `start`, `reasoning`... (a thinking model's thinking), `token`..., `tool_call`... (one
+whole call each), then `done`; or `error` (`Refusal.ws_frame`, errors.py). Every message echoes the
+client's `id`. `params` is `SamplingOverrides` (sampling_params.py) and `response_format`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from qwen_chat.chat.reply_options import ResponseFormat, Tool, ToolChoice
 from qwen_chat.chat.surrogates import has_lone_surrogate
 from qwen_chat.errors import ErrorCode, Refusal, describe_errors
 from qwen_chat.sampling_params import SamplingOverrides
@@ -32,9 +35,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class ToolCallFunction(_Strict):
+    name: str
+    arguments: dict[str, Any]
+
+
+class MessageToolCall(_Strict):
+    id: str | None = None
+    function: ToolCallFunction
+
+
 class Message(_Strict):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: list[MessageToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
+
+
+class ToolResult(_Strict):
+    tool_call_id: str
+    content: str
+
+
+class Params(SamplingOverrides):
+    response_format: ResponseFormat | None = None
 
 
 class ChatRequest(_Strict):
@@ -42,18 +66,25 @@ class ChatRequest(_Strict):
     id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
     content: str | None = None
     messages: list[Message] | None = Field(default=None, min_length=1)
-    params: SamplingOverrides = Field(default_factory=SamplingOverrides)
+    tool_results: list[ToolResult] | None = Field(default=None, min_length=1)
+    params: Params = Field(default_factory=Params)
     # Qwen3: false answers without thinking first (the chat template's `enable_thinking`).
     enable_thinking: bool | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ChatRequest:
-        if (self.content is None) == (self.messages is None):
-            raise ValueError("send either 'content' or 'messages'")
+        sources = [self.content, self.messages, self.tool_results]
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError("send one of 'content', 'messages' or 'tool_results'")
         if self.content is not None and not self.content.strip():
             raise ValueError("'content' is empty")
-        if self.messages is not None and self.messages[-1].role != "user":
-            raise ValueError("the last of 'messages' must have role 'user'")
+        if self.messages is not None and self.messages[-1].role not in ("user", "tool"):
+            raise ValueError("the last of 'messages' must have role 'user' or 'tool'")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice needs tools")
         return self
 
 
@@ -119,6 +150,15 @@ def token(message_id: str | None, text: str) -> dict[str, Any]:
 
 def reasoning(message_id: str | None, text: str) -> dict[str, Any]:
     return {"type": "reasoning", "id": message_id, "text": text}
+
+
+def tool_call(message_id: str | None, call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    """One whole call; `arguments` is a JSON object's text, as in OpenAI's tool_calls."""
+    return {
+        "type": "tool_call",
+        "id": message_id,
+        "call": {"id": call_id, "name": name, "arguments": arguments},
+    }
 
 
 def done(

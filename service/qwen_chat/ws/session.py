@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
 from qwen_chat.chat.reasoning import ReasoningDelta
+from qwen_chat.chat.reply_options import reply_options
 from qwen_chat.chat.stream import ChatStream, tokens_per_second
+from qwen_chat.chat.tool_calls import ToolCall, ToolCallDelta
 from qwen_chat.engine.interface import EngineError, Finished
 from qwen_chat.engine.prompts import Message
 from qwen_chat.errors import ErrorCode, Refusal
@@ -84,20 +87,29 @@ class ChatSession:
             busy = Refusal(ErrorCode.BUSY, "a reply is still streaming: wait for it or cancel it")
             await self._refuse(usage, mid, busy)
             return
-        stateful = message.content is not None
-        if stateful:
-            messages: list[Message] = [*self.history, {"role": "user", "content": message.content or ""}]
-        else:
-            messages = [m.model_dump() for m in message.messages or []]
+        stateful = message.messages is None
         try:
+            messages = self._conversation(message)
             params = resolve(self._settings, message.params, "params.max_new_tokens")
+            options = reply_options(
+                message.tools,
+                message.tool_choice,
+                message.parallel_tool_calls,
+                message.params.response_format,
+            )
             admission = self._service.admission
             thinking = message.enable_thinking
             template_args: dict[str, object] | None = None
             if thinking is not None:
                 template_args = {"enable_thinking": thinking}
             stream = await admission.start(
-                self._user, Transport.WS, messages, params, usage=usage, template_args=template_args
+                self._user,
+                Transport.WS,
+                messages,
+                params,
+                usage=usage,
+                template_args=template_args,
+                options=options,
             )
         except Refusal as refusal:
             await self._refuse(usage, mid, refusal)
@@ -108,15 +120,32 @@ class ChatSession:
         epoch = self._epoch if stateful else None
         self._task = asyncio.create_task(self._run(mid, stream, epoch))
 
+    def _conversation(self, message: wire.ChatRequest) -> list[Message]:
+        """The turns the model sees: this connection's chat and the new turn, or the client's own."""
+        if message.messages is not None:
+            return [template_turn(m) for m in message.messages]
+        if message.content is not None:
+            return [*self.history, {"role": "user", "content": message.content}]
+        last = self.history[-1] if self.history else {}
+        if not last.get("tool_calls"):
+            raise Refusal(ErrorCode.BAD_REQUEST, "tool_results: the last reply called no tools")
+        results = message.tool_results or []
+        return [*self.history, *({"role": "tool", **r.model_dump()} for r in results)]
+
     async def _run(self, mid: str | None, stream: ChatStream, epoch: int | None) -> None:
         reply: list[str] = []
+        calls: list[ToolCall] = []
         try:
             await self._send(wire.start(mid, stream.queue_position))
             async for event in stream.events():
                 if isinstance(event, Finished):
-                    await self._finish(mid, stream, event, epoch, "".join(reply))
+                    await self._finish(mid, stream, event, epoch, "".join(reply), calls)
                 elif isinstance(event, ReasoningDelta):  # not part of the conversation's history
                     await self._send(wire.reasoning(mid, event.text))
+                elif isinstance(event, ToolCallDelta):
+                    call = event.call
+                    calls.append(call)
+                    await self._send(wire.tool_call(mid, call.id, call.name, call.arguments))
                 else:
                     await self._send(wire.token(mid, event.text))
                     reply.append(event.text)
@@ -136,13 +165,20 @@ class ChatSession:
             await stream.aclose()
 
     async def _finish(
-        self, mid: str | None, stream: ChatStream, event: Finished, epoch: int | None, reply: str
+        self,
+        mid: str | None,
+        stream: ChatStream,
+        event: Finished,
+        epoch: int | None,
+        reply: str,
+        calls: list[ToolCall],
     ) -> None:
         speed = tokens_per_second(event)
         ttft = stream.usage.ttft_seconds
         if epoch == self._epoch:
-            self._remember(stream.messages, reply)
-        frame = wire.done(mid, event.reason, event.prompt_tokens, event.completion_tokens, ttft * 1000, speed)
+            self._remember(stream.messages, reply, calls)
+        reason = "tool_calls" if calls and event.reason != "length" else event.reason
+        frame = wire.done(mid, reason, event.prompt_tokens, event.completion_tokens, ttft * 1000, speed)
         await self._send(frame)
         self._log.info(
             "chat_done",
@@ -156,9 +192,37 @@ class ChatSession:
             queue_ms=round(event.queue_seconds * 1000, 1),
         )
 
-    def _remember(self, kept: list[Message], reply: str) -> None:
+    def _remember(self, kept: list[Message], reply: str, calls: list[ToolCall]) -> None:
         # A reply cut short still happened from the user's point of view; an empty one did not.
-        if reply:
+        if calls:
+            turn = {"role": "assistant", "content": reply, "tool_calls": [template_call(c) for c in calls]}
+            self.history = [*kept, turn]
+        elif reply:
             self.history = [*kept, {"role": "assistant", "content": reply}]
         else:
             self.history = kept[:-1]
+
+
+def template_call(call: ToolCall) -> dict[str, Any]:
+    """A call as Qwen's templates render it: arguments as an object."""
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": json.loads(call.arguments)},
+    }
+
+
+def template_turn(message: wire.Message) -> Message:
+    turn: Message = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        turn["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.function.name, "arguments": c.function.arguments},
+            }
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        turn["tool_call_id"] = message.tool_call_id
+    return turn

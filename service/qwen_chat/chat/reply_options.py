@@ -1,0 +1,143 @@
+"""What a request asks of its reply beyond sampling, the same on /v1 and /ws: tools (OpenAI's `tools`,
+`tool_choice`, `parallel_tool_calls`), a `response_format`, log-probabilities; and what they become
+(`ReplyOptions`): the tools the chat template lists, the parser that reads the reply's calls, and the
+grammar every token is masked to (engine/grammar_spec.py).
+
+With `tool_choice` `auto` the model decides and its `<tool_call>` blocks are parsed; with `required` or a
+named function a grammar makes the whole reply a call (a list of calls with `parallel_tool_calls`), as vLLM
+does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from qwen_chat.chat.tool_calls import ToolCallParser
+from qwen_chat.engine.grammar_spec import GrammarError, canonical, check
+from qwen_chat.errors import ErrorCode, Refusal
+
+_FORBID = ConfigDict(extra="forbid")
+
+
+class FunctionDefinition(BaseModel):
+    model_config = _FORBID
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = _FORBID
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = _FORBID
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _FORBID
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchema(BaseModel):
+    model_config = _FORBID
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = _FORBID
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object")
+        return self
+
+    def constraint(self) -> dict[str, Any] | None:
+        """What the grammar is built from; None for plain text."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        assert self.json_schema is not None
+        return {"type": "json_schema", "json_schema": {"schema": self.json_schema.schema_}}
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+@dataclass(frozen=True)
+class ReplyOptions:
+    """What a request asks of its reply beyond sampling: tools for the template and the parser that reads
+    its calls, a grammar (OpenAI's response_format as canonical JSON), log-probabilities."""
+
+    tools: list[dict[str, Any]] | None = None
+    tool_parser: ToolCallParser | None = None
+    constraint: str | None = None
+    top_logprobs: int | None = None
+
+
+def _call_schema(tool: Tool) -> dict[str, Any]:
+    function = tool.function
+    return {
+        "type": "object",
+        "properties": {
+            "name": {"const": function.name},
+            "arguments": function.parameters or {"type": "object"},
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+def _grammar(spec: dict[str, Any], field: str) -> str:
+    try:
+        check(spec)
+    except GrammarError as exc:
+        raise Refusal(ErrorCode.BAD_REQUEST, f"{field}: {exc}", param=field, status=400) from None
+    return canonical(spec)
+
+
+def reply_options(
+    tools: list[Tool] | None,
+    tool_choice: ToolChoice | None,
+    parallel_tool_calls: bool | None,
+    response_format: ResponseFormat | None,
+    top_logprobs: int | None = None,
+) -> ReplyOptions:
+    """The tools, parser, grammar and log-probabilities a request asks for; a grammar the library cannot
+    build is refused (400) naming the field."""
+    choice = tool_choice or ("auto" if tools else "none")
+    parallel = parallel_tool_calls is not False
+    constraint = None
+    if response_format is not None and (spec := response_format.constraint()) is not None:
+        if choice not in ("none", "auto"):
+            message = "response_format cannot be combined with a tool_choice that forces a call"
+            raise Refusal(ErrorCode.BAD_REQUEST, message, param="response_format", status=400)
+        constraint = _grammar(spec, "response_format")
+    if choice == "none" or not tools:
+        return ReplyOptions(constraint=constraint, top_logprobs=top_logprobs)
+    listed = [tool.model_dump(exclude_none=True) for tool in tools]
+    if choice == "auto":
+        return ReplyOptions(listed, ToolCallParser(parallel), constraint, top_logprobs)
+    chosen = tools
+    if isinstance(choice, NamedToolChoice):
+        chosen = [tool for tool in tools if tool.function.name == choice.function.name]
+    call: dict[str, Any] = {"anyOf": [_call_schema(tool) for tool in chosen]}
+    if parallel and not isinstance(choice, NamedToolChoice):
+        call = {"type": "array", "items": call, "minItems": 1}
+    grammar = _grammar({"type": "json_schema", "json_schema": {"schema": call}}, "tools")
+    return ReplyOptions(listed, ToolCallParser(parallel, whole_json=True), grammar, top_logprobs)

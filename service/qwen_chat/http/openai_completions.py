@@ -1,0 +1,93 @@
+"""`POST /v1/completions`, plain and streaming: a raw prompt (text or token ids) continued as it is, with no
+chat template, under the same keys, limits, queue and metrics as chat. The Gateway API Inference
+Extension's model-server protocol asks every server it routes to for it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.sse import EventSourceResponse
+
+from qwen_chat.chat.reply_options import ReplyOptions
+from qwen_chat.chat.stream import ChatStream
+from qwen_chat.chat.surrogates import has_lone_surrogate
+from qwen_chat.engine.interface import Finished, TextDelta
+from qwen_chat.errors import ErrorCode, Refusal
+from qwen_chat.http.bearer import PrincipalDep
+from qwen_chat.http.errors import SSE_RESPONSE
+from qwen_chat.http.openai_api import DONE, Envelope, check_model, finish_reason, sse, usage
+from qwen_chat.http.openai_logprobs import TokenTexts, completion_logprobs
+from qwen_chat.http.openai_schema import CompletionRequest
+from qwen_chat.metrics import Transport
+from qwen_chat.sampling_params import resolve
+from qwen_chat.service import Service, ServiceDep
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+async def _prompt_ids(service: Service, prompt: str | list[int]) -> list[int]:
+    tokenizer = service.engine.prompts.tokenizer
+    if isinstance(prompt, str):
+        if has_lone_surrogate(prompt):
+            message = "the prompt holds a lone surrogate (\\ud800-\\udfff): it is not text"
+            raise Refusal(ErrorCode.BAD_REQUEST, message, param="prompt", status=400)
+        encoded = await asyncio.to_thread(tokenizer, prompt, add_special_tokens=False)
+        return list(encoded["input_ids"])
+    vocab = len(tokenizer)
+    if any(not 0 <= token < vocab for token in prompt):
+        message = f"prompt: token ids must be in [0, {vocab})"
+        raise Refusal(ErrorCode.BAD_REQUEST, message, param="prompt", status=400)
+    return prompt
+
+
+@router.post("/completions", response_model=None, responses=SSE_RESPONSE)
+async def completions(
+    body: CompletionRequest, service: ServiceDep, principal: PrincipalDep
+) -> dict[str, Any] | EventSourceResponse:
+    settings = service.settings
+    check_model(settings, body.model)
+    params = resolve(settings, body.overrides(body.max_tokens), "max_tokens")
+    prompt_ids = await _prompt_ids(service, body.prompt)  # type: ignore[arg-type]
+    options = ReplyOptions(top_logprobs=body.logprobs)
+    stream = await service.admission.start_prompt(
+        principal.user,
+        Transport.OPENAI,
+        prompt_ids,
+        params,
+        body.stop,  # type: ignore[arg-type]
+        options,
+    )
+    envelope = Envelope("cmpl", "text_completion", settings.model_name, body.include_usage)
+    texts = TokenTexts(service.engine.prompts.tokenizer) if body.logprobs is not None else None
+    if not body.stream:
+        reply = await stream.collect()
+        logprobs = completion_logprobs(stream.take_logprobs(), texts, 0) if texts is not None else None
+        choice = _choice(reply.text, logprobs, finish_reason(reply.finished.reason))
+        return envelope.body([choice], usage=usage(reply.finished))
+    return sse(_chunks(stream, envelope, texts))
+
+
+def _choice(text: str, logprobs: dict[str, Any] | None, reason: str | None) -> dict[str, Any]:
+    return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}
+
+
+async def _chunks(stream: ChatStream, envelope: Envelope, texts: TokenTexts | None) -> AsyncIterator[bytes]:
+    offset = 0
+    try:
+        async for event in stream.events():
+            if isinstance(event, Finished):
+                yield envelope.event([_choice("", None, finish_reason(event.reason))])
+                if envelope.include_usage:
+                    yield envelope.event([], usage=usage(event))
+            elif isinstance(event, TextDelta):
+                logprobs = None
+                if texts is not None:
+                    logprobs = completion_logprobs(stream.take_logprobs(), texts, offset)
+                offset += len(event.text)
+                yield envelope.event([_choice(event.text, logprobs, None)])
+        yield DONE
+    finally:
+        await stream.aclose()

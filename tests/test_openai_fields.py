@@ -1,0 +1,216 @@
+"""The OpenAI fields beyond plain chat, on the real tiny model through the official `openai` SDK: structured
+outputs (the grammar mask alone makes random weights answer valid JSON), `/v1/completions`, logprobs, and a
+400 naming every field the service does not support."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import httpx
+import jsonschema_rs
+import pytest
+import torch
+from openai import AsyncOpenAI, OpenAI
+
+from tests.support.live_server import LiveServer
+from tests.support.secret_volume import KEYS
+
+Serve = Callable[..., AbstractContextManager[LiveServer]]
+AUTH = {"Authorization": f"Bearer {KEYS['alice']}"}
+# Bounded, so that even random weights finish it well within 64 tokens.
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "answer": {"enum": ["yes", "no"]},
+        "count": {"type": "integer", "minimum": 0, "maximum": 99},
+        "tag": {"type": "string", "maxLength": 8},
+    },
+    "required": ["answer", "count", "tag"],
+    "additionalProperties": False,
+}
+FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA, "strict": True}}
+
+
+def sdk(server: LiveServer) -> OpenAI:
+    return OpenAI(base_url=server.http + "/v1", api_key=KEYS["alice"], max_retries=0, timeout=60)
+
+
+@pytest.mark.anyio
+async def test_fifty_constrained_replies_at_once_all_validate(serve: Serve) -> None:
+    validator = jsonschema_rs.validator_for(SCHEMA)
+    with serve(max_running=16, max_waiting=128, rate_limit="1000/minute", engine_process=True) as server:
+        model = server.service.settings.model_name
+        client = AsyncOpenAI(base_url=server.http + "/v1", api_key=KEYS["alice"], max_retries=0, timeout=300)
+        async with client:
+
+            def ask(n: int, constrained: bool) -> Any:
+                extra: dict[str, Any] = {"response_format": FORMAT} if constrained else {}
+                messages: Any = [{"role": "user", "content": f"question {n}"}]
+                return client.chat.completions.create(
+                    model=model, messages=messages, max_tokens=64, seed=n, **extra
+                )
+
+            replies = await asyncio.gather(*(ask(n, n % 6 != 5) for n in range(60)))
+    constrained = [r for n, r in enumerate(replies) if n % 6 != 5]
+    assert len(constrained) == 50
+    for reply in constrained:
+        assert reply.choices[0].finish_reason == "stop"
+        validator.validate(json.loads(reply.choices[0].message.content or ""))
+    free = [r.choices[0].message.content or "" for n, r in enumerate(replies) if n % 6 == 5]
+    assert not all(text.startswith('{"answer"') for text in free), "the mask stays on its own rows"
+
+
+def test_json_object_streams_one_object_and_bad_schemas_are_400(server: LiveServer) -> None:
+    model = server.service.settings.model_name
+    with sdk(server) as client:
+        stream = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "json please"}],
+            response_format={"type": "json_object"},
+            max_tokens=200,
+            temperature=0,
+            stream=True,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text.startswith("{")
+    bad = [
+        (
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+            "response_format",
+        ),
+        (
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}},
+            "response_format",
+        ),
+        ({"type": "regex"}, "response_format.type"),
+    ]
+    for response_format, param in bad:
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": response_format,
+        }
+        answer = httpx.post(server.http + "/v1/chat/completions", json=body, headers=AUTH, timeout=30)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["param"] == param
+
+
+def test_chat_logprobs_are_the_models_own(server: LiveServer) -> None:
+    model = server.service.settings.model_name
+    messages: Any = [{"role": "user", "content": "hello there"}]
+    with sdk(server) as client:
+        reply = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            max_tokens=8,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=5,
+            extra_body={"repetition_penalty": 1.0},  # vLLM's field: the row the sampler sees is the model's
+        )
+        streamed = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            max_tokens=8,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=2,
+            stream=True,
+            extra_body={"repetition_penalty": 1.0},
+        )
+        stream_entries = [
+            e
+            for c in streamed
+            if c.choices and c.choices[0].logprobs
+            for e in c.choices[0].logprobs.content or []
+        ]
+    content = reply.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == 8 == reply.usage.completion_tokens  # type: ignore[union-attr]
+    for entry in content:
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert len(tops) == 5 and tops == sorted(tops, reverse=True)
+        assert entry.logprob == pytest.approx(tops[0]), "greedy picks the likeliest"
+        assert sum(math.exp(t) for t in tops) <= 1.0 + 1e-6
+        assert entry.bytes == list(entry.token.encode())
+    assert [e.logprob for e in stream_entries] == pytest.approx([e.logprob for e in content])
+    assert all(len(e.top_logprobs) == 2 for e in stream_entries)
+    # The first token's figure is the model's own log-softmax over the prompt.
+    engine = server.engine
+    prompt = engine.prompts.encode_chat(messages)
+    with torch.no_grad():
+        logits = engine._loaded.model(torch.tensor([prompt])).logits[0, -1].float()
+    expected = logits.log_softmax(-1)
+    first = engine.prompts.tokenizer.convert_tokens_to_ids(
+        engine.prompts.tokenizer.tokenize(content[0].token)
+    )
+    assert content[0].logprob == pytest.approx(float(expected.max()), abs=1e-4)
+    assert int(expected.argmax()) in first or len(first) != 1
+
+
+def test_completions_plain_streamed_ids_and_logprobs(serve: Serve) -> None:
+    with serve(engine_process=True) as server:  # the default layout: logprobs cross from the engine process
+        _completions(server)
+
+
+def _completions(server: LiveServer) -> None:
+    model = server.service.settings.model_name
+    tokenizer = server.engine.prompts.tokenizer
+    prompt = "the quick brown fox"
+    with sdk(server) as client:
+        plain = client.completions.create(model=model, prompt=prompt, temperature=0, logprobs=3)
+        assert plain.object == "text_completion" and plain.choices[0].text
+        assert plain.usage is not None and plain.usage.completion_tokens == 16, "OpenAI's default max_tokens"
+        assert plain.usage.prompt_tokens == len(tokenizer(prompt)["input_ids"])
+        logprobs = plain.choices[0].logprobs
+        assert logprobs is not None and len(logprobs.tokens or []) == 16
+        assert all(len(top) <= 3 for top in logprobs.top_logprobs or [])
+        assert all(value <= 0 for value in logprobs.token_logprobs or [])
+        assert (logprobs.text_offset or [])[0] == 0
+        ids = tokenizer(prompt)["input_ids"]
+        by_ids = client.completions.create(model=model, prompt=ids, temperature=0, max_tokens=16)
+        assert by_ids.choices[0].text == plain.choices[0].text
+        chunks = list(
+            client.completions.create(
+                model=model,
+                prompt=prompt,
+                temperature=0,
+                stream=True,
+                stop=["\u0000never"],
+                stream_options={"include_usage": True},
+            )
+        )
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == plain.choices[0].text
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 16
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+UNSUPPORTED = [
+    ("/v1/chat/completions", "logit_bias", {"1": 5}),
+    ("/v1/chat/completions", "frequency_penalty", 0.5),
+    ("/v1/chat/completions", "n", 2),
+    ("/v1/chat/completions", "functions", [{"name": "f"}]),
+    ("/v1/chat/completions", "top_logprobs", 2),  # without logprobs
+    ("/v1/completions", "echo", True),
+    ("/v1/completions", "suffix", "end"),
+    ("/v1/completions", "best_of", 3),
+    ("/v1/completions", "prompt", [[1, 2], [3]]),
+]
+
+
+def test_unsupported_fields_are_400_naming_them(server: LiveServer) -> None:
+    for path, field, value in UNSUPPORTED:
+        body: dict[str, Any] = {"model": server.service.settings.model_name, field: value}
+        if path.endswith("chat/completions"):
+            body["messages"] = [{"role": "user", "content": "hi"}]
+        else:
+            body.setdefault("prompt", "hi")
+        answer = httpx.post(server.http + path, json=body, headers=AUTH, timeout=30)
+        assert answer.status_code == 400, (field, answer.text)
+        error = answer.json()["error"]
+        # A rule between two fields names them in the message.
+        assert error["param"] == field or (error["param"] is None and field in error["message"]), error

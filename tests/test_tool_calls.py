@@ -1,0 +1,189 @@
+"""Tool calls through the official `openai` SDK and /ws.
+
+A stand-in engine replays a scripted Qwen reply (text, then a `<tool_call>` block split across deltas) so the
+parser and the streamed deltas are checked exactly; the real tiny model checks that tools reach it through
+its chat template and that `tool_choice` `required` or a named function always comes back as a call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from openai import OpenAI
+
+from qwen_chat.app import create_app
+from qwen_chat.engine.in_thread import ThreadEngine
+from qwen_chat.engine.interface import Finished, GenerationEvent, GenerationRequest, Queued, TextDelta
+from tests.support.live_server import LiveServer, run_server
+from tests.support.secret_volume import KEYS
+from tests.support.wsclient import open_socket, until_end
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+}
+# What Qwen2.5 writes when it calls a tool, cut where a stream may cut it: inside both markers.
+SCRIPT = [
+    "Let me look",
+    " that up.\n<tool",
+    '_call>\n{"name": "get_weather", "argu',
+    'ments": {"city": "Rome"}}\n</tool_c',
+    "all>",
+]
+
+
+class ScriptedEngine(ThreadEngine):
+    """The real tiny model's engine (its tokenizer and template), replying with `SCRIPT` to every chat."""
+
+    prompts_seen: list[list[int]]
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:  # type: ignore[override]
+        self.prompts_seen.append(request.prompt_ids)
+        yield Queued(0)
+        for n, piece in enumerate(SCRIPT, 1):
+            yield TextDelta(piece, n)
+        yield Finished("stop", len(request.prompt_ids), len(SCRIPT), 0.0, 0.01)
+
+
+def sdk(server: LiveServer) -> OpenAI:
+    return OpenAI(base_url=server.http + "/v1", api_key=KEYS["alice"], max_retries=0, timeout=60)
+
+
+def test_a_scripted_tool_call_comes_back_whole_and_streamed(make_settings: Callable[..., Any]) -> None:
+    settings = make_settings()
+    engine = ScriptedEngine(settings)
+    engine.prompts_seen = []
+    messages: Any = [{"role": "user", "content": "Weather in Rome?"}]
+    with run_server(create_app(settings, engine=engine), settings) as server, sdk(server) as client:
+        plain = client.chat.completions.create(model=settings.model_name, messages=messages, tools=[WEATHER])
+        choice = plain.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.content == "Let me look that up."
+        [call] = choice.message.tool_calls or []
+        assert call.type == "function" and call.id.startswith("call_")
+        assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Rome"}
+
+        chunks = list(
+            client.chat.completions.create(
+                model=settings.model_name, messages=messages, tools=[WEATHER], stream=True
+            )
+        )
+        content = "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert content == "Let me look that up."
+        assert not any("<tool" in (c.choices[0].delta.content or "") for c in chunks), "no marker leaked"
+        parts = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+        # As the SDK's helpers assemble them: the first delta of a call has its id and name.
+        assert (parts[0].id or "").startswith("call_") and parts[0].function.name == "get_weather"
+        assert {p.index for p in parts} == {0}
+        assert json.loads("".join(p.function.arguments or "" for p in parts)) == {"city": "Rome"}
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+        # The call and its result go back as history, through the template (the engine sees them).
+        follow_up: Any = [
+            *messages,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "clear"}'},
+        ]
+        client.chat.completions.create(model=settings.model_name, messages=follow_up, tools=[WEATHER])
+        tokenizer = engine.prompts.tokenizer
+        rendered = tokenizer.decode(engine.prompts_seen[-1])
+        assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>' in rendered
+        assert '<tool_response>\n{"sky": "clear"}\n</tool_response>' in rendered
+        assert '"name": "get_weather"' in tokenizer.decode(engine.prompts_seen[0]), "tools in the system turn"
+
+        # Without tools, or with tool_choice none, the same text is just text.
+        bare = client.chat.completions.create(model=settings.model_name, messages=messages)
+        assert bare.choices[0].message.content == "".join(SCRIPT) and bare.choices[0].finish_reason == "stop"
+        none = client.chat.completions.create(
+            model=settings.model_name, messages=messages, tools=[WEATHER], tool_choice="none"
+        )
+        assert none.choices[0].message.tool_calls is None
+        assert '"get_weather"' not in tokenizer.decode(engine.prompts_seen[-1]), (
+            "tool_choice none lists no tools"
+        )
+
+
+def test_forced_tool_calls_on_the_real_model(server: LiveServer) -> None:
+    model = server.service.settings.model_name
+    messages: Any = [{"role": "user", "content": "What is the weather?"}]
+    with sdk(server) as client:
+        for seed in range(3):
+            named = client.chat.completions.create(
+                model=model,
+                messages=messages,
+                tools=[WEATHER, TIME],
+                tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                max_tokens=64,
+                seed=seed,
+            )
+            [call] = named.choices[0].message.tool_calls or []
+            assert named.choices[0].finish_reason == "tool_calls"
+            assert call.function.name == "get_weather"
+            assert json.loads(call.function.arguments)["city"] in {"Paris", "Rome"}
+        required = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            max_tokens=64,
+            stream=True,
+        )
+        parts = [d for c in required for d in (c.choices[0].delta.tool_calls if c.choices else None) or []]
+        assert parts and parts[0].function.name in {"get_weather", "get_time"}
+        assert isinstance(json.loads("".join(p.function.arguments or "" for p in parts)), dict)
+
+
+@pytest.mark.anyio
+async def test_ws_tools_give_tool_call_frames_and_take_results(server: LiveServer) -> None:
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    async with open_socket(server.ws) as ws:
+        chat = {"type": "chat", "id": "w", "content": "Weather?", "tools": [WEATHER], "tool_choice": forced}
+        await ws.send(json.dumps({**chat, "params": {"max_new_tokens": 64}}))
+        frames = await until_end(ws)
+        calls = [f for f in frames if f["type"] == "tool_call"]
+        assert len(calls) == 1 and calls[0]["id"] == "w"
+        call = calls[0]["call"]
+        assert call["name"] == "get_weather" and json.loads(call["arguments"])["city"] in {"Paris", "Rome"}
+        assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "tool_calls"
+        # The connection's chat remembers the call; the results continue it (tools are sent each turn, as
+        # on OpenAI's API).
+        results = [{"tool_call_id": call["id"], "content": "sunny"}]
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "chat",
+                    "id": "r",
+                    "tool_results": results,
+                    "tools": [WEATHER],
+                    "params": {"max_new_tokens": 4},
+                }
+            )
+        )
+        after = await until_end(ws)
+        assert (
+            after[-1]["type"] == "done"
+            and after[-1]["usage"]["prompt_tokens"] > frames[-1]["usage"]["prompt_tokens"]
+        )
+        # Results with no call to answer are a bad request, not a crash.
+        await ws.send(json.dumps({"type": "chat", "id": "x", "tool_results": results}))
+        await ws.send(json.dumps({"type": "reset"}))
+        await ws.send(json.dumps({"type": "chat", "id": "y", "tool_results": results}))
+        errors = [f for f in [*(await until_end(ws)), *(await until_end(ws))] if f["type"] == "error"]
+        assert [e["id"] for e in errors][-1] == "y" and errors[-1]["code"] == "bad_request"

@@ -1,0 +1,77 @@
+"""Qwen's `<tool_call>` blocks become tool calls wherever the deltas split them; text around them, and
+anything that only looked like a call, reaches the client unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qwen_chat.chat.tool_calls import ToolCall, ToolCallParser
+
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def run(deltas: list[str], **options: bool) -> tuple[str, list[tuple[str, dict[str, object]]], list[str]]:
+    """The text, the calls (name, arguments) and every text piece as handed out."""
+    parser = ToolCallParser(**options)
+    pieces = [piece for delta in deltas for piece in parser.feed(delta)] + parser.flush()
+    texts = [piece for piece in pieces if isinstance(piece, str)]
+    calls = [(p.name, json.loads(p.arguments)) for p in pieces if isinstance(p, ToolCall)]
+    return "".join(texts), calls, texts
+
+
+def every_split(text: str) -> list[list[str]]:
+    return [[text[:i], text[i:]] for i in range(1, len(text))]
+
+
+@pytest.mark.parametrize("deltas", every_split("Let me check.\n\n" + CALL))
+def test_a_call_split_anywhere_is_one_call_and_the_text_before_it(deltas: list[str]) -> None:
+    text, calls, pieces = run(deltas)
+    assert calls == [("get_weather", {"city": "Paris"})]
+    assert text == "Let me check."
+    assert not any("<" in piece for piece in pieces)  # no part of a marker ever leaked out
+
+
+def test_two_calls_in_one_reply_and_one_when_parallel_calls_are_off() -> None:
+    reply = [CALL + "\n" + CALL.replace("Paris", "Rome")]
+    assert [c[1]["city"] for c in run(reply)[1]] == ["Paris", "Rome"]
+    assert [c[1]["city"] for c in run(reply, parallel=False)[1]] == ["Paris"]
+
+
+@pytest.mark.parametrize(
+    ("deltas", "expected"),
+    [
+        (["a < b and <tool", "s> are tags"], "a < b and <tools> are tags"),  # held back, then released
+        (['cut off <tool_call>\n{"name": "f"'], 'cut off <tool_call>\n{"name": "f"'),  # no end tag
+        (["<tool_call>not json</tool_call> ok"], "<tool_call>not json</tool_call> ok"),  # not a call
+        (["trailing space  \n"], "trailing space  \n"),  # no call: the text exactly
+    ],
+)
+def test_text_that_only_looks_like_a_call_is_given_back(deltas: list[str], expected: str) -> None:
+    text, calls, _ = run(deltas)
+    assert (text, calls) == (expected, [])
+
+
+def test_arguments_sent_as_a_json_string_are_read_as_the_object() -> None:
+    reply = '<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>'
+    assert run([reply])[1] == [("f", {"x": 1})]
+
+
+def test_a_whole_json_reply_is_one_call_or_a_list_of_them() -> None:
+    one = json.dumps({"name": "f", "arguments": {"x": 1}})
+    assert run([one[:5], one[5:]], whole_json=True)[1] == [("f", {"x": 1})]
+    many = json.dumps([{"name": "f", "arguments": {}}, {"name": "g", "arguments": {"y": "z"}}])
+    assert run([many], whole_json=True)[1] == [("f", {}), ("g", {"y": "z"})]
+    assert run(['{"name": "f", "argu'], whole_json=True) == (
+        '{"name": "f", "argu',
+        [],
+        ['{"name": "f", "argu'],
+    )
+
+
+def test_each_call_has_its_own_openai_id() -> None:
+    parser = ToolCallParser()
+    calls = [p for p in parser.feed(CALL + CALL) + parser.flush() if isinstance(p, ToolCall)]
+    assert len({call.id for call in calls}) == 2
+    assert calls[0].openai()["type"] == "function"
