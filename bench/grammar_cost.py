@@ -9,7 +9,9 @@ compact JSON object (tokenized by the tokenizer) under the json_object grammar; 
 under the small schema sampling a random allowed token from random logits (a finished row starts a
 new reply), so every step has ROWS live rows. "fill" is the per-row loop; "fill_par" the library's
 batch call (threads); "apply" the library's own kernel; "lut" grammar.apply_bitmask (plain torch).
-The last library, grammar.py, is this project's module (xgrammar underneath) as the sampler calls it.
+The last library, grammar.py, is this project's module (llguidance underneath, its tokenizer built from
+token bytes, the batch fill `fill_masks`) as the sampler calls it. xgrammar is not a dependency: install
+it to compare (`pip install xgrammar apache-tvm-ffi --no-deps`); without it its rows are skipped.
 
     .venv/bin/python bench/grammar_cost.py [--rows 16] [--steps 64] [--quick]
 """
@@ -17,6 +19,7 @@ The last library, grammar.py, is this project's module (xgrammar underneath) as 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 import time
@@ -165,7 +168,7 @@ class XGrammar:
 
 
 class Module:
-    """This project's qwen_chat.engine.grammar (xgrammar, special tokens blanked) as the sampler uses it."""
+    """This project's qwen_chat.engine.grammar as the sampler uses it."""
 
     name = "grammar.py"
 
@@ -191,7 +194,8 @@ class Module:
         for row, matcher in enumerate(matchers):
             matcher.fill(bitmask, row)
 
-    fill_par = fill  # no batch call: rows are filled one by one
+    def fill_par(self, matchers: list[Any], bitmask: torch.Tensor) -> None:
+        self.grammar.fill_masks(matchers, bitmask)  # what the batch sampler calls
 
     def accept(self, matcher: Any, token: int) -> None:
         matcher.accept(token)
@@ -294,6 +298,9 @@ def main() -> None:
     libs = {"llguidance": LLGuidance, "xgrammar": XGrammar, "grammar.py": Module}
     print(f"torch threads {torch.get_num_threads()}; times are wall clock on this machine")
     for name in args.libs.split(","):
+        if name == "xgrammar" and importlib.util.find_spec("xgrammar") is None:
+            print("xgrammar: not installed, skipped")
+            continue
         for label, tokenizer in (("tiny", tiny), ("padded", padded)):
             if args.quick and name == "llguidance" and label == "padded":
                 continue

@@ -60,6 +60,8 @@ from chat_workload import (
     stream_completion,
 )
 from machine_limits import ForwardLimits, forward_limits, fraction, matmul_gflops, memory_gbps
+from openai_fields import markdown as fields_markdown
+from openai_fields import measure_fields
 from serving import KEY, serve, stop, wait_ok, worker_rss_mib
 from shaped_model import SHAPES, make_shaped_model
 from single_stream import PROMPT, RawGenerate
@@ -376,6 +378,11 @@ def main() -> None:
     parser.add_argument("--engine", default="batch", choices=["batch", "simple"])
     parser.add_argument("--skip-transformers-serve", action="store_true")
     parser.add_argument(
+        "--skip-openai-fields",
+        action="store_true",
+        help="skip structured outputs and tools (bench/openai_fields.py)",
+    )
+    parser.add_argument(
         "--skip-engine-thread", action="store_true", help="do not also run ours with its engine as a thread"
     )
     parser.add_argument("--label", default="", help="a name for this run's section of BENCHMARKS.md")
@@ -444,6 +451,14 @@ def main() -> None:
         service_prefill = asyncio.run(prefill_seconds(served.ws, long_prompt))
         thread_port = threaded.port if threaded else None
         measured = asyncio.run(measure(served.port, thread_port, theirs, model, levels, args.tokens, chats))
+        fields = None
+        if not args.skip_openai_fields:
+            name = httpx.get(
+                f"http://127.0.0.1:{served.port}/v1/models", headers={"Authorization": f"Bearer {KEY}"}
+            )
+            model_id = name.json()["data"][0]["id"]
+            fields = asyncio.run(measure_fields(served.port, model_id, max(chat_levels), rounds=2))
+            print(f"structured outputs and tools: {fields}", flush=True)
         rss = worker_rss_mib(served.proc.pid)
         cpu = {"qwen-chat": cpu_seconds(served.proc.pid)}
         if threaded:
@@ -471,6 +486,7 @@ def main() -> None:
         "worker_rss_mib": [round(v, 1) for v in rss],
         "cpu_seconds": cpu,
         "levels": [level.summary() for level in measured],
+        "openai_fields": fields,
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     sampled = next((lv for lv in result["levels"] if lv["server"] == SAMPLED), None)
@@ -488,6 +504,20 @@ def main() -> None:
             "ratio": round(sampled["tokens_per_second"] / greedy["tokens_per_second"], 3),
         }
     result["targets"] = targets(result) + [target_row(*row) for row in chat_targets(result, tiny)]
+    if fields is not None:
+        n = fields["clients"]
+        result["targets"] += [
+            target_row(
+                f"structured outputs, {n} streams: vs unconstrained",
+                fields["constrained_ratio"],
+                0.9,
+                True,
+                "x",
+            ),
+            target_row(
+                f"five tools, {n} streams: decode rate vs none", fields["tools_decode_ratio"], 0.95, True, "x"
+            ),
+        ]
     stem = f"{dt.date.today()}-{platform.node()}-{device}{'-' + args.label if args.label else ''}"
     out = args.out_dir / f"{stem}.json"
     out.parent.mkdir(exist_ok=True)
@@ -496,7 +526,10 @@ def main() -> None:
     draw(result, plot)
     draw_chat(result, chat_plot)
     relative = lambda path: os.path.relpath(path, args.benchmarks.parent)  # noqa: E731
-    section = markdown(result, relative(plot), chat_markdown(result, relative(chat_plot)))
+    chat_lines = chat_markdown(result, relative(chat_plot))
+    if fields is not None:
+        chat_lines = [*chat_lines, "", *fields_markdown(fields)]
+    section = markdown(result, relative(plot), chat_lines)
     print(section)
     update_benchmarks(args.benchmarks, args.label or device, section)
     print(f"wrote {out}, {plot}, {chat_plot} and {args.benchmarks}")

@@ -44,6 +44,9 @@ def test_the_benchmark_suite_runs_end_to_end_and_reports(tmp_path: Path, tiny_mo
     assert limits["prefill_fraction_of_matmul"] > 0 and limits["decode_fraction_of_bandwidth"] > 0
     assert limits["service_prefill_vs_raw"] > 0
     assert "sampling_cost" in result and any("turn 2 / turn 1" in t["target"] for t in result["targets"])
+    fields = result["openai_fields"]  # structured outputs and tools, one table
+    assert fields["constrained_valid"] == fields["replies"] > 0 and fields["constrained_ratio"] > 0
+    assert fields["tools_decode_ratio"] > 0 and "Structured outputs and tools" in report.read_text()
     assert result_file.with_suffix(".png").stat().st_size > 10_000
     assert result_file.with_name(f"{result_file.stem}-chat.png").stat().st_size > 10_000
     text = report.read_text()

@@ -1,0 +1,186 @@
+"""What structured outputs and tools cost, through /v1 of the running service at N concurrent streams.
+
+- Structured outputs: every client asks for a JSON array of 48 integers (`response_format` json_schema, a
+  grammar mask on every token of its row), then the same number of tokens unconstrained; aggregate
+  completion tokens per second of the two, in one run. The issue's goal: constrained >= 0.9x.
+- Tools: the same unconstrained replies with five tools in the request (`tool_choice: auto`, the tool-call
+  parser reading every delta), against none; the decode rate once the first token is out (tokens per
+  second of each stream after its first), so the longer prompt's prefill is not counted. Goal: >= 0.95x.
+
+Both at the server's default sampling. Called by bench/suite.py (`make bench`); alone:
+
+    .venv/bin/python bench/openai_fields.py --port PORT [--clients 16] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from serving import KEY
+
+SCHEMA = {
+    "type": "array",
+    "items": {"type": "integer", "minimum": 0, "maximum": 999},
+    "minItems": 48,
+    "maxItems": 48,
+}
+CONSTRAINED = {"type": "json_schema", "json_schema": {"name": "numbers", "schema": SCHEMA}}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": f"tool_{n}",
+            "description": f"Look up fact number {n} about a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "detail": {"type": "integer"}},
+                "required": ["city"],
+            },
+        },
+    }
+    for n in range(5)
+]
+
+
+@dataclass
+class Reply:
+    tokens: int
+    first: float  # monotonic time of the first content chunk
+    last: float
+    text: str
+
+
+async def _stream(
+    client: httpx.AsyncClient, model: str, n: int, max_tokens: int, extra: dict[str, Any]
+) -> Reply:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": f"Give me numbers, please ({n})."}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **extra,
+    }
+    tokens, first, last, parts = 0, 0.0, 0.0, []
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            for choice in chunk["choices"]:
+                if choice["delta"].get("content"):
+                    now = time.monotonic()
+                    first = first or now
+                    last = now
+                    parts.append(choice["delta"]["content"])
+    return Reply(tokens, first, last, "".join(parts))
+
+
+async def _level(
+    port: int, model: str, clients: int, rounds: int, max_tokens: int, extra: dict[str, Any]
+) -> tuple[float, list[Reply]]:
+    """Aggregate completion tokens/s of `clients` streams, each `rounds` replies in a row."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=600) as client:
+
+        async def one(c: int) -> list[Reply]:
+            return [await _stream(client, model, c * rounds + r, max_tokens, extra) for r in range(rounds)]
+
+        started = time.monotonic()
+        replies = [
+            reply
+            for per_client in await asyncio.gather(*(one(c) for c in range(clients)))
+            for reply in per_client
+        ]
+        wall = time.monotonic() - started
+    return sum(r.tokens for r in replies) / wall, replies
+
+
+def _decode_rate(replies: list[Reply]) -> float:
+    """Median tokens/s of a stream after its first token."""
+    rates = [(r.tokens - 1) / (r.last - r.first) for r in replies if r.tokens > 1 and r.last > r.first]
+    return statistics.median(rates) if rates else 0.0
+
+
+async def measure_fields(port: int, model: str, clients: int = 16, rounds: int = 2) -> dict[str, Any]:
+    await _level(port, model, 2, 1, 16, {"response_format": CONSTRAINED})  # compiles the grammar once
+    constrained, replies = await _level(port, model, clients, rounds, 512, {"response_format": CONSTRAINED})
+    valid = sum(1 for r in replies if _valid(r.text))
+    length = round(statistics.mean(r.tokens for r in replies))
+    free, free_replies = await _level(port, model, clients, rounds, length, {})
+    tools, tool_replies = await _level(
+        port, model, clients, rounds, length, {"tools": TOOLS, "tool_choice": "auto"}
+    )
+    free_decode, tools_decode = _decode_rate(free_replies), _decode_rate(tool_replies)
+    return {
+        "clients": clients,
+        "replies": len(replies),
+        "tokens_per_reply": length,
+        "constrained_valid": valid,
+        "constrained_tokens_per_second": round(constrained, 1),
+        "free_tokens_per_second": round(free, 1),
+        "constrained_ratio": round(constrained / free, 3) if free else None,
+        "tools_tokens_per_second": round(tools, 1),
+        "free_decode_tokens_per_second": round(free_decode, 1),
+        "tools_decode_tokens_per_second": round(tools_decode, 1),
+        "tools_decode_ratio": round(tools_decode / free_decode, 3) if free_decode else None,
+    }
+
+
+def _valid(text: str) -> bool:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    return (
+        isinstance(value, list)
+        and len(value) == 48
+        and all(isinstance(v, int) and 0 <= v <= 999 for v in value)
+    )
+
+
+def markdown(fields: dict[str, Any]) -> list[str]:
+    n, valid = fields["clients"], f"{fields['constrained_valid']}/{fields['replies']} valid"
+    return [
+        f"Structured outputs and tools at {n} streams (/v1, default sampling, bench/openai_fields.py): "
+        f"{fields['replies']} replies of {fields['tokens_per_reply']} tokens each way.",
+        "",
+        "| | tokens/s | ratio | goal |",
+        "|---|---|---|---|",
+        f"| unconstrained | {fields['free_tokens_per_second']} | 1 | |",
+        f"| `response_format` json_schema (48-integer array; {valid}) "
+        f"| {fields['constrained_tokens_per_second']} | {fields['constrained_ratio']} | >= 0.9 |",
+        f"| decode rate per stream, no tools | {fields['free_decode_tokens_per_second']} | 1 | |",
+        f"| decode rate per stream, five tools (`tool_choice: auto`) "
+        f"| {fields['tools_decode_tokens_per_second']} | {fields['tools_decode_ratio']} | >= 0.95 |",
+        "",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{args.port}", headers={"Authorization": f"Bearer {KEY}"}
+    ) as client:
+        model = client.get("/v1/models").json()["data"][0]["id"]
+    print("\n".join(markdown(asyncio.run(measure_fields(args.port, model, args.clients, args.rounds)))))
+
+
+if __name__ == "__main__":
+    main()
