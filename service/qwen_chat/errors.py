@@ -196,5 +196,9 @@ def describe_errors(errors: Sequence[Any], not_fields: Collection[str] = NOT_FIE
 
 
 def field_path(error: Any, not_fields: Collection[str] = NOT_FIELDS) -> str:
-    """`params.temperature` for a pydantic error, leaving out the parts of its location in `not_fields`."""
-    return ".".join(str(part) for part in error.get("loc", ()) if part not in not_fields)
+    """`params.temperature` for a pydantic error, leaving out the parts of its location in `not_fields`; a
+    tagged union whose tag is wrong or missing (a message's `role`) names the tag field."""
+    parts = [str(part) for part in error.get("loc", ()) if part not in not_fields]
+    if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        parts.append(str((error.get("ctx") or {}).get("discriminator", "")).strip("'"))
+    return ".".join(part for part in parts if part)

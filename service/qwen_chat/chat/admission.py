@@ -47,8 +47,14 @@ class Admission:
         if has_lone_surrogate(messages):
             message = "a message holds a lone surrogate (\\ud800-\\udfff): it is not text"
             raise Refusal(ErrorCode.BAD_REQUEST, message, param="messages")
-        prompts = self._engine.prompts
+        try:
+            prompts = self._engine.prompts
+        except EngineNotReady as exc:
+            raise Refusal(ErrorCode.OVERLOADED, str(exc), retry_after=exc.retry_after) from None
         if options.tools is not None:
+            if has_lone_surrogate(options.tools):
+                message = "a tool holds a lone surrogate (\\ud800-\\udfff): it is not text"
+                raise Refusal(ErrorCode.BAD_REQUEST, message, param="tools", status=400)
             if not prompts.takes_tools:
                 message = "this model's chat template does not take tools"
                 raise Refusal(ErrorCode.BAD_REQUEST, message, param="tools", status=400)
@@ -76,9 +82,9 @@ class Admission:
         options: ReplyOptions | None = None,
     ) -> ChatStream:
         """Admit a raw prompt (`/v1/completions`): no chat template, no turns to drop."""
-        budget = self._engine.prompts.max_input_tokens
 
         async def encode() -> tuple[list[Message], list[int]]:
+            budget = self._engine.prompts.max_input_tokens
             if len(prompt_ids) > budget:
                 raise PromptTooLong(len(prompt_ids), budget)
             return [], prompt_ids

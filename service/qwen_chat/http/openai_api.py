@@ -30,7 +30,10 @@ async def list_models(service: ServiceDep, _principal: PrincipalDep) -> dict[str
     return {"object": "list", "data": [model]}
 
 
-def check_model(settings: Settings, model: str) -> None:
+def check_request(settings: Settings, model: str, n: int | None) -> None:
+    """What both generation endpoints refuse (and count as rejected) before admission."""
+    if n not in (None, 1):
+        raise Refusal(ErrorCode.BAD_REQUEST, "only n=1 is supported", param="n", status=400)
     if model != settings.model_name:
         message = f"the model {model!r} does not exist; use {settings.model_name!r}"
         raise Refusal(ErrorCode.MODEL_NOT_FOUND, message, param="model")

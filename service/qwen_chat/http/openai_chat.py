@@ -21,7 +21,7 @@ from qwen_chat.chat.tool_calls import ToolCallDelta
 from qwen_chat.engine.interface import Finished
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.errors import SSE_RESPONSE
-from qwen_chat.http.openai_api import DONE, Envelope, check_model, finish_reason, sse, usage
+from qwen_chat.http.openai_api import DONE, Envelope, check_request, finish_reason, sse, usage
 from qwen_chat.http.openai_logprobs import TokenTexts, chat_logprobs
 from qwen_chat.http.openai_schema import ChatCompletionRequest, as_message
 from qwen_chat.metrics import Transport
@@ -36,7 +36,7 @@ async def chat_completions(
     body: ChatCompletionRequest, service: ServiceDep, principal: PrincipalDep
 ) -> dict[str, Any] | EventSourceResponse:
     settings = service.settings
-    check_model(settings, body.model)
+    check_request(settings, body.model, body.n)
     limit_field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     params = resolve(settings, body.overrides(body.max_completion_tokens or body.max_tokens), limit_field)
     top_logprobs = (body.top_logprobs or 0) if body.logprobs else None

@@ -14,11 +14,11 @@ from fastapi.sse import EventSourceResponse
 from qwen_chat.chat.reply_options import ReplyOptions
 from qwen_chat.chat.stream import ChatStream
 from qwen_chat.chat.surrogates import has_lone_surrogate
-from qwen_chat.engine.interface import Finished, TextDelta
+from qwen_chat.engine.interface import EngineNotReady, Finished, TextDelta
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.errors import SSE_RESPONSE
-from qwen_chat.http.openai_api import DONE, Envelope, check_model, finish_reason, sse, usage
+from qwen_chat.http.openai_api import DONE, Envelope, check_request, finish_reason, sse, usage
 from qwen_chat.http.openai_logprobs import TokenTexts, completion_logprobs
 from qwen_chat.http.openai_schema import CompletionRequest
 from qwen_chat.metrics import Transport
@@ -29,7 +29,10 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 
 async def _prompt_ids(service: Service, prompt: str | list[int]) -> list[int]:
-    tokenizer = service.engine.prompts.tokenizer
+    try:
+        tokenizer = service.engine.prompts.tokenizer
+    except EngineNotReady as exc:
+        raise Refusal(ErrorCode.OVERLOADED, str(exc), retry_after=exc.retry_after) from None
     if isinstance(prompt, str):
         if has_lone_surrogate(prompt):
             message = "the prompt holds a lone surrogate (\\ud800-\\udfff): it is not text"
@@ -48,7 +51,7 @@ async def completions(
     body: CompletionRequest, service: ServiceDep, principal: PrincipalDep
 ) -> dict[str, Any] | EventSourceResponse:
     settings = service.settings
-    check_model(settings, body.model)
+    check_request(settings, body.model, body.n)
     params = resolve(settings, body.overrides(body.max_tokens), "max_tokens")
     prompt_ids = await _prompt_ids(service, body.prompt)  # type: ignore[arg-type]
     options = ReplyOptions(top_logprobs=body.logprobs)

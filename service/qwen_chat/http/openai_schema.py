@@ -149,7 +149,7 @@ class _Request(BaseModel):
     top_p: TopP | None = None
     seed: Seed | None = None
     stop: str | list[str] | None = None
-    n: int | None = Field(default=None, ge=1, le=1)
+    n: int | None = Field(default=None, ge=1, le=128)  # only 1 is served: a refusal (check_request)
     stream: bool = False
     stream_options: StreamOptions | None = None
     repetition_penalty: RepetitionPenalty | None = None  # vLLM's extension
