@@ -20,6 +20,7 @@ import json
 import random
 import statistics
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +184,19 @@ async def openai_conversation(
         history.append({"role": "assistant", "content": reply})
 
 
+async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The `data:` payloads of a Server-Sent Events stream, split at line ends only: httpx's `aiter_lines`
+    also splits at U+2028, U+0085 and the like, which JSON carries unescaped inside strings."""
+    buffer = ""
+    async for text in response.aiter_text():
+        buffer += text
+        *lines, buffer = buffer.split("\n")
+        for line in lines:
+            line = line.removesuffix("\r")
+            if line.startswith("data: ") and line != "data: [DONE]":
+                yield line[6:]
+
+
 async def stream_completion(
     client: httpx.AsyncClient, url: str, body: dict[str, Any]
 ) -> tuple[list[float], str, int] | None:
@@ -195,10 +209,12 @@ async def stream_completion(
         if response.status_code != 200:
             await response.aread()
             return None
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
+        async for data in sse_data(response):
+            try:
+                chunk = json.loads(data)
+            except ValueError:  # a chunk that is not JSON is the server's error, counted as one
+                print(f"not JSON from {url}: {data[:300]!r}", flush=True)
+                return None
             delta = chunk["choices"][0].get("delta", {}) if chunk.get("choices") else {}
             if delta.get("content") or delta.get("reasoning_content"):  # thinking is output too
                 arrivals.append(time.perf_counter())

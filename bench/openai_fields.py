@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from chat_workload import sse_data
 from serving import KEY
 
 SCHEMA = {
@@ -87,10 +88,8 @@ async def _stream(
     tokens, first, last, parts = 0, 0.0, 0.0, []
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
+        async for data in sse_data(response):
+            chunk = json.loads(data)
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
             for choice in chunk["choices"]:
