@@ -54,8 +54,8 @@ TOOLS = [
 @dataclass
 class Reply:
     tokens: int
-    first: float  # monotonic time of the first content chunk
-    last: float
+    first: float  # monotonic time of the first content (or tool-call) chunk
+    last: float  # of the finish chunk
     text: str
 
 
@@ -93,11 +93,13 @@ async def _stream(
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
             for choice in chunk["choices"]:
-                if choice["delta"].get("content"):
-                    now = time.monotonic()
+                now = time.monotonic()
+                delta = choice["delta"]
+                if delta.get("content") or delta.get("tool_calls"):
                     first = first or now
+                    parts.append(delta.get("content") or "")
+                if choice["finish_reason"]:  # the last token is in: the decode time covers every token
                     last = now
-                    parts.append(choice["delta"]["content"])
     return Reply(tokens, first, last, "".join(parts))
 
 
@@ -127,29 +129,42 @@ def _decode_rate(replies: list[Reply]) -> float:
     return statistics.median(rates) if rates else 0.0
 
 
-async def measure_fields(port: int, model: str, clients: int = 16, rounds: int = 2) -> dict[str, Any]:
+async def measure_fields(
+    port: int, model: str, clients: int = 16, rounds: int = 2, pairs: int = 3
+) -> dict[str, Any]:
+    """Each comparison `pairs` times, its two sides back to back; the figures are the medians, so a
+    shared machine's slow moment costs one pair, not one side."""
     await _level(port, model, 2, 1, 16, {"response_format": CONSTRAINED})  # compiles the grammar once
-    constrained, replies = await _level(port, model, clients, rounds, 512, {"response_format": CONSTRAINED})
-    valid = sum(1 for r in replies if _valid(r.text))
-    length = round(statistics.mean(r.tokens for r in replies))
-    free, _ = await _level(port, model, clients, rounds, length, {})
-    _, listed = await _level(port, model, clients, rounds, length, {"system": LISTING})
-    tools, tool_replies = await _level(
-        port, model, clients, rounds, length, {"tools": TOOLS, "tool_choice": "auto"}
-    )
-    free_decode, tools_decode = _decode_rate(listed), _decode_rate(tool_replies)
+    _, first = await _level(port, model, clients, 1, 512, {"response_format": CONSTRAINED})
+    length = round(statistics.mean(r.tokens for r in first))
+    tools_request = {"tools": TOOLS, "tool_choice": "auto"}
+    sides: dict[str, list[float]] = {"constrained": [], "free": [], "listed": [], "tools": []}
+    valid = replies = 0
+    for _ in range(pairs):
+        rate, constrained = await _level(port, model, clients, rounds, 512, {"response_format": CONSTRAINED})
+        sides["constrained"].append(rate)
+        valid += sum(1 for r in constrained if _valid(r.text))
+        replies += len(constrained)
+        sides["free"].append((await _level(port, model, clients, rounds, length, {}))[0])
+        listed = (await _level(port, model, clients, rounds, length, {"system": LISTING}))[1]
+        sides["listed"].append(_decode_rate(listed))
+        sides["tools"].append(
+            _decode_rate((await _level(port, model, clients, rounds, length, tools_request))[1])
+        )
+    ratio = lambda a, b: round(statistics.median(x / y for x, y in zip(sides[a], sides[b], strict=True)), 3)  # noqa: E731
+    median = lambda side: round(statistics.median(sides[side]), 1)  # noqa: E731
     return {
         "clients": clients,
-        "replies": len(replies),
+        "pairs": pairs,
+        "replies": replies,
         "tokens_per_reply": length,
         "constrained_valid": valid,
-        "constrained_tokens_per_second": round(constrained, 1),
-        "free_tokens_per_second": round(free, 1),
-        "constrained_ratio": round(constrained / free, 3) if free else None,
-        "tools_tokens_per_second": round(tools, 1),
-        "free_decode_tokens_per_second": round(free_decode, 1),
-        "tools_decode_tokens_per_second": round(tools_decode, 1),
-        "tools_decode_ratio": round(tools_decode / free_decode, 3) if free_decode else None,
+        "constrained_tokens_per_second": median("constrained"),
+        "free_tokens_per_second": median("free"),
+        "constrained_ratio": ratio("constrained", "free"),
+        "free_decode_tokens_per_second": median("listed"),
+        "tools_decode_tokens_per_second": median("tools"),
+        "tools_decode_ratio": ratio("tools", "listed"),
     }
 
 
@@ -169,7 +184,8 @@ def markdown(fields: dict[str, Any]) -> list[str]:
     n, valid = fields["clients"], f"{fields['constrained_valid']}/{fields['replies']} valid"
     return [
         f"Structured outputs and tools at {n} streams (/v1, default sampling, bench/openai_fields.py): "
-        f"{fields['replies']} replies of {fields['tokens_per_reply']} tokens each way.",
+        f"replies of {fields['tokens_per_reply']} tokens, each comparison {fields['pairs']} times back to "
+        "back (medians; the ratio is the median of the pairs' ratios).",
         "",
         "| | tokens/s | ratio | goal |",
         "|---|---|---|---|",

@@ -13,7 +13,9 @@ greedy (`do_sample=False`) and takes the argmax of what it returns:
   gather and one scatter over all penalised rows at once, its cost the tokens seen, not the vocabulary.
 - Greedy rows are left to the manager's argmax; sampled rows get `sampling.draw`'s token set to +inf.
 - A request with a `response_format` has a grammar matcher (engine/grammar.py): the plan feeds it the
-  tokens generated since the last step and fills the row's allowed-token bitmask; `__call__` masks those
+  tokens generated since the last step and starts filling the rows' allowed-token bitmasks on a thread of
+  its own (llguidance computes them outside the GIL), so they are computed while the forward pass runs;
+  `__call__` waits for them and masks those
   rows first, so penalties, sampling and the argmax only ever see allowed tokens, and constrained and free
   requests share one batch.
 - A request that asked for log-probabilities gets them from its row after the penalty and the mask
@@ -27,6 +29,7 @@ runs, and a CUDA graph would replay the first plan forever. The engine forces th
 from __future__ import annotations
 
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +72,7 @@ class _Plan:
     penalised_slots: list[int]
     sampled: torch.Tensor | None  # row indices with temperature > 0, None when none
     constrained: torch.Tensor | None  # row indices with a grammar, None when none
-    bitmask: torch.Tensor | None  # their allowed tokens, one row each
+    bitmask: Future[torch.Tensor] | None  # their allowed tokens, one row each, being computed
     logprob_rows: list[int]  # row indices that want log-probabilities
     logprob_requests: list[_Request]
 
@@ -81,6 +84,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         self.ignored_kwargs: tuple[str, ...] = ()
         self._device = device
         self._vocab_size = vocab_size
+        self._masks = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
         self._seen = torch.zeros(slots, 1024, dtype=torch.long, device=device)
         self._seen_length = [0] * slots
         self._free = list(range(slots - 1, -1, -1))
@@ -144,7 +148,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
             penalised_slots=[slots[i] for i in penalised],
             sampled=as_tensor(sampled, torch.long) if sampled else None,
             constrained=as_tensor(constrained, torch.long) if constrained else None,
-            bitmask=bitmask.to(self._device) if bitmask is not None else None,
+            bitmask=bitmask,
             logprob_rows=wanting,
             logprob_requests=[row for i in wanting if (row := rows[i]) is not None],
         )
@@ -152,8 +156,9 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
 
     def _fill_masks(
         self, rows: list[_Request | None], states: list[Any], constrained: list[int]
-    ) -> torch.Tensor:
-        """Feed each constrained row's matcher the tokens generated since the last step, then its mask."""
+    ) -> Future[torch.Tensor]:
+        """Feed each constrained row's matcher the tokens generated since the last step, then start its
+        mask."""
         bitmask = allocate_bitmask(len(constrained), self._vocab_size)
         matchers: list[Matcher] = []
         for i in constrained:
@@ -170,8 +175,13 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
                     row.matcher.accept(token)
                 row.accepted = produced
             matchers.append(row.matcher)
-        fill_masks(matchers, bitmask)
-        return bitmask
+        device = self._device
+
+        def fill() -> torch.Tensor:
+            fill_masks(matchers, bitmask)
+            return bitmask.to(device)
+
+        return self._masks.submit(fill)
 
     def _sync_seen(self, rows: list[_Request | None], states: list[Any]) -> None:
         """Append new prompts and the tokens generated since the last step to the seen table, in place."""
@@ -227,7 +237,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         # In place: `scores` holds this step's logits, which the manager uses for nothing but its argmax.
         if plan.constrained is not None and plan.bitmask is not None:
             masked = scores.index_select(0, plan.constrained)
-            apply_bitmask(masked, plan.bitmask)
+            apply_bitmask(masked, plan.bitmask.result())
             scores.index_copy_(0, plan.constrained, masked)
         if plan.penalised is not None:
             penalised = plan.penalised

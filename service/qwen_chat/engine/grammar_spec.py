@@ -8,6 +8,7 @@ OpenAI's shapes: `{"type": "json_object"}` (any JSON object) and `{"type": "json
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -53,7 +54,17 @@ def check(spec: dict[str, Any]) -> None:
     """Raises GrammarError for a response_format that cannot become a grammar (plain text passes)."""
     if isinstance(spec, dict) and spec.get("type") == "text":
         return
-    text = grammar(spec)
-    error = LLMatcher.validate_grammar(text)
+    error = _error_of(canonical(spec))
     if error:
-        raise GrammarError(error.splitlines()[0][:500])
+        raise GrammarError(error)
+
+
+@functools.lru_cache(maxsize=256)
+def _error_of(spec: str) -> str:
+    """ "" for a grammar that compiles, else why not; remembered, as clients repeat their schemas."""
+    try:
+        text = grammar(json.loads(spec))
+    except GrammarError as exc:
+        return str(exc)
+    error = LLMatcher.validate_grammar(text)
+    return error.splitlines()[0][:500] if error else ""
