@@ -10,17 +10,9 @@ import torch
 
 from qwen_chat.engine.grammar import GrammarError, Grammars, allocate_bitmask, apply_bitmask, check
 from qwen_chat.engine.tiny_model import build_tokenizer
+from tests.support.schemas import BOUNDED
 
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "answer": {"enum": ["yes", "no"]},
-        "count": {"type": "integer", "minimum": 0, "maximum": 99},
-        "tag": {"type": "string", "maxLength": 8},
-    },
-    "required": ["answer", "count", "tag"],
-    "additionalProperties": False,
-}
+SCHEMA = BOUNDED
 SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "reply", "schema": SCHEMA, "strict": True}}
 ROWS = 8
 

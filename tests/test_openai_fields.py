@@ -18,21 +18,12 @@ import torch
 from openai import AsyncOpenAI, OpenAI
 
 from tests.support.live_server import LiveServer
+from tests.support.schemas import BOUNDED
 from tests.support.secret_volume import KEYS
 
 Serve = Callable[..., AbstractContextManager[LiveServer]]
 AUTH = {"Authorization": f"Bearer {KEYS['alice']}"}
-# Bounded, so that even random weights finish it well within 64 tokens.
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "answer": {"enum": ["yes", "no"]},
-        "count": {"type": "integer", "minimum": 0, "maximum": 99},
-        "tag": {"type": "string", "maxLength": 8},
-    },
-    "required": ["answer", "count", "tag"],
-    "additionalProperties": False,
-}
+SCHEMA = BOUNDED
 FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA, "strict": True}}
 
 

@@ -8,9 +8,10 @@ The grammar library is llguidance (Microsoft's, vLLM's `guidance` backend). Meas
     xgrammar          42-70      110-150        20-35 ms
     llguidance      256-420      150-160         0.4 ms
 
-xgrammar fills masks 4-6x faster (it precomputes token masks while compiling), but both cost well under
-a millisecond a step, next to a decode step of tens of milliseconds (BENCHMARKS.md, "structured outputs").
-llguidance is the one used, for three reasons the per-step figure does not show: the same compiler checks a
+xgrammar fills masks 4-6x faster (it precomputes token masks while compiling); both cost under half a
+millisecond a step, and the batch sampler computes them on a thread of their own while the forward pass
+runs (`fill_masks`, outside the GIL). llguidance is the one used, for three reasons the per-step figure
+does not show: the same compiler checks a
 schema in the API worker (`grammar_spec.py`), where xgrammar would import torch and transformers (2 s, 260
 MB per worker), so a 400 and the engine never disagree; it follows JSON exactly, where xgrammar let raw
 control bytes into length-bounded strings and treated `<|im_start|>` as text to be written inside them;
