@@ -10,7 +10,7 @@
 
 Both at the server's default sampling. Called by bench/suite.py (`make bench`); alone:
 
-    .venv/bin/python bench/openai_fields.py --port PORT [--clients 16] [--rounds 2]
+    .venv/bin/python bench/openai_fields.py --port PORT [--clients 16] [--rounds 2] [--pairs 3]
 """
 
 from __future__ import annotations
@@ -207,12 +207,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
     with httpx.Client(
         base_url=f"http://127.0.0.1:{args.port}", headers={"Authorization": f"Bearer {KEY}"}
     ) as client:
         model = client.get("/v1/models").json()["data"][0]["id"]
-    print("\n".join(markdown(asyncio.run(measure_fields(args.port, model, args.clients, args.rounds)))))
+    print("\n".join(markdown(asyncio.run(measure_fields(args.port, model, args.clients, args.rounds, args.pairs)))))
 
 
 if __name__ == "__main__":
