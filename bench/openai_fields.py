@@ -213,7 +213,8 @@ def main() -> None:
         base_url=f"http://127.0.0.1:{args.port}", headers={"Authorization": f"Bearer {KEY}"}
     ) as client:
         model = client.get("/v1/models").json()["data"][0]["id"]
-    print("\n".join(markdown(asyncio.run(measure_fields(args.port, model, args.clients, args.rounds, args.pairs)))))
+    fields = asyncio.run(measure_fields(args.port, model, args.clients, args.rounds, args.pairs))
+    print("\n".join(markdown(fields)))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,18 @@ def test_json_object_streams_one_object_and_bad_schemas_are_400(server: LiveServ
         )
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         assert text.startswith("{")
+        # Alternatives the grammar rules out report a floor, not -inf (which JSON cannot carry).
+        scored = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "json please"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "v", "schema": SCHEMA}},
+            logprobs=True,
+            top_logprobs=5,
+            max_tokens=64,
+        )
+        entries = scored.choices[0].logprobs.content or []  # type: ignore[union-attr]
+        assert entries and all(-9999.0 <= t.logprob <= 0 for e in entries for t in e.top_logprobs)
+        assert any(t.logprob == -9999.0 for e in entries for t in e.top_logprobs), "some were ruled out"
     bad = [
         (
             {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
@@ -194,6 +206,13 @@ UNSUPPORTED = [
 
 
 def test_unsupported_fields_are_400_naming_them(server: LiveServer) -> None:
+    # A field sent as null is one not sent, as typed clients write them.
+    nulls = {"logit_bias": None, "functions": None, "stream": None, "service_tier": None, "max_tokens": 4}
+    body = {"model": server.service.settings.model_name, "messages": [{"role": "user", "content": "hi"}]}
+    assert (
+        httpx.post(server.http + "/v1/chat/completions", json={**body, **nulls}, headers=AUTH).status_code
+        == 200
+    )
     for path, field, value in UNSUPPORTED:
         body: dict[str, Any] = {"model": server.service.settings.model_name, field: value}
         if path.endswith("chat/completions"):

@@ -68,7 +68,7 @@ class Admission:
             return await asyncio.to_thread(prompts.fit, messages, template_args)
 
         stream = await self._admit(user, transport, encode, "messages", params, stop, usage, options)
-        if prompts.reasons:
+        if prompts.reasons and options.constraint is None:  # a grammar's reply is all answer
             stream.reasoning = ReasoningSplit(opened=prompts.opens_reasoning(stream.request.prompt_ids))
         return stream
 

@@ -140,6 +140,9 @@ def reply_options(
     chosen = tools
     if isinstance(choice, NamedToolChoice):
         chosen = [tool for tool in tools if tool.function.name == choice.function.name]
+        if not chosen:
+            message = f"tool_choice names {choice.function.name!r}, which is not in tools"
+            raise Refusal(ErrorCode.BAD_REQUEST, message, param="tool_choice", status=400)
     call: dict[str, Any] = {"anyOf": [_call_schema(tool) for tool in chosen]}
     if parallel and not isinstance(choice, NamedToolChoice):
         call = {"type": "array", "items": call, "minItems": 1}

@@ -79,7 +79,7 @@ class ChatStream:
                     for delta in self._split(tail, event.completion_tokens, end=True):
                         yield delta
                         self.usage.tokens_sent(event.completion_tokens)
-                    if self.stops.stopped:
+                    if self.stops.stopped or (self.tools is not None and self.tools.done):
                         event = dataclasses.replace(event, reason="stop")
                     yield event
                     self.usage.finished(
@@ -127,6 +127,8 @@ class ChatStream:
             if isinstance(piece, ToolCall):
                 out.append(ToolCallDelta(piece, len(self._calls), completion))
                 self._calls.append(piece)
+                if self.tools.done and not end:  # the one call it may make is made: stop generating
+                    self.engine.abort(self.request.request_id)
             else:
                 out.append(TextDelta(piece, completion))
         return out

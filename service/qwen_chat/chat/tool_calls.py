@@ -85,13 +85,15 @@ class ToolCallParser:
             return self._read_whole()
         return self._scan(final=True)
 
-    def _done(self) -> bool:
+    @property
+    def done(self) -> bool:
+        """No more calls are wanted (`parallel_tool_calls` false and one made): the rest is dropped."""
         return bool(self.calls) and not self._parallel
 
     def _scan(self, final: bool) -> list[str | ToolCall]:
         out: list[str | ToolCall] = []
         while True:
-            if self._done():  # one call only: the rest of the reply is dropped
+            if self.done:  # one call only: the rest of the reply is dropped
                 self._buffer = ""
                 return out
             if self._inside:

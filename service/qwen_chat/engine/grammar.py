@@ -93,17 +93,19 @@ class Matcher:
     def __init__(self, matcher: LLMatcher, eos_token_id: int) -> None:
         self._matcher = matcher
         self._eos = eos_token_id
+        self.ended = False  # a refused token: the reply ends
 
     def accept(self, token_id: int) -> None:
-        """Advance by one sampled token; the eos token after the end is a no-op."""
-        if self._matcher.is_stopped() and token_id == self._eos:
+        """Advance by one sampled token; the eos token after the end is a no-op. A token the grammar
+        refuses (it cannot come from a masked row) ends the reply: only eos is allowed after it."""
+        if self.ended or (self._matcher.is_stopped() and token_id == self._eos):
             return
         if not self._matcher.consume_token(token_id):
-            raise RuntimeError(f"token {token_id} is not allowed by the grammar: {self._matcher.get_error()}")
+            self.ended = True
 
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the tokens allowed next into row `row` of a bitmask from `allocate_bitmask`."""
-        if self._matcher.is_stopped():
+        if self.ended or self._matcher.is_stopped():
             bitmask[row].zero_()
             word, bit = divmod(self._eos, 32)
             bitmask[row, word] = (1 << bit) - (1 << 32 if bit == 31 else 0)  # int32: bit 31 is the sign
@@ -115,7 +117,7 @@ class Matcher:
     @property
     def done(self) -> bool:
         """The grammar has accepted a complete value (only eos is allowed now), or eos itself."""
-        return bool(self._matcher.is_stopped() or self._matcher.is_accepting())
+        return bool(self.ended or self._matcher.is_stopped() or self._matcher.is_accepting())
 
 
 _EXECUTOR = LLExecutor()  # computes many rows' masks in parallel, outside the GIL
@@ -126,7 +128,7 @@ def fill_masks(matchers: list[Matcher], bitmask: torch.Tensor) -> None:
     words = bitmask.shape[1]
     running = []
     for row, matcher in enumerate(matchers):
-        if matcher._matcher.is_stopped():
+        if matcher.ended or matcher._matcher.is_stopped():
             matcher.fill(bitmask, row)
         else:
             running.append((matcher._matcher, row))

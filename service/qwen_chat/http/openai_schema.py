@@ -29,6 +29,18 @@ _FORBID = ConfigDict(extra="forbid")
 Text = Annotated[str, Field(max_length=200_000)]
 
 
+class _Body(BaseModel):
+    """Forbids unknown fields, but a field sent as `null` is one not sent (typed clients, and messages
+    replayed from OpenAI, write `"logit_bias": null`, `"audio": null`): null is every field's default."""
+
+    model_config = _FORBID
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_absent(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
 class TextPart(BaseModel):
     model_config = _FORBID
     type: Literal["text"]
@@ -44,8 +56,7 @@ def _text(content: Content | None) -> str:
     return content if isinstance(content, str) else "".join(part.text for part in content)
 
 
-class FunctionCall(BaseModel):
-    model_config = _FORBID
+class FunctionCall(_Body):
     name: str
     arguments: str  # a JSON object's text
 
@@ -61,15 +72,13 @@ class FunctionCall(BaseModel):
         return value
 
 
-class ToolCallIn(BaseModel):
-    model_config = _FORBID
+class ToolCallIn(_Body):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class _Turn(BaseModel):
-    model_config = _FORBID
+class _Turn(_Body):
     name: str | None = None  # accepted; the templates have no place for it
 
 
@@ -140,10 +149,9 @@ def _stops(value: str | list[str] | None) -> list[str] | None:
     return stops
 
 
-class _Request(BaseModel):
+class _Request(_Body):
     """What both endpoints share."""
 
-    model_config = _FORBID
     model: str
     temperature: Temperature | None = None
     top_p: TopP | None = None

@@ -35,6 +35,7 @@ class ChatSession:
         self.history: list[Message] = []
         self._task: asyncio.Task[None] | None = None
         self._stream: ChatStream | None = None
+        self._added = 0
         self._epoch = 0  # bumped by reset, so a reply that ends after a reset is not added to the new chat
 
     @property
@@ -118,6 +119,7 @@ class ChatSession:
             self._log.info("prompt", id=mid, messages=stream.messages)
         self._stream = stream
         epoch = self._epoch if stateful else None
+        self._added = len(messages) - len(self.history) if stateful else 0  # the turns this chat adds
         self._task = asyncio.create_task(self._run(mid, stream, epoch))
 
     def _conversation(self, message: wire.ChatRequest) -> list[Message]:
@@ -199,8 +201,8 @@ class ChatSession:
             self.history = [*kept, turn]
         elif reply:
             self.history = [*kept, {"role": "assistant", "content": reply}]
-        else:
-            self.history = kept[:-1]
+        else:  # without the turns this chat added (a user turn, or every tool result)
+            self.history = kept[: len(kept) - max(self._added, 1)]
 
 
 def template_call(call: ToolCall) -> dict[str, Any]:
