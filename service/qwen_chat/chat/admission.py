@@ -13,9 +13,9 @@ from qwen_chat.chat.reasoning import ReasoningSplit
 from qwen_chat.chat.reply_options import ReplyOptions
 from qwen_chat.chat.stop_strings import StopStrings
 from qwen_chat.chat.stream import ChatStream
-from qwen_chat.chat.surrogates import has_lone_surrogate
+from qwen_chat.chat.surrogates import refuse_non_text
 from qwen_chat.engine.interface import Engine, EngineNotReady, EngineOverloaded, GenerationRequest, Queued
-from qwen_chat.engine.prompts import Message, PromptTooLong, TemplateArgs
+from qwen_chat.engine.prompts import Message, Prompts, PromptTooLong, TemplateArgs
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.metrics import RequestMetrics, Transport
 from qwen_chat.runtime.drain import Drain
@@ -44,17 +44,10 @@ class Admission:
         """Admit one chat request, or raise `Refusal` (not text, draining, rate limit, too long, not
         ready, queue full)."""
         options = options or ReplyOptions()
-        if has_lone_surrogate(messages):
-            message = "a message holds a lone surrogate (\\ud800-\\udfff): it is not text"
-            raise Refusal(ErrorCode.BAD_REQUEST, message, param="messages")
-        try:
-            prompts = self._engine.prompts
-        except EngineNotReady as exc:
-            raise Refusal(ErrorCode.OVERLOADED, str(exc), retry_after=exc.retry_after) from None
+        refuse_non_text(messages, "messages", "a message")
+        prompts = self.prompts()
         if options.tools is not None:
-            if has_lone_surrogate(options.tools):
-                message = "a tool holds a lone surrogate (\\ud800-\\udfff): it is not text"
-                raise Refusal(ErrorCode.BAD_REQUEST, message, param="tools", status=400)
+            refuse_non_text(options.tools, "tools", "a tool")
             if not prompts.takes_tools:
                 message = "this model's chat template does not take tools"
                 raise Refusal(ErrorCode.BAD_REQUEST, message, param="tools", status=400)
@@ -71,6 +64,13 @@ class Admission:
         if prompts.reasons and options.constraint is None:  # a grammar's reply is all answer
             stream.reasoning = ReasoningSplit(opened=prompts.opens_reasoning(stream.request.prompt_ids))
         return stream
+
+    def prompts(self) -> Prompts:
+        """The engine's prompts; before the model is ready, an `overloaded` refusal with a retry hint."""
+        try:
+            return self._engine.prompts
+        except EngineNotReady as exc:
+            raise Refusal(ErrorCode.OVERLOADED, str(exc), retry_after=exc.retry_after) from None
 
     async def start_prompt(
         self,

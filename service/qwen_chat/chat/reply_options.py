@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qwen_chat.chat.surrogates import has_lone_surrogate
+from qwen_chat.chat.surrogates import refuse_non_text
 from qwen_chat.chat.tool_calls import ToolCallParser
 from qwen_chat.engine.grammar_spec import GrammarError, canonical, check
 from qwen_chat.errors import ErrorCode, Refusal
@@ -105,9 +105,7 @@ def _call_schema(tool: Tool) -> dict[str, Any]:
 
 
 def _grammar(spec: dict[str, Any], field: str) -> str:
-    if has_lone_surrogate(spec):
-        message = f"{field}: a string holds a lone surrogate (\\ud800-\\udfff): it is not text"
-        raise Refusal(ErrorCode.BAD_REQUEST, message, param=field, status=400)
+    refuse_non_text(spec, field, f"{field}: a string")
     try:
         check(spec)
     except GrammarError as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qwen_chat.errors import ErrorCode, Refusal
+
 
 def has_lone_surrogate(data: Any) -> bool:
     """Whether any key or string in `data` (parsed JSON, possibly deep: no recursion) cannot be UTF-8.
@@ -24,3 +26,10 @@ def has_lone_surrogate(data: Any) -> bool:
             except UnicodeEncodeError:
                 return True
     return False
+
+
+def refuse_non_text(data: Any, param: str, what: str) -> None:
+    """A `bad_request` naming `param` when `data` holds a lone surrogate; `what` says where, in words."""
+    if has_lone_surrogate(data):
+        message = f"{what} holds a lone surrogate (\\ud800-\\udfff): it is not text"
+        raise Refusal(ErrorCode.BAD_REQUEST, message, param=param)

@@ -13,8 +13,8 @@ from fastapi.sse import EventSourceResponse
 
 from qwen_chat.chat.reply_options import ReplyOptions
 from qwen_chat.chat.stream import ChatStream
-from qwen_chat.chat.surrogates import has_lone_surrogate
-from qwen_chat.engine.interface import EngineNotReady, Finished, TextDelta
+from qwen_chat.chat.surrogates import refuse_non_text
+from qwen_chat.engine.interface import Finished, TextDelta
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.errors import SSE_RESPONSE
@@ -29,14 +29,9 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 
 async def _prompt_ids(service: Service, prompt: str | list[int]) -> list[int]:
-    try:
-        tokenizer = service.engine.prompts.tokenizer
-    except EngineNotReady as exc:
-        raise Refusal(ErrorCode.OVERLOADED, str(exc), retry_after=exc.retry_after) from None
+    tokenizer = service.admission.prompts().tokenizer
     if isinstance(prompt, str):
-        if has_lone_surrogate(prompt):
-            message = "the prompt holds a lone surrogate (\\ud800-\\udfff): it is not text"
-            raise Refusal(ErrorCode.BAD_REQUEST, message, param="prompt", status=400)
+        refuse_non_text(prompt, "prompt", "the prompt")
         encoded = await asyncio.to_thread(tokenizer, prompt, add_special_tokens=False)
         return list(encoded["input_ids"])
     vocab = len(tokenizer)
