@@ -27,6 +27,7 @@ from tests.support.chart_render import (
     server,
 )
 from tests.support.chart_tools import REPO, run_tool
+from tests.support.crd_schema import crd_errors
 
 SCENARIOS = sorted(path.name for path in (CHART / "ci").glob("*-values.yaml"))
 KUBERNETES = ["1.29.0", "1.35.0"]
@@ -58,6 +59,7 @@ def test_every_scenario_the_issue_names_exists() -> None:
         "cpu-values.yaml",
         "existing-secret-values.yaml",
         "gpu-values.yaml",
+        "inference-pool-values.yaml",
         "ingress-values.yaml",
         "monitoring-values.yaml",
         "qwen-7b-chat-values.yaml",
@@ -83,8 +85,9 @@ def test_rendered_manifests_validate_strictly(scenario: str, kube: str, tmp_path
     assert validated.returncode == 0, output
     kinds = {doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc}
     passed = output.count(" passed for resource ")
-    operator_kinds = {"ServiceMonitor", "PrometheusRule"} & kinds
-    # Every core object was validated; only the operator's kinds lack a schema (checked further below).
+    operator_kinds = {"ServiceMonitor", "PrometheusRule", "InferencePool"} & kinds
+    # Every core object was validated; only the custom kinds lack a schema (checked further below: the
+    # InferencePool against its CRD).
     assert passed == sum(1 for doc in yaml.safe_load_all(result.stdout) if doc) - sum(
         1 for doc in yaml.safe_load_all(result.stdout) if doc and doc["kind"] in operator_kinds
     ), output
@@ -338,6 +341,66 @@ def test_autoscaling_scales_the_deployment_on_queue_depth() -> None:
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
     assert "replicas" not in dep["spec"], "the HPA owns the replica count"
     assert "replicas" in deployment("cpu-values.yaml")["spec"]
+
+
+POOL_CRD = "inference.networking.k8s.io_inferencepools.yaml"
+
+
+@pytest.mark.parametrize("kube", KUBERNETES)
+def test_the_inference_pool_validates_against_its_crd_and_points_the_picker_at_the_pods(kube: str) -> None:
+    docs = render("inference-pool-values.yaml", kube=kube)
+    (pool,) = find(docs, "InferencePool")
+    assert crd_errors(POOL_CRD, pool) == []
+    dep = deployment("inference-pool-values.yaml")
+    pod = dep["spec"]["template"]
+    assert pool["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    ports = [p["containerPort"] for p in container["ports"] if p["name"] == "http"]
+    assert [p["number"] for p in pool["spec"]["targetPorts"]] == ports
+    # The picker reads vLLM's gauge names (the default mapping); the label says so to a picker whose
+    # default engine is another.
+    assert pod["metadata"]["labels"]["llm-d.ai/engine-type"] == "vllm"
+    assert pool["spec"]["endpointPickerRef"] == {
+        "kind": "Service",
+        "name": "qc-router-epp",  # what `helm install qc-router ...llm-d-router-gateway` creates
+        "port": {"number": 9002},
+        "failureMode": "FailOpen",
+    }
+    # The probes and /metrics need no key, so the picker (which sends none) can scrape the pod port.
+    assert container["readinessProbe"]["httpGet"]["port"] == "http"
+    custom = find(
+        render(
+            "inference-pool-values.yaml",
+            "inferencePool.endpointPicker.service=epp",
+            "inferencePool.endpointPicker.failureMode=FailClose",
+        ),
+        "InferencePool",
+    )
+    assert custom[0]["spec"]["endpointPickerRef"]["name"] == "epp"
+    assert crd_errors(POOL_CRD, custom[0]) == []
+    # Off by default: no pool, no engine label.
+    assert find(render("cpu-values.yaml"), "InferencePool") == []
+    assert (
+        "llm-d.ai/engine-type" not in deployment("cpu-values.yaml")["spec"]["template"]["metadata"]["labels"]
+    )
+
+
+def test_the_crd_check_rejects_what_the_api_server_would() -> None:
+    """The schema check is not vacuous: an unknown field, a wrong enum and a missing field all fail."""
+    (pool,) = find(render("inference-pool-values.yaml"), "InferencePool")
+    spec = pool["spec"]
+    assert crd_errors(POOL_CRD, {**pool, "spec": {**spec, "targetPortz": []}})
+    picker = {**spec["endpointPickerRef"], "failureMode": "FailClosed"}
+    assert crd_errors(POOL_CRD, {**pool, "spec": {**spec, "endpointPickerRef": picker}})
+    assert crd_errors(POOL_CRD, {**pool, "spec": {k: v for k, v in spec.items() if k != "selector"}})
+    assert crd_errors(POOL_CRD, {**pool, "apiVersion": "inference.networking.x-k8s.io/v1alpha2"})
+    assert "failureMode" in " ".join(
+        crd_errors(POOL_CRD, {**pool, "spec": {**spec, "endpointPickerRef": picker}})
+    )
+    result = helm_template(
+        "--set", "inferencePool.enabled=true,inferencePool.endpointPicker.failureMode=Nope"
+    )
+    assert result.returncode != 0 and "failureMode" in result.stderr, "the values schema refuses it first"
 
 
 def test_ingress_routes_to_the_service_with_websocket_timeouts() -> None:

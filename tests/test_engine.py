@@ -22,6 +22,7 @@ from qwen_chat.engine.interface import (
     GenerationRequest,
     Queued,
     TextDelta,
+    UserAtCapacity,
 )
 from qwen_chat.engine.queued import QueuedEngine
 from qwen_chat.sampling_params import SamplingParams
@@ -167,6 +168,50 @@ async def test_abort_while_waiting_finishes_cancelled(engine: QueuedEngine) -> N
     events = [event async for event in second]
     assert events == [Finished("cancelled", events[0].prompt_tokens, 0, 0.0, 0.0)]  # type: ignore[union-attr]
     await first.aclose()
+
+
+async def test_one_user_is_capped_and_waits_its_turn_behind_the_others(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """MAX_USER_REQUESTS bounds one user's replies at once; the line serves users in turn, so a request from
+    a second user overtakes the flood's tail."""
+    engine = make_engine(make_settings, "batch", max_running=1, max_waiting=8, max_user_requests=4)
+    await engine.start()
+    try:
+        long = SamplingParams(2000, 0.0, 1.0, 1.0)
+        short = dataclasses.replace(GREEDY, max_new_tokens=2)
+        running = engine.generate(request(engine, "flood-0", long, user="flood"))
+        assert await anext(running) == Queued(0)
+        flood = [engine.generate(request(engine, f"flood-{n}", short, user="flood")) for n in (1, 2, 3)]
+        assert [await anext(events) for events in flood] == [Queued(1), Queued(2), Queued(3)]
+        with pytest.raises(UserAtCapacity, match="4 replies running or waiting"):
+            await anext(engine.generate(request(engine, "flood-4", short, user="flood")))
+        bob = engine.generate(request(engine, "bob", short, user="bob"))
+        assert await anext(bob) == Queued(2), "after the flood's next request, not after all three"
+        anonymous = engine.generate(request(engine, "anon", short))  # no user: never capped
+        assert isinstance(await anext(anonymous), Queued)
+        order: list[str] = []
+
+        async def finish(name: str, events: AsyncIterator[Any]) -> None:
+            async for event in events:
+                if isinstance(event, Finished):
+                    order.append(name)
+
+        await running.aclose()
+        await asyncio.gather(
+            *(finish(f"flood-{n}", events) for n, events in zip((1, 2, 3), flood, strict=True)),
+            finish("bob", bob),
+            finish("anon", anonymous),
+        )
+        assert order.index("bob") < order.index("flood-2") < order.index("flood-3"), order
+        assert order[0] == "flood-1", order
+        # Every reply counted against the cap ended with its stream: the user has all four again.
+        again = [engine.generate(request(engine, f"again-{n}", short, user="flood")) for n in range(4)]
+        assert [type(await anext(events)) for events in again] == [Queued] * 4
+        for events in again:
+            await events.aclose()
+    finally:
+        await engine.close()
 
 
 @pytest.mark.parametrize("kind", ENGINES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -29,6 +30,7 @@ class Service:
     drain: Drain
     admission: Admission
     lifecycle: WorkerLifecycle = field(default_factory=WorkerLifecycle)
+    open_sockets: Counter[str] = field(default_factory=Counter)  # /ws connections by user (ws/router.py)
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     # Sequences decoding at once per worker; 0: 128 on CUDA, 16 on CPU (engine/kv_cache.py).
     max_running: int = Field(default=0, ge=0, description="sequences decoding at once per worker")
     max_waiting: int = Field(default=32, ge=0, description="requests queued per worker before refusing")
+    # Per-user caps, per worker like the two above, for users with a key (none when AUTH_ENABLED is false):
+    # replies running or waiting at once (0: half of MAX_RUNNING, at least 1; past it, `rate_limited`), and
+    # open /ws connections (past it, the socket is closed with 1013). Waiting requests take turns by user.
+    max_user_requests: int = Field(default=0, ge=0, description="replies running or waiting per user")
+    max_user_connections: int = Field(default=16, ge=1, description="open /ws connections per user")
     # `batch`: continuous batching on transformers' manager (requests share forward passes);
     # `simple`: one `model.generate` per request in threads. See docs/engines.md.
     engine: Literal["batch", "simple"] = "batch"

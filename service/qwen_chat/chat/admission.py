@@ -1,6 +1,6 @@
 """Admitting a chat request, the same for every transport: text check, drain, rate limit, prompt budget,
-queue. A request either becomes a `ChatStream` or is refused with a `Refusal`, which the transport that
-answers it renders and counts; transports only translate."""
+the user's cap on replies at once, queue. A request either becomes a `ChatStream` or is refused with a
+`Refusal`, which the transport that answers it renders and counts; transports only translate."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from qwen_chat.chat.reply_options import ReplyOptions
 from qwen_chat.chat.stop_strings import StopStrings
 from qwen_chat.chat.stream import ChatStream
 from qwen_chat.chat.surrogates import refuse_non_text
-from qwen_chat.engine.interface import Engine, EngineNotReady, EngineOverloaded, GenerationRequest, Queued
+from qwen_chat.engine.interface import (
+    Engine,
+    EngineNotReady,
+    EngineOverloaded,
+    GenerationRequest,
+    Queued,
+    UserAtCapacity,
+)
 from qwen_chat.engine.prompts import Message, Prompts, PromptTooLong, TemplateArgs
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.metrics import RequestMetrics, Transport
@@ -120,11 +127,15 @@ class Admission:
                 params,
                 constraint=options.constraint,
                 top_logprobs=options.top_logprobs,
+                # Without keys every request is one anonymous user: a cap would only shrink the server.
+                user=user if self._settings.auth_enabled else None,
             )
             events = engine.generate(request)
             first = await anext(events)
         except PromptTooLong as exc:
             raise Refusal(ErrorCode.TOO_LONG, str(exc), param=prompt_field) from None
+        except UserAtCapacity as exc:
+            raise Refusal(ErrorCode.RATE_LIMITED, str(exc), retry_after=exc.retry_after) from None
         except (EngineNotReady, EngineOverloaded) as exc:
             raise Refusal(ErrorCode.OVERLOADED, str(exc), retry_after=exc.retry_after) from None
         assert isinstance(first, Queued)

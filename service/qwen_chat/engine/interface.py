@@ -43,6 +43,17 @@ class EngineOverloaded(EngineError):
         self.retry_after = retry_after
 
 
+class UserAtCapacity(EngineError):
+    """The request's user already has MAX_USER_REQUESTS generations running or waiting."""
+
+    def __init__(self, cap: int, retry_after: float = 1.0) -> None:
+        super().__init__(
+            f"this key already has {cap} replies running or waiting, the most one key may have at once; "
+            "send the next when one ends"
+        )
+        self.retry_after = retry_after
+
+
 class EngineNotReady(EngineError):
     def __init__(self) -> None:
         super().__init__("the model is not loaded yet, try again shortly")
@@ -60,6 +71,9 @@ class GenerationRequest:
     constraint: str | None = None
     # None: no log-probabilities; k: each token's, with the k likeliest alternatives.
     top_logprobs: int | None = None
+    # Whose request it is: capped at MAX_USER_REQUESTS, queued fairly among users; None (authentication
+    # disabled, so one anonymous user): neither.
+    user: str | None = None
 
 
 @dataclass(frozen=True)

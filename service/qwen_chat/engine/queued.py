@@ -1,9 +1,11 @@
 """What every engine shares: admission, queue positions, cancellation and the event stream.
 
-At most MAX_RUNNING requests decode at once; up to MAX_WAITING more wait in line (first come, first
-served); beyond that a request is refused with `EngineOverloaded`. Everything here runs on the event
-loop; subclasses say how the model loads (`_load`), how a job runs (`_run`) and how a running one stops
-(`_cancel_running`), and post its events back onto the loop (`streams.py`).
+At most MAX_RUNNING requests decode at once; up to MAX_WAITING more wait in line, taking turns by user
+(`fair_queue.py`); beyond that a request is refused with `EngineOverloaded`. One user may have at most
+MAX_USER_REQUESTS running or waiting (`UserAtCapacity` past it), so one key cannot fill every slot and the
+whole line. Everything here runs on the event loop; subclasses say how the model loads (`_load`), how a
+job runs (`_run`) and how a running one stops (`_cancel_running`), and post its events back onto the
+loop (`streams.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import abc
 import asyncio
 import threading
 import time
-from collections import deque
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import structlog
 
 from qwen_chat import metrics
+from qwen_chat.engine.fair_queue import FairQueue
 from qwen_chat.engine.interface import (
     EngineError,
     EngineNotReady,
@@ -33,6 +36,7 @@ from qwen_chat.engine.interface import (
     Queued,
     StateListener,
     TextDelta,
+    UserAtCapacity,
 )
 from qwen_chat.engine.kv_cache import running_slots
 from qwen_chat.engine.model_loader import device_type
@@ -65,12 +69,19 @@ class Job:
         )
 
 
+def user_request_cap(settings: Settings, max_running: int) -> int:
+    """MAX_USER_REQUESTS, or half the decoding slots when it is 0: whatever one key sends, the other half
+    stays free for everyone else."""
+    return settings.max_user_requests or max(1, max_running // 2)
+
+
 class QueuedEngine(abc.ABC):
     name = "engine"
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self.max_running = running_slots(settings, device_type(settings.device))
+        self.max_per_user = user_request_cap(settings, self.max_running)
         self._state = EngineState.LOADING
         self._stats = EngineStats()
         self._facts: ModelFacts | None = None
@@ -78,8 +89,9 @@ class QueuedEngine(abc.ABC):
         self._prompts: Prompts | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jobs: dict[str, Job] = {}
-        self._waiting: deque[Job] = deque()
+        self._waiting: FairQueue[Job] = FairQueue()
         self._running = 0
+        self._per_user: Counter[str] = Counter()  # requests running or waiting, by user
 
     # --- what subclasses provide ---
 
@@ -156,7 +168,7 @@ class QueuedEngine(abc.ABC):
             return
         job.cancelled.set()
         if job in self._waiting:
-            self._waiting.remove(job)
+            self._waiting.remove(job.request.user, job)
             self._update_gauges()
             self._finish(job, job.finished_event("cancelled", 0))
         elif job.started_at is not None:
@@ -167,17 +179,21 @@ class QueuedEngine(abc.ABC):
             raise EngineNotReady()
         if request.request_id in self._jobs:
             raise EngineError(f"request id {request.request_id!r} is already running")
+        user = request.user
+        if user is not None and self._per_user[user] >= self.max_per_user:
+            raise UserAtCapacity(self.max_per_user)
         free = self._running < self.max_running
         if not free and len(self._waiting) >= self._settings.max_waiting:
             raise EngineOverloaded()
         job = Job(request, asyncio.Queue())
         self._jobs[request.request_id] = job
+        if user is not None:
+            self._per_user[user] += 1
         if free:
             position = 0
             self._launch(job)
         else:
-            self._waiting.append(job)
-            position = len(self._waiting)
+            position = self._waiting.append(user, job)
             self._update_gauges()
         try:
             yield Queued(position)
@@ -207,6 +223,10 @@ class QueuedEngine(abc.ABC):
             if not job.finished:
                 self.abort(request.request_id)
             self._jobs.pop(request.request_id, None)
+            if user is not None:
+                self._per_user[user] -= 1
+                if not self._per_user[user]:
+                    del self._per_user[user]
 
     # --- for subclasses ---
 

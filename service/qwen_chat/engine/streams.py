@@ -15,6 +15,7 @@ import structlog
 
 from qwen_chat import metrics
 from qwen_chat.engine.detokenizer import IncrementalDetokenizer
+from qwen_chat.engine.fair_queue import FairQueue
 from qwen_chat.engine.interface import EngineError, TextDelta
 from qwen_chat.engine.queued import Job, QueuedEngine
 from qwen_chat.engine.wire import RowState, Step, Submit, TokenLogprob
@@ -129,7 +130,7 @@ class StreamingEngine(QueuedEngine):
     def _fail_all(self, error: EngineError) -> None:
         """The core is gone: every job, running or waiting, ends with `error` at once."""
         waiting = list(self._waiting)
-        self._waiting.clear()
+        self._waiting = FairQueue()
         for job in waiting:
             self._finish(job, error)
         for stream in list(self._streams.values()):

@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 
 from qwen_chat.auth.identity import Principal, authenticate
 from qwen_chat.errors import Refusal
-from qwen_chat.metrics import AUTH_FAILURES, Transport
+from qwen_chat.metrics import Transport, auth_failed
 from qwen_chat.service import ServiceDep
 
 
@@ -17,7 +17,7 @@ def http_principal(request: Request, service: ServiceDep) -> Principal:
     try:
         return authenticate(service.credentials, request.headers, request.query_params)
     except Refusal:
-        AUTH_FAILURES.labels(Transport.HTTP, "key").inc()
+        auth_failed(Transport.HTTP, "key")
         raise
 
 

@@ -143,8 +143,38 @@ MODEL_LOAD_SECONDS = Gauge(
 )
 
 
+# Every label value a labelled series can take, so that each one exists, at 0, from a worker's start.
+OUTCOMES = ("stop", "length", "cancelled", "error", "rejected", "rate_limited")
+DISCONNECT_TRANSPORTS = (Transport.WS,)  # where a client going away mid-reply is noticed
+AUTH_FAILURE_KINDS = ((Transport.WS, "key"), (Transport.WS, "origin"), (Transport.HTTP, "key"))
+
+
+def auth_failed(transport: Transport, reason: str) -> None:
+    """Count a refused credential (`key`) or browser origin (`origin`)."""
+    assert (transport, reason) in AUTH_FAILURE_KINDS, (transport, reason)
+    AUTH_FAILURES.labels(transport, reason).inc()
+
+
 def publish_zeros(model: str) -> None:
-    """Create the gauge series at worker start, so dashboards show 0 rather than no data."""
+    """Create every series at worker start, each label value of it included, so that dashboards and `rate()`
+    show 0 on a fresh pod rather than no data."""
+    for histogram in (
+        TOKENS_PER_SECOND,
+        TIME_TO_FIRST_TOKEN,
+        INTER_TOKEN_LATENCY,
+        REQUEST_DURATION,
+        REQUEST_QUEUE,
+    ):
+        histogram.labels(model)
+    GENERATION_TOKENS.labels(model)
+    PROMPT_TOKENS.labels(model)
+    for transport in Transport:
+        for outcome in OUTCOMES:
+            REQUESTS.labels(model, transport, outcome)
+    for transport in DISCONNECT_TRANSPORTS:
+        CLIENT_DISCONNECTS.labels(transport)
+    for transport, reason in AUTH_FAILURE_KINDS:
+        AUTH_FAILURES.labels(transport, reason)
     ACTIVE_CONNECTIONS.labels(Transport.WS).set(0)
     REQUESTS_RUNNING.labels(model).set(0)
     REQUESTS_WAITING.labels(model).set(0)
@@ -166,12 +196,13 @@ class _WorkerFilesCollector(multiprocess.MultiProcessCollector):
 
 
 def render() -> tuple[bytes, str]:
-    """The exposition text for /metrics, aggregated over all workers when running multiprocess."""
+    """The exposition text for /metrics, aggregated over all workers when running multiprocess, with the
+    model-server protocol's vLLM names beside ours (`model_server_protocol.py`)."""
+    source: Any = REGISTRY
     if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        _WorkerFilesCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        source = CollectorRegistry()
+        _WorkerFilesCollector(source)
+    return generate_latest(WithAliases(source)), CONTENT_TYPE_LATEST
 
 
 def mark_worker_dead(pid: int) -> None:
@@ -240,5 +271,6 @@ class RequestMetrics:
 # The engine's series (KV cache, decode steps, restarts) live in `engine.py`; it needs NAMESPACE above.
 from qwen_chat.metrics import engine  # noqa: E402
 from qwen_chat.metrics.engine import ENGINE_RESTARTS, EngineStepMetrics, publish_kv_cache  # noqa: E402
+from qwen_chat.metrics.model_server_protocol import WithAliases  # noqa: E402
 
 __all__ = ["ENGINE_RESTARTS", "EngineStepMetrics", "engine", "publish_kv_cache"]

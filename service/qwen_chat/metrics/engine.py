@@ -92,5 +92,9 @@ def publish_kv_cache(model: str, usage: float, pages: int, page_size: int) -> No
 
 
 def publish_zeros(model: str) -> None:
+    ENGINE_STEP_SECONDS.labels(model)
+    ENGINE_BATCH_SIZE.labels(model)
     ENGINE_PREEMPTIONS.labels(model)
     ENGINE_RESTARTS.labels(model)
+    for gauge in (KV_CACHE_USAGE, KV_CACHE_PAGES, KV_CACHE_PAGE_SIZE):
+        gauge.labels(model).set(0)

@@ -146,7 +146,10 @@ async function handleClose(socket, event) {
     giveUp("The server closed the connection: your key is no longer valid.");
     return;
   }
-  const reason = event.code === 1001 ? "The server is restarting." : "The connection was lost.";
+  const reason =
+    event.code === 1001 ? "The server is restarting."
+    : event.code === 1013 ? "This key has too many connections open (other tabs or programs)."
+    : "The connection was lost.";
   const seconds = Math.round(state.backoffMs / 1000);
   setStatus(`Reconnecting in ${seconds} s…`, "error");
   showNotice(`${reason} Reconnecting in ${seconds} s; your conversation stays here.`);

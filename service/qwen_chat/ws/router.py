@@ -1,7 +1,7 @@
 """The /ws endpoint: check origin and key before the upgrade, then hand text frames to a ChatSession.
 
 Close codes: 1001 server shutting down, 1003 binary frame, 1008 policy (a key revoked while connected),
-1009 frame too large.
+1009 frame too large, 1013 try again later (the key already has MAX_USER_CONNECTIONS sockets open here).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from qwen_chat.auth.credentials import CredentialStore
 from qwen_chat.auth.identity import PROTOCOL, Principal, authenticate, origin_allowed, still_valid
 from qwen_chat.errors import ErrorCode, Refusal
-from qwen_chat.metrics import ACTIVE_CONNECTIONS, AUTH_FAILURES, Transport
+from qwen_chat.metrics import ACTIVE_CONNECTIONS, Transport, auth_failed
 from qwen_chat.service import ServiceDep
 from qwen_chat.ws.session import ChatSession
 
@@ -28,6 +28,7 @@ log = structlog.get_logger(__name__)
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class SocketConnection:
@@ -51,7 +52,7 @@ async def chat_socket(websocket: WebSocket, service: ServiceDep) -> None:
         await websocket.send_denial_response(service.drain.refusal().handshake_response())
         return
     if not origin_allowed(headers.get("origin"), headers.get("host"), settings.allowed_origins):
-        AUTH_FAILURES.labels(Transport.WS, "origin").inc()
+        auth_failed(Transport.WS, "origin")
         log.warning("ws_rejected", connection_id=connection_id, reason="origin", origin=headers.get("origin"))
         refusal = Refusal(ErrorCode.FORBIDDEN, "this origin may not open the chat socket")
         await websocket.send_denial_response(refusal.handshake_response())
@@ -62,13 +63,19 @@ async def chat_socket(websocket: WebSocket, service: ServiceDep) -> None:
             service.credentials, headers, websocket.query_params, offered, settings.allow_query_auth
         )
     except Refusal as refusal:
-        AUTH_FAILURES.labels(Transport.WS, "key").inc()
+        auth_failed(Transport.WS, "key")
         log.warning("ws_rejected", connection_id=connection_id, reason="auth", detail=refusal.message)
         await websocket.send_denial_response(refusal.handshake_response())
         return
 
     await websocket.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
     context = {"connection_id": connection_id, "user": principal.user, "transport": Transport.WS.value}
+    sockets = service.open_sockets
+    if settings.auth_enabled and sockets[principal.user] >= settings.max_user_connections:
+        log.warning("ws_rejected", reason="connections", open=sockets[principal.user], **context)
+        limit = settings.max_user_connections
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, f"this key already has {limit} open connections")
+        return
     log.info("ws_open", **context)
     send_lock = asyncio.Lock()
 
@@ -85,6 +92,7 @@ async def chat_socket(websocket: WebSocket, service: ServiceDep) -> None:
         _close_when_revoked(websocket, service.credentials, principal, reload_seconds)
     )
     close_code = 1000
+    sockets[principal.user] += 1
     try:
         while True:
             message = await websocket.receive()
@@ -115,6 +123,9 @@ async def chat_socket(websocket: WebSocket, service: ServiceDep) -> None:
     except WebSocketDisconnect as exc:
         close_code = exc.code
     finally:
+        sockets[principal.user] -= 1
+        if not sockets[principal.user]:
+            del sockets[principal.user]
         watcher.cancel()
         service.drain.connections.discard(connection)
         ACTIVE_CONNECTIONS.labels(Transport.WS).dec()
