@@ -99,6 +99,7 @@ class BatchCore:
         self._step_seconds = 0.0
         self._preempted = 0
         self._cache_measured = 0.0
+        self._cancelled = False  # a request was cancelled since the loop last measured the cache
 
     # --- lifecycle ---
 
@@ -163,6 +164,7 @@ class BatchCore:
         # The batch processor is built on the manager's thread from these two: our router, our timed step.
         manager.output_router = self._router
         manager._generation_step = self._timed(manager._generation_step)
+        manager._generation_loop_body = self._measured_after_cancel(manager._generation_loop_body)
         manager.start()
         self._manager = manager
 
@@ -173,6 +175,20 @@ class BatchCore:
             self._step_seconds = time.perf_counter() - started
 
         return timed_step
+
+    def _measured_after_cancel(self, body: Any) -> Any:
+        """The manager frees a cancelled request's pages in its next loop turn and delivers nothing for it:
+        measure the cache after that turn, or an idle pod would keep showing the pages of its last cancelled
+        reply (and the endpoint picker route around it)."""
+
+        def loop_body(batch_processor: Any, bootstrapping: bool) -> bool:
+            measure, self._cancelled = self._cancelled, False  # read first: that turn takes the cancel
+            more = bool(body(batch_processor, bootstrapping))
+            if measure:
+                self._sink(Step([], cache_usage=self._cache_usage()))
+            return more
+
+        return loop_body
 
     def _check_cache_holds_a_request(self, num_blocks: int) -> None:
         """A cache sized from device memory must still hold one request of the longest admitted size: the
@@ -217,6 +233,7 @@ class BatchCore:
         self._sampler.forget(request_id)
         if self._manager is not None:
             self._manager.cancel_request(request_id)
+            self._cancelled = True
 
     # --- the manager's thread ---
 
@@ -235,11 +252,19 @@ class BatchCore:
         self._sink(Step(rows, self._step_seconds, preempted, usage))
 
     def _cache_usage(self) -> float:
+        """The share of the cache that live requests hold (on the manager's thread). The manager keeps the
+        full pages of a finished or cancelled request as a prefix cache it evicts when it needs the room;
+        those count as free here, as in vLLM's `kv_cache_usage_perc`, or a pod would look full for good after
+        its first busy hour."""
         processor = getattr(self._manager, "batch_processor", None)
         if processor is None:
             return -1.0
-        free = float(processor.cache.compute_free_capacity())
-        return min(1.0, max(0.0, 1.0 - free))
+        cache = processor.cache
+        held = 0
+        for allocator in cache.cache_allocators.values():
+            tables = allocator.block_table.values()  # request id -> its pages; shared pages count once
+            held += len({page for pages in tables for page in pages}) * allocator.bytes_per_block
+        return min(1.0, held / (cache.num_sectors * cache.bytes_per_sector))
 
     def _count_preempted(self) -> int:
         """Requests the manager paused since the last step: the offloading manager requeues each one it

@@ -1,0 +1,148 @@
+"""Many users on one pod, and many pods behind a router: `qwen-chat serve` as the container runs it.
+
+- One key cannot starve the others: past MAX_USER_CONNECTIONS its sockets close with 1013, past
+  MAX_USER_REQUESTS its chats get `rate_limited`, and another user's chat starts at once.
+- The endpoint picker's gauges (`vllm:*`, docs/scale-out.md) follow the queue and the KV cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import ConnectionClosed
+
+from tests.support.live_server import wait_until
+from tests.support.serve_process import ServeProcess, serve_process
+from tests.support.wsclient import open_socket, receive, until_end
+
+pytestmark = pytest.mark.anyio
+
+# Greedy, so the tiny model's reply runs to max_new_tokens instead of ending early.
+LONG = {"max_new_tokens": 160, "temperature": 0}
+
+
+def gauges(server: ServeProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Every vllm:* series and the qwen_chat_ gauges they mirror, from one scrape."""
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(server.metrics_text()):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def one(scrape: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+    (sample,) = scrape[name]
+    return sample[1]
+
+
+async def test_one_key_with_40_sockets_leaves_another_user_answered_at_once(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = {"max_running": "4", "max_waiting": "8"}  # MAX_USER_REQUESTS 0: half of 4
+    with serve_process(tmp_path, tiny_model_dir, workers=1, **settings) as server:
+        server.wait_ready()
+        async with AsyncExitStack() as stack:
+            flood, closed = [], []
+            for _ in range(40):
+                ws = await stack.enter_async_context(open_socket(server.ws, user="alice"))
+                try:
+                    await asyncio.wait_for(ws.recv(), 0.3)  # a socket over the cap is closed at once
+                except TimeoutError:
+                    flood.append(ws)
+                except ConnectionClosed:
+                    closed.append(ws)
+            assert len(flood) == 16, "MAX_USER_CONNECTIONS is 16 by default"
+            assert len(closed) == 24
+            assert {ws.close_code for ws in closed} == {1013}
+            assert all("open connections" in (ws.close_reason or "") for ws in closed)
+
+            for ws in flood:
+                await ws.send(json.dumps({"type": "chat", "content": "a long story", "params": LONG}))
+            firsts = [await receive(ws) for ws in flood]
+            started = [ws for ws, frame in zip(flood, firsts, strict=True) if frame["type"] == "start"]
+            refused = [frame for frame in firsts if frame["type"] == "error"]
+            assert len(started) == 2, "half of MAX_RUNNING for one key"
+            assert len(refused) == 14
+            assert {frame["code"] for frame in refused} == {"rate_limited"}
+            assert all(frame["retry_after"] >= 1 for frame in refused)
+            assert "replies running or waiting" in refused[0]["message"]
+
+            flood_began = time.monotonic()
+            bob = await stack.enter_async_context(open_socket(server.ws, user="bob"))
+            asked = time.monotonic()
+            await bob.send(json.dumps({"type": "chat", "content": "a long story", "params": LONG}))
+            frames = await until_end(bob, timeout=120)
+            bob_seconds = time.monotonic() - asked
+            ends = [(await until_end(ws, timeout=120))[-1] for ws in started]
+            flood_seconds = time.monotonic() - flood_began
+            assert frames[0] == {"type": "start", "id": None, "queue_position": 0}, frames[0]
+            assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "length"
+            assert all(end["type"] == "done" for end in ends)
+            # Bob's reply, as long as a flood reply, takes about as long as one: it did not wait for them.
+            assert bob_seconds < 1.5 * flood_seconds + 1, (bob_seconds, flood_seconds)
+
+            # The flood's refused chats count as rate limited, on the dashboard's series.
+            limited = server.metric("qwen_chat_requests_total", transport="ws", outcome="rate_limited")
+            assert limited == 14
+
+
+async def test_the_endpoint_pickers_gauges_follow_the_queue_and_the_kv_cache(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = {
+        "max_running": "2",
+        "max_waiting": "8",
+        "max_user_requests": "8",
+        "max_input_tokens": "256",
+        "max_new_tokens": "512",
+        "kv_cache_tokens": "1024",  # a small cache, so two replies fill a visible share of it
+    }
+    with serve_process(tmp_path, tiny_model_dir, workers=1, **settings) as server:
+        server.wait_ready()
+        fresh = gauges(server)
+        assert one(fresh, "vllm:num_requests_waiting") == 0
+        assert one(fresh, "vllm:num_requests_running") == 0
+        assert one(fresh, "vllm:kv_cache_usage_perc") == 0
+        ((info, value),) = fresh["vllm:cache_config_info"]
+        model = info["model_name"]
+        assert value == 1 and info["block_size"] == "32"
+        assert int(info["num_gpu_blocks"]) == one(fresh, "qwen_chat_kv_cache_pages") > 0
+        async with AsyncExitStack() as stack:
+            sockets = [await stack.enter_async_context(open_socket(server.ws)) for _ in range(5)]
+            params = {"max_new_tokens": 500, "temperature": 0}
+            for ws in sockets:
+                await ws.send(json.dumps({"type": "chat", "content": "a long story", "params": params}))
+            positions = [(await receive(ws))["queue_position"] for ws in sockets]
+            assert sorted(positions) == [0, 0, 1, 2, 3]
+            seen: dict[str, Any] = {}
+
+            def loaded() -> bool:
+                seen.update(gauges(server))
+                return one(seen, "vllm:kv_cache_usage_perc") > 0.2
+
+            wait_until(loaded, timeout=60, interval=0.2)
+            assert one(seen, "vllm:num_requests_running") == 2 == one(seen, "qwen_chat_requests_running")
+            assert one(seen, "vllm:num_requests_waiting") == 3 == one(seen, "qwen_chat_requests_waiting")
+            assert seen["vllm:num_requests_waiting"][0][0] == {"model_name": model}
+            assert one(seen, "vllm:kv_cache_usage_perc") == one(seen, "qwen_chat_kv_cache_usage_ratio") <= 1
+        # The clients went away: their replies stop, and the pod looks idle to the picker again.
+
+        def idle() -> bool:
+            seen.update(gauges(server))
+            return (
+                one(seen, "vllm:num_requests_running") == 0
+                and one(seen, "vllm:num_requests_waiting") == 0
+                and one(seen, "vllm:kv_cache_usage_perc") < 0.05
+            )
+
+        try:
+            wait_until(idle, timeout=30, interval=0.2)
+        except TimeoutError:
+            raise AssertionError({k: v for k, v in seen.items() if k.startswith("vllm:")}) from None
