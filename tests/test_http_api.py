@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, AsyncExitStack
+from contextlib import AbstractContextManager, AsyncExitStack, ExitStack
 from pathlib import Path
 
 import httpx
@@ -26,6 +26,7 @@ from tests.support.wsclient import chat, open_socket
 
 Serve = Callable[..., AbstractContextManager[LiveServer]]
 AUTH = {"Authorization": f"Bearer {KEYS['alice']}"}
+BOB = {"Authorization": f"Bearer {KEYS['bob']}"}
 
 
 def client(server: LiveServer, key: str = KEYS["alice"]) -> OpenAI:
@@ -293,17 +294,54 @@ def test_full_queue_is_refused_at_once(serve: Serve) -> None:
             lines = first.iter_lines()  # kept: dropping the iterator would close the stream
             next(lines)
             started = time.monotonic()
-            refused = httpx.post(live.http + "/chat", json={"prompt": "me too"}, headers=AUTH)
+            # Another user: alice herself is at her cap (half of MAX_RUNNING, at least 1).
+            refused = httpx.post(live.http + "/chat", json={"prompt": "me too"}, headers=BOB)
             assert time.monotonic() - started < 1
             assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
             assert refused.json()["error"]["code"] == "overloaded"
 
             async def ws_refused() -> dict[str, object]:
-                async with open_socket(live.ws) as ws:
+                async with open_socket(live.ws, user="bob") as ws:
                     return (await chat(ws, "and me"))[-1]
 
             error = asyncio.run(ws_refused())
             assert error["code"] == "overloaded" and error["retry_after"]
+
+
+def test_a_key_at_its_cap_of_replies_at_once_gets_429_and_another_key_is_served(serve: Serve) -> None:
+    with serve(max_running=4, max_waiting=4) as live:  # MAX_USER_REQUESTS 0: half of 4
+        body = {"prompt": "long", "max_new_tokens": 512, "temperature": 0}
+        with ExitStack() as streams:
+            lines = []  # kept: dropping an iterator would close its stream
+            for _ in range(2):
+                stream = streams.enter_context(
+                    httpx.stream("POST", live.http + "/chat_stream", json=body, headers=AUTH, timeout=30)
+                )
+                lines.append(stream.iter_lines())
+                next(lines[-1])
+            with pytest.raises(openai.RateLimitError) as refused:
+                client(live).chat.completions.create(
+                    model=model_name(live), messages=[{"role": "user", "content": "a third"}], max_tokens=2
+                )
+            assert refused.value.status_code == 429
+            assert int(refused.value.response.headers["Retry-After"]) >= 1
+            error = refused.value.response.json()["error"]
+            assert (
+                error["code"] == "rate_limit_exceeded" and "2 replies running or waiting" in error["message"]
+            )
+            served = httpx.post(live.http + "/chat", json={"prompt": "x", "max_new_tokens": 2}, headers=BOB)
+            assert served.status_code == 200, served.text
+        # Alice's streams ended: her cap is free again.
+        wait_until(
+            lambda: (
+                httpx.post(
+                    live.http + "/chat", json={"prompt": "x", "max_new_tokens": 2}, headers=AUTH
+                ).status_code
+                == 200
+            ),
+            timeout=10,
+            interval=0.2,
+        )
 
 
 def test_rate_limit_on_every_transport(serve: Serve) -> None:

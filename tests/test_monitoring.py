@@ -564,10 +564,10 @@ def test_every_dashboard_panel_returns_data_from_a_live_prometheus(
         server.wait_ready(timeout=180)
         wait_until(prom.target_up, timeout=30, interval=0.2)
         assert prom.value("qwen_chat_worker_exits_total") == 0
-        # Two rounds: the first creates every series, so that the second shows up in rate().
-        result = asyncio.run(load_round(server, users))
         prom.wait_scrapes(2)
-        result.add(asyncio.run(load_round(server, users)))
+        _assert_a_fresh_pod_has_every_series(prom, board)
+        # One round: the series were there at 0 before it, so rate() sees it rise.
+        result = asyncio.run(load_round(server, users))
         _assert_load_did_everything(result)
         prom.wait_scrapes(3)
 
@@ -619,6 +619,29 @@ def test_every_dashboard_panel_returns_data_from_a_live_prometheus(
         assert preview.returncode == 0, preview.stdout + preview.stderr
         assert "0 with no data" in preview.stderr, preview.stderr
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
+
+
+def _assert_a_fresh_pod_has_every_series(prom: Any, board: dict[str, Any]) -> None:
+    """Before any chat, every series a panel selects exists (at 0), each label value the panels name included,
+    so that a fresh pod's dashboard and `rate()` show 0, not "No data"."""
+    values = grafana_variables()
+    missing = []
+    for target in targets(board):
+        for series in re.findall(r"qwen_chat_\w+\{[^}]*\}", substitute(target.expr, values)):
+            if not prom.query(f"count({series})"):
+                missing.append(f"{target}: {series}")
+    assert not missing, "no series on a fresh pod:\n" + "\n".join(missing)
+    outcomes = prom.query("count by (transport, outcome) (qwen_chat_requests_total)")
+    assert len(outcomes) == 4 * 6, "each transport x outcome of requests_total, at 0"
+    assert prom.value("sum(qwen_chat_requests_total)") == 0
+    reasons = prom.query("count by (transport, reason) (qwen_chat_auth_failures_total)")
+    assert {(r["metric"]["transport"], r["metric"]["reason"]) for r in reasons} == {
+        ("ws", "key"),
+        ("ws", "origin"),
+        ("http", "key"),
+    }
+    rate = prom.value(substitute(_panel_expr(board, "Rate-limited requests"), values))
+    assert rate == 0, "rate() of a series that exists is 0, not no data"
 
 
 def _panel_expr(board: dict[str, Any], title: str) -> str:

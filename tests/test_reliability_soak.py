@@ -140,10 +140,16 @@ def settled(server: ServeProcess) -> bool:
 
 @pytest.fixture
 def soak_server(tmp_path: Path, tiny_model_dir: Path) -> Any:
-    # Two users share the clients; the per-user limit is above what 64 x 12 chats in about a minute need,
-    # so refusals here would be real overload, which the test counts (and allows).
+    # Two users share the clients; the per-user limits (chats per minute, replies and sockets at once) are
+    # above what 64 clients of 12 chats in about a minute need, so refusals here would be real overload,
+    # which the test counts (and allows); fairness between users has its own test (test_many_users.py).
     # MAX_NEW_TOKENS is also the server's default, for the plain-text frames, which carry no params.
-    settings = {"max_new_tokens": str(MAX_NEW_TOKENS), "rate_limit": "2000/minute"}
+    settings = {
+        "max_new_tokens": str(MAX_NEW_TOKENS),
+        "rate_limit": "2000/minute",
+        "max_user_requests": "64",
+        "max_user_connections": "64",
+    }
     with serve_process(tmp_path, tiny_model_dir, workers=2, **settings) as live:
         live.wait_ready()
         yield live

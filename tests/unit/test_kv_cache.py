@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
-from qwen_chat.engine.kv_cache import CPU_CACHE_TOKENS, cache_geometry, running_slots
+from qwen_chat.engine.kv_cache import CPU_CACHE_TOKENS, cache_geometry, held_share, running_slots
 from qwen_chat.settings import Settings
 
 
@@ -43,3 +44,13 @@ def test_kv_cache_tokens_fixes_the_size_on_either_device_but_never_below_one_who
         assert geometry.num_blocks == math.ceil(100_000 * 1.2 / 64) + 1 and geometry.memory_fraction is None
     too_small = cache_geometry(Settings(kv_cache_tokens=10), 2048, 1024, "cpu")
     assert too_small.tokens is not None and too_small.tokens >= 1024 + 512
+
+
+def test_cache_use_counts_the_pages_live_requests_hold_and_shared_pages_once() -> None:
+    """A stand-in of transformers' paged cache (its allocators' block tables): pages the manager keeps only as
+    a prefix cache are in no request's table, so they count as free."""
+    allocator = SimpleNamespace(block_table={"a": [0, 1, 2], "b": [0, 1, 7]}, bytes_per_block=2)
+    cache = SimpleNamespace(cache_allocators={"full": allocator}, num_sectors=20, bytes_per_sector=2)
+    assert held_share(cache) == 4 / 20
+    allocator.block_table = {}
+    assert held_share(cache) == 0

@@ -22,7 +22,7 @@ from qwen_chat.engine import cpu_attention
 from qwen_chat.engine.batch_sampler import BatchSampler
 from qwen_chat.engine.core import StepSink, WarmingSink, grammar_eos, model_facts
 from qwen_chat.engine.grammar import GrammarError, Grammars
-from qwen_chat.engine.kv_cache import cache_geometry, running_slots
+from qwen_chat.engine.kv_cache import cache_geometry, held_share, running_slots
 from qwen_chat.engine.model_loader import LoadedModel, input_budget, pad_token_id
 from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
 from qwen_chat.settings import Settings
@@ -252,19 +252,8 @@ class BatchCore:
         self._sink(Step(rows, self._step_seconds, preempted, usage))
 
     def _cache_usage(self) -> float:
-        """The share of the cache that live requests hold (on the manager's thread). The manager keeps the
-        full pages of a finished or cancelled request as a prefix cache it evicts when it needs the room;
-        those count as free here, as in vLLM's `kv_cache_usage_perc`, or a pod would look full for good after
-        its first busy hour."""
         processor = getattr(self._manager, "batch_processor", None)
-        if processor is None:
-            return -1.0
-        cache = processor.cache
-        held = 0
-        for allocator in cache.cache_allocators.values():
-            tables = allocator.block_table.values()  # request id -> its pages; shared pages count once
-            held += len({page for pages in tables for page in pages}) * allocator.bytes_per_block
-        return min(1.0, held / (cache.num_sectors * cache.bytes_per_sector))
+        return -1.0 if processor is None else held_share(processor.cache)
 
     def _count_preempted(self) -> int:
         """Requests the manager paused since the last step: the offloading manager requeues each one it
