@@ -17,6 +17,7 @@ import httpx
 import psutil
 
 KEY = "bench-key-0123456789abcdef"
+OTHER_KEY = "bench-other-key-fedcba9876543210"  # a second user, for bench/fairness.py
 
 
 @dataclass
@@ -37,6 +38,7 @@ def serve(model: str, work: Path, timeout: float = 600, **settings: object) -> I
     credentials = work / "credentials"
     credentials.mkdir(exist_ok=True)
     (credentials / "bench").write_text(KEY)
+    (credentials / "other").write_text(OTHER_KEY)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

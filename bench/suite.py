@@ -15,9 +15,10 @@
       --concurrency clients, against `model.generate`;
   (d) resident memory per worker.
 
-Our server runs out of the box: only the rate limit is raised (and MAX_WAITING to the largest greedy level,
-so that no level is refused). It prints tables, writes bench/results/<date>-<host>-<device>.json with a PNG
-plot next to it, and rewrites this run's section of BENCHMARKS.md.
+Our server runs out of the box: only the per-user limits are raised (one bench key stands for every client)
+and MAX_WAITING to the largest greedy level, so that no level is refused. It prints tables, writes
+bench/results/<date>-<host>-<device>.json with a PNG plot next to it, and rewrites this run's section of
+BENCHMARKS.md.
 
     .venv/bin/python bench/suite.py [--model PATH_OR_ID | --shape qwen2.5-0.5b] [--chat-clients 1,16]
         [--turns 5] [--max-reply N] [--tokens 64] [--concurrency 1,4,16,64] [--chats N] [--label NAME]
@@ -425,9 +426,12 @@ def main() -> None:
     del raw
 
     settings = {
-        # Out of the box but for the rate limit, and the queue bound so that no greedy level is refused.
+        # Out of the box but for the queue bound, so that no greedy level is refused, and the per-user
+        # limits: one bench key stands for every client, each of them a user of its own in a deployment.
         "rate_limit": "1000000/minute",
         "max_waiting": max(levels + chat_levels),
+        "max_user_requests": max(levels + chat_levels),
+        "max_user_connections": max(levels + chat_levels) + 4,  # + the probes' and prefill's sockets
         "workers": args.workers,
         "engine": args.engine,
         "device": device,

@@ -54,3 +54,19 @@ def test_the_benchmark_suite_runs_end_to_end_and_reports(tmp_path: Path, tiny_mo
     assert "<!-- bench:ci:start -->" in text and "| transformers serve | 2 |" in text
     assert "### The chat workload (headline)" in text and "### The limits" in text
     assert result_file.with_suffix(".png").name in text
+
+
+def test_the_fairness_benchmark_shows_the_caps_at_work(tiny_model_dir: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "bench/fairness.py", "--model", str(tiny_model_dir), "--flood", "20", "--chats", "1",
+         "--tokens", "16"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {
+        line.split(" | ")[0].strip("| "): line for line in run.stdout.splitlines() if line.startswith("| ")
+    }
+    assert set(rows) >= {"alone", "flood, default caps", "flood, caps lifted"}, run.stdout
+    assert "{'done': 1}" in rows["alone"] and "{'done': 1}" in rows["flood, default caps"], run.stdout
+    assert "closed 1013 4" in rows["flood, default caps"], "20 sockets, 16 allowed"
+    assert "1013" not in rows["flood, caps lifted"], run.stdout
