@@ -357,6 +357,10 @@ def test_the_inference_pool_validates_against_its_crd_and_points_the_picker_at_t
     (container,) = pod["spec"]["containers"]
     ports = [p["containerPort"] for p in container["ports"] if p["name"] == "http"]
     assert [p["number"] for p in pool["spec"]["targetPorts"]] == ports
+    (test_pod,) = find(docs, "Pod", hook=True)
+    assert not pool["spec"]["selector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items(), (
+        "the helm test pod is not in the pool"
+    )
     # The picker reads vLLM's gauge names (the default mapping); the label says so to a picker whose
     # default engine is another.
     assert pod["metadata"]["labels"]["llm-d.ai/engine-type"] == "vllm"

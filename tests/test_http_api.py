@@ -309,8 +309,9 @@ def test_full_queue_is_refused_at_once(serve: Serve) -> None:
 
 
 def test_a_key_at_its_cap_of_replies_at_once_gets_429_and_another_key_is_served(serve: Serve) -> None:
-    with serve(max_running=4, max_waiting=4) as live:  # MAX_USER_REQUESTS 0: half of 4
-        body = {"prompt": "long", "max_new_tokens": 512, "temperature": 0}
+    # MAX_USER_REQUESTS 0: half of MAX_RUNNING 4. Replies of 1,500 tokens hold the cap while the test runs.
+    with serve(max_running=4, max_waiting=4, max_new_tokens=1500, rate_limit="4/minute") as live:
+        body = {"prompt": "long", "max_new_tokens": 1500, "temperature": 0}
         with ExitStack() as streams:
             lines = []  # kept: dropping an iterator would close its stream
             for _ in range(2):
@@ -319,29 +320,30 @@ def test_a_key_at_its_cap_of_replies_at_once_gets_429_and_another_key_is_served(
                 )
                 lines.append(stream.iter_lines())
                 next(lines[-1])
-            with pytest.raises(openai.RateLimitError) as refused:
-                client(live).chat.completions.create(
-                    model=model_name(live), messages=[{"role": "user", "content": "a third"}], max_tokens=2
-                )
-            assert refused.value.status_code == 429
-            assert int(refused.value.response.headers["Retry-After"]) >= 1
-            error = refused.value.response.json()["error"]
-            assert (
-                error["code"] == "rate_limit_exceeded" and "2 replies running or waiting" in error["message"]
-            )
+            for _ in range(3):
+                with pytest.raises(openai.RateLimitError) as refused:
+                    client(live).chat.completions.create(
+                        model=model_name(live), messages=[{"role": "user", "content": "more"}], max_tokens=2
+                    )
+                assert refused.value.status_code == 429
+                assert int(refused.value.response.headers["Retry-After"]) >= 1
+                error = refused.value.response.json()["error"]
+                assert error["code"] == "rate_limit_exceeded"
+                assert "2 replies running or waiting" in error["message"]
             served = httpx.post(live.http + "/chat", json={"prompt": "x", "max_new_tokens": 2}, headers=BOB)
             assert served.status_code == 200, served.text
-        # Alice's streams ended: her cap is free again.
-        wait_until(
-            lambda: (
-                httpx.post(
-                    live.http + "/chat", json={"prompt": "x", "max_new_tokens": 2}, headers=AUTH
-                ).status_code
-                == 200
-            ),
-            timeout=10,
-            interval=0.2,
-        )
+        # Alice's streams ended, so her cap is free again; the three refusals did not spend her rate limit
+        # (4 a minute: the two streams and two more chats).
+
+        def chat_status() -> int:
+            return httpx.post(
+                live.http + "/chat", json={"prompt": "x", "max_new_tokens": 2}, headers=AUTH
+            ).status_code
+
+        wait_until(lambda: chat_status() == 200, timeout=10, interval=0.2)
+        assert chat_status() == 200
+        limited = httpx.post(live.http + "/chat", json={"prompt": "x"}, headers=AUTH)
+        assert limited.status_code == 429 and "rate limit 4/minute" in limited.json()["error"]["message"]
 
 
 def test_rate_limit_on_every_transport(serve: Serve) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -176,6 +177,14 @@ async def test_metrics_pass_promtool_and_auth_failures_are_counted(server: Serve
     complaints = {line.split(" ", 1)[1] for line in (check.stdout + check.stderr).splitlines() if line}
     assert complaints == {"metric names should not contain ':'"}, check.stdout + check.stderr
     assert theirs.count("# TYPE vllm:") == 4
+    # What the picker reads of this two-worker pod: the same figures as ours, the cache's pages summed.
+    assert server.metric("vllm:kv_cache_usage_perc") == usage
+    assert server.metric("vllm:num_requests_running") == server.metric("qwen_chat_requests_running") == 0
+    info = next(
+        s for f in text_string_to_metric_families(text) for s in f.samples if s.name.startswith("vllm:cache")
+    )
+    assert int(info.labels["num_gpu_blocks"]) == server.metric("qwen_chat_kv_cache_pages")
+    assert info.labels["block_size"] == "32"
 
 
 AUTH = {"Authorization": f"Bearer {KEYS['alice']}"}

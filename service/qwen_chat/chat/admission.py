@@ -114,11 +114,17 @@ class Admission:
         usage = usage or RequestMetrics(self._settings.model_name, transport)
         if self._drain.draining:
             raise self._drain.refusal()
+        # Without keys every request is one anonymous user: a cap would only shrink the server.
+        capped = user if self._settings.auth_enabled else None
+        engine = self._engine
+        try:
+            engine.check_user_cap(capped)  # first: a refused reply must not spend the user's rate limit
+        except UserAtCapacity as exc:
+            raise _at_capacity(exc) from None
         retry_after = await self._rate_limiter.hit(user)
         if retry_after is not None:
             message = f"rate limit {self._settings.rate_limit} reached"
             raise Refusal(ErrorCode.RATE_LIMITED, message, retry_after=retry_after)
-        engine = self._engine
         try:
             kept, prompt_ids = await encode()
             request = GenerationRequest(
@@ -127,15 +133,14 @@ class Admission:
                 params,
                 constraint=options.constraint,
                 top_logprobs=options.top_logprobs,
-                # Without keys every request is one anonymous user: a cap would only shrink the server.
-                user=user if self._settings.auth_enabled else None,
+                user=capped,
             )
             events = engine.generate(request)
             first = await anext(events)
         except PromptTooLong as exc:
             raise Refusal(ErrorCode.TOO_LONG, str(exc), param=prompt_field) from None
-        except UserAtCapacity as exc:
-            raise Refusal(ErrorCode.RATE_LIMITED, str(exc), retry_after=exc.retry_after) from None
+        except UserAtCapacity as exc:  # it reached the cap while its prompt was encoded
+            raise _at_capacity(exc) from None
         except (EngineNotReady, EngineOverloaded) as exc:
             raise Refusal(ErrorCode.OVERLOADED, str(exc), retry_after=exc.retry_after) from None
         assert isinstance(first, Queued)
@@ -144,3 +149,7 @@ class Admission:
         stream.tools = options.tool_parser
         self._drain.track(stream)
         return stream
+
+
+def _at_capacity(exc: UserAtCapacity) -> Refusal:
+    return Refusal(ErrorCode.RATE_LIMITED, str(exc), retry_after=exc.retry_after)

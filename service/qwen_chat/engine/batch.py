@@ -99,7 +99,8 @@ class BatchCore:
         self._step_seconds = 0.0
         self._preempted = 0
         self._cache_measured = 0.0
-        self._cancelled = False  # a request was cancelled since the loop last measured the cache
+        self._cancels = 0  # cancels sent to the manager (written by `cancel` only)
+        self._cancels_measured = 0  # of those, how many the cache was measured after (the loop's only)
 
     # --- lifecycle ---
 
@@ -182,9 +183,10 @@ class BatchCore:
         reply (and the endpoint picker route around it)."""
 
         def loop_body(batch_processor: Any, bootstrapping: bool) -> bool:
-            measure, self._cancelled = self._cancelled, False  # read first: that turn takes the cancel
+            cancels = self._cancels  # read before the turn, which then takes those cancels
             more = bool(body(batch_processor, bootstrapping))
-            if measure:
+            if cancels != self._cancels_measured:
+                self._cancels_measured = cancels
                 self._sink(Step([], cache_usage=self._cache_usage()))
             return more
 
@@ -233,7 +235,7 @@ class BatchCore:
         self._sampler.forget(request_id)
         if self._manager is not None:
             self._manager.cancel_request(request_id)
-            self._cancelled = True
+            self._cancels += 1
 
     # --- the manager's thread ---
 

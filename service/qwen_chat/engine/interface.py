@@ -124,6 +124,9 @@ class Engine(Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
 
+    def check_user_cap(self, user: str | None) -> None:
+        """Raise `UserAtCapacity` if `user` already has its most replies running or waiting."""
+
     def abort(self, request_id: str) -> None: ...
 
     def watch(self, listener: StateListener) -> None: ...

@@ -180,8 +180,7 @@ class QueuedEngine(abc.ABC):
         if request.request_id in self._jobs:
             raise EngineError(f"request id {request.request_id!r} is already running")
         user = request.user
-        if user is not None and self._per_user[user] >= self.max_per_user:
-            raise UserAtCapacity(self.max_per_user)
+        self.check_user_cap(user)
         free = self._running < self.max_running
         if not free and len(self._waiting) >= self._settings.max_waiting:
             raise EngineOverloaded()
@@ -189,13 +188,13 @@ class QueuedEngine(abc.ABC):
         self._jobs[request.request_id] = job
         if user is not None:
             self._per_user[user] += 1
-        if free:
-            position = 0
-            self._launch(job)
-        else:
-            position = self._waiting.append(user, job)
-            self._update_gauges()
         try:
+            if free:
+                position = 0
+                self._launch(job)
+            else:
+                position = self._waiting.append(user, job)
+                self._update_gauges()
             yield Queued(position)
             held: GenerationEvent | BaseException | None = None
             while True:
@@ -227,6 +226,10 @@ class QueuedEngine(abc.ABC):
                 self._per_user[user] -= 1
                 if not self._per_user[user]:
                     del self._per_user[user]
+
+    def check_user_cap(self, user: str | None) -> None:
+        if user is not None and self._per_user[user] >= self.max_per_user:
+            raise UserAtCapacity(self.max_per_user)
 
     # --- for subclasses ---
 
