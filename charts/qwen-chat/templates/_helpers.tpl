@@ -64,3 +64,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "qwen-chat.modelName" -}}
 {{- default .Values.model.name .Values.model.servedName }}
 {{- end }}
+
+{{/* The endpoint picker's Service: the value, else the one `helm install <release>-router` of llm-d's router
+chart creates (it names it after its release, lowercased and cut to 40 characters, plus `-epp`). */}}
+{{- define "qwen-chat.endpointPicker" -}}
+{{- .Values.inferencePool.endpointPicker.service | default (printf "%s-epp" (printf "%s-router" .Release.Name | lower | trunc 40 | trimSuffix "-")) }}
+{{- end }}

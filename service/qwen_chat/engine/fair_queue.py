@@ -24,9 +24,6 @@ class FairQueue(Generic[Item]):
     def __len__(self) -> int:
         return self._size
 
-    def __bool__(self) -> bool:
-        return self._size > 0
-
     def __iter__(self) -> Iterator[Item]:
         for lane in self._lanes.values():
             yield from lane
