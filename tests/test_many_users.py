@@ -92,9 +92,15 @@ async def test_one_key_with_40_sockets_leaves_another_user_answered_at_once(
             # (waiting for one would make it about twice as long).
             assert bob_seconds < 1.5 * max(flood_seconds), (bob_seconds, flood_seconds)
 
-            # The flood's refused chats count as rate limited, on the dashboard's series.
+            # The flood's refused chats count as rate limited, on the dashboard's series, and the refusals
+            # by reason tell the per-user caps from the rate limit.
             limited = server.metric("qwen_chat_requests_total", transport="ws", outcome="rate_limited")
             assert limited == 14
+            refusals = {
+                reason: server.metric("qwen_chat_refusals_total", transport="ws", reason=reason)
+                for reason in ("user_requests", "user_connections", "rate_limited")
+            }
+            assert refusals == {"user_requests": 14, "user_connections": 24, "rate_limited": 0}
 
 
 async def test_the_endpoint_pickers_gauges_follow_the_queue_and_the_kv_cache(

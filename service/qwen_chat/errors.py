@@ -106,7 +106,8 @@ _BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="qwen-chat"'}
 
 class Refusal(Exception):
     """The service will not (or cannot) do what was asked. The message is safe to show the client: it never
-    holds a key or echoes a large input. `status` overrides the code's own (a framework error's status)."""
+    holds a key or echoes a large input. `status` overrides the code's own (a framework error's status);
+    `cause` names why, where one code has several (`rate_limited`: the rate limit, or the user's cap)."""
 
     def __init__(
         self,
@@ -117,9 +118,12 @@ class Refusal(Exception):
         param: str | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        cause: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
+        # The `reason` of refusals_total when the code alone does not say it (a cap, not the rate limit).
+        self.cause = cause or code.value
         self.message = message
         self.retry_after = retry_after
         self.param = param

@@ -24,7 +24,7 @@ from qwen_chat.engine.interface import (
 )
 from qwen_chat.engine.prompts import Message, Prompts, PromptTooLong, TemplateArgs
 from qwen_chat.errors import ErrorCode, Refusal
-from qwen_chat.metrics import RequestMetrics, Transport
+from qwen_chat.metrics import USER_REQUESTS, RequestMetrics, Transport
 from qwen_chat.runtime.drain import Drain
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
@@ -152,4 +152,4 @@ class Admission:
 
 
 def _at_capacity(exc: UserAtCapacity) -> Refusal:
-    return Refusal(ErrorCode.RATE_LIMITED, str(exc), retry_after=exc.retry_after)
+    return Refusal(ErrorCode.RATE_LIMITED, str(exc), retry_after=exc.retry_after, cause=USER_REQUESTS)

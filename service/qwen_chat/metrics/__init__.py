@@ -113,6 +113,12 @@ REQUESTS = Counter(
     ["model", "transport", "outcome"],
     namespace=NAMESPACE,
 )
+REFUSALS = Counter(
+    "refusals_total",
+    "Chat requests (and /ws sockets) refused, by why: rate limit, a user's caps, full queue, long prompt.",
+    ["model", "transport", "reason"],
+    namespace=NAMESPACE,
+)
 CLIENT_DISCONNECTS = Counter(
     "client_disconnects_total",
     "Clients that went away while a reply was streaming.",
@@ -145,6 +151,19 @@ MODEL_LOAD_SECONDS = Gauge(
 
 # Every label value a labelled series can take, so that each one exists, at 0, from a worker's start.
 OUTCOMES = ("stop", "length", "cancelled", "error", "rejected", "rate_limited")
+# A refusal's reason is its `Refusal.cause`: the error code, or what of several causes of one code it was.
+USER_REQUESTS = "user_requests"  # the key has MAX_USER_REQUESTS replies at once (429)
+USER_CONNECTIONS = "user_connections"  # the key has MAX_USER_CONNECTIONS sockets open (/ws closed 1013)
+REFUSAL_REASONS = (
+    "rate_limited",
+    USER_REQUESTS,
+    "overloaded",
+    "draining",
+    "too_long",
+    "busy",
+    "bad_request",
+    "model_not_found",
+)
 DISCONNECT_TRANSPORTS = (Transport.WS,)  # where a client going away mid-reply is noticed
 AUTH_FAILURE_KINDS = ((Transport.WS, "key"), (Transport.WS, "origin"), (Transport.HTTP, "key"))
 
@@ -171,6 +190,9 @@ def publish_zeros(model: str) -> None:
     for transport in Transport:
         for outcome in OUTCOMES:
             REQUESTS.labels(model, transport, outcome)
+        for reason in REFUSAL_REASONS:
+            REFUSALS.labels(model, transport, reason)
+    REFUSALS.labels(model, Transport.WS, USER_CONNECTIONS)
     for transport in DISCONNECT_TRANSPORTS:
         CLIENT_DISCONNECTS.labels(transport)
     for transport, reason in AUTH_FAILURE_KINDS:
@@ -257,6 +279,7 @@ class RequestMetrics:
         """The request was answered with `refusal`: counted once, by the transport that answers it."""
         if refusal.code.outcome is not None:
             self.ended(refusal.code.outcome)
+            REFUSALS.labels(self.model, self.transport, refusal.cause).inc()
 
     @property
     def ttft_seconds(self) -> float:

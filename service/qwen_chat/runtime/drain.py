@@ -51,7 +51,8 @@ class Drain:
 
     def refusal(self) -> Refusal:
         """What a new chat or socket gets while draining."""
-        return Refusal(ErrorCode.OVERLOADED, "the server is shutting down", retry_after=RETRY_AFTER_SECONDS)
+        message = "the server is shutting down"
+        return Refusal(ErrorCode.OVERLOADED, message, retry_after=RETRY_AFTER_SECONDS, cause="draining")
 
     def track(self, reply: Reply) -> None:
         self.replies.add(reply)

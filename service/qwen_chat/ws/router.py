@@ -18,7 +18,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from qwen_chat.auth.credentials import CredentialStore
 from qwen_chat.auth.identity import PROTOCOL, Principal, authenticate, origin_allowed, still_valid
 from qwen_chat.errors import ErrorCode, Refusal
-from qwen_chat.metrics import ACTIVE_CONNECTIONS, Transport, auth_failed
+from qwen_chat.metrics import ACTIVE_CONNECTIONS, REFUSALS, USER_CONNECTIONS, Transport, auth_failed
 from qwen_chat.service import ServiceDep
 from qwen_chat.ws.session import ChatSession
 
@@ -73,6 +73,7 @@ async def chat_socket(websocket: WebSocket, service: ServiceDep) -> None:
     sockets = service.open_sockets
     if settings.auth_enabled and sockets[principal.user] >= settings.max_user_connections:
         log.warning("ws_rejected", reason="connections", open=sockets[principal.user], **context)
+        REFUSALS.labels(settings.model_name, Transport.WS, USER_CONNECTIONS).inc()
         limit = settings.max_user_connections
         await websocket.close(CLOSE_TRY_AGAIN_LATER, f"this key already has {limit} open connections")
         return
