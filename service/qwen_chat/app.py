@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from qwen_chat import metrics
+from qwen_chat import metrics, tracing
 from qwen_chat.engine.families import is_local
 from qwen_chat.engine.interface import Engine, EngineState
 from qwen_chat.errors import Refusal
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             await asyncio.gather(loading, return_exceptions=True)
             metrics.MODEL_LOADED.labels(settings.model_name).set(0)
             await service.engine.close()
+            await asyncio.to_thread(tracing.shutdown)  # the spans of the last replies leave with the worker
 
     app = FastAPI(title="qwen-chat", version="0.1.0", lifespan=lifespan)
     app.state.service = service
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.add_exception_handler(HTTPException, errors.on_http_error)
     app.add_middleware(page.SecurityHeaders)
+    tracing.configure(app)  # when OTEL_EXPORTER_OTLP_ENDPOINT is set (tracing/setup.py)
     return app
 
 

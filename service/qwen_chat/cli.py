@@ -83,11 +83,16 @@ def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from qwen_chat.settings import Settings
+    from qwen_chat.tracing import TracingConfigError, check_environment
 
     try:
         Settings()
+        check_environment()
     except ValidationError as exc:
         print(f"qwen-chat: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    except TracingConfigError as exc:
+        print(f"qwen-chat: invalid configuration: {exc}", file=sys.stderr)
         return 2
     # exec: gunicorn's master becomes this process, so signals from Kubernetes reach it directly.
     os.execv(

@@ -88,13 +88,16 @@ class ServeProcess(Loopback):
 
 @contextmanager
 def serve_process(
-    tmp_path: Path, model_dir: Path, workers: int = 2, **settings: str
+    tmp_path: Path, model_dir: Path, workers: int = 2, environ: dict[str, str] | None = None, **settings: str
 ) -> Iterator[ServeProcess]:
-    """Start `qwen-chat serve` on 127.0.0.1 with JSON logs into a file; SIGKILL its group if it outlives the test."""
+    """Start `qwen-chat serve` on 127.0.0.1 with JSON logs into a file; SIGKILL its group if it outlives the
+    test. `environ` adds variables that are not settings (OTEL_*)."""
     volume = SecretVolume(tmp_path / "credentials")
     volume.write(KEYS)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QWEN_CHAT_", "PROMETHEUS_"))}
+    ours = ("QWEN_CHAT_", "PROMETHEUS_", "OTEL_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    env.update(environ or {})
     env.update(
         {
             "QWEN_CHAT_MODEL": str(model_dir),

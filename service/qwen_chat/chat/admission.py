@@ -5,9 +5,11 @@ the user's cap on replies at once, queue. A request either becomes a `ChatStream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
+from qwen_chat import tracing
 from qwen_chat.chat.rate_limit import RateLimiter
 from qwen_chat.chat.reasoning import ReasoningSplit
 from qwen_chat.chat.reply_options import ReplyOptions
@@ -50,6 +52,23 @@ class Admission:
     ) -> ChatStream:
         """Admit one chat request, or raise `Refusal` (not text, draining, rate limit, too long, not
         ready, queue full)."""
+        usage = self._usage(usage, user, transport, "chat")
+        with _refusal_ends_trace(usage):
+            return await self._start_chat(
+                user, transport, messages, params, stop, usage, template_args, options
+            )
+
+    async def _start_chat(
+        self,
+        user: str,
+        transport: Transport,
+        messages: list[Message],
+        params: SamplingParams,
+        stop: list[str] | None,
+        usage: RequestMetrics,
+        template_args: TemplateArgs | None,
+        options: ReplyOptions | None,
+    ) -> ChatStream:
         options = options or ReplyOptions()
         refuse_non_text(messages, "messages", "a message")
         prompts = self.prompts()
@@ -89,6 +108,7 @@ class Admission:
         options: ReplyOptions | None = None,
     ) -> ChatStream:
         """Admit a raw prompt (`/v1/completions`): no chat template, no turns to drop."""
+        usage = self._usage(None, user, transport, "text_completion")
 
         async def encode() -> tuple[list[Message], list[int]]:
             budget = self._engine.prompts.max_input_tokens
@@ -96,9 +116,20 @@ class Admission:
                 raise PromptTooLong(len(prompt_ids), budget)
             return [], prompt_ids
 
-        return await self._admit(
-            user, transport, encode, "prompt", params, stop, None, options or ReplyOptions()
-        )
+        with _refusal_ends_trace(usage):
+            return await self._admit(
+                user, transport, encode, "prompt", params, stop, usage, options or ReplyOptions()
+            )
+
+    def _usage(
+        self, usage: RequestMetrics | None, user: str, transport: Transport, operation: str
+    ) -> RequestMetrics:
+        """The request's metrics, with its spans begun while traces are on (unless /ws began them)."""
+        model = self._settings.model_name
+        usage = usage or RequestMetrics(model, transport)
+        if usage.trace is None:
+            usage.trace = tracing.start_reply(model, transport.value, user, operation)
+        return usage
 
     async def _admit(
         self,
@@ -108,10 +139,9 @@ class Admission:
         prompt_field: str,
         params: SamplingParams,
         stop: list[str] | None,
-        usage: RequestMetrics | None,
+        usage: RequestMetrics,
         options: ReplyOptions,
     ) -> ChatStream:
-        usage = usage or RequestMetrics(self._settings.model_name, transport)
         if self._drain.draining:
             raise self._drain.refusal()
         # Without keys every request is one anonymous user: a cap would only shrink the server.
@@ -148,7 +178,21 @@ class Admission:
         stream = ChatStream(engine, request, kept, first.position, usage, stops, events)
         stream.tools = options.tool_parser
         self._drain.track(stream)
+        if usage.trace is not None:
+            shown = kept if self._settings.log_prompts and kept else None
+            usage.trace.admitted(request.request_id, first.position, len(prompt_ids), params, shown)
         return stream
+
+
+@contextlib.contextmanager
+def _refusal_ends_trace(usage: RequestMetrics) -> Iterator[None]:
+    """A refused request's span ends with the refusal, whichever transport renders it."""
+    try:
+        yield
+    except Refusal as refusal:
+        if usage.trace is not None:
+            usage.trace.refused(refusal)
+        raise
 
 
 def _at_capacity(exc: UserAtCapacity) -> Refusal:

@@ -30,6 +30,7 @@ from prometheus_client import (
 
 if TYPE_CHECKING:
     from qwen_chat.errors import Refusal
+    from qwen_chat.tracing import ReplyTrace
 
 NAMESPACE = "qwen_chat"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -244,12 +245,15 @@ class RequestMetrics:
     tokens_counted: int = 0
     last_token_at: float | None = None
     first_token_at: float | None = None
+    trace: ReplyTrace | None = None  # its spans, while traces are on (qwen_chat/tracing/)
 
     def tokens_sent(self, completion_tokens: int) -> None:
         now = time.perf_counter()
         if self.first_token_at is None:
             self.first_token_at = now
             TIME_TO_FIRST_TOKEN.labels(self.model).observe(now - self.received)
+            if self.trace is not None:
+                self.trace.first_token()
         elif self.last_token_at is not None:
             INTER_TOKEN_LATENCY.labels(self.model).observe(now - self.last_token_at)
         self.last_token_at = now
@@ -270,16 +274,22 @@ class RequestMetrics:
             TOKENS_PER_SECOND.labels(self.model).observe(tokens_per_second)
         REQUEST_DURATION.labels(self.model).observe(time.perf_counter() - self.received)
         REQUESTS.labels(self.model, self.transport, outcome).inc()
+        if self.trace is not None:
+            self.trace.finished(outcome, prompt_tokens, completion_tokens, queue_seconds)
 
     def ended(self, outcome: str) -> None:
         """A request that ends without a `Finished` event: it failed, or its client vanished."""
         REQUESTS.labels(self.model, self.transport, outcome).inc()
+        if self.trace is not None:
+            self.trace.ended(outcome)
 
     def refused(self, refusal: Refusal) -> None:
         """The request was answered with `refusal`: counted once, by the transport that answers it."""
         if refusal.code.outcome is not None:
-            self.ended(refusal.code.outcome)
+            REQUESTS.labels(self.model, self.transport, refusal.code.outcome).inc()
             REFUSALS.labels(self.model, self.transport, refusal.cause).inc()
+        if self.trace is not None:
+            self.trace.refused(refusal)
 
     @property
     def ttft_seconds(self) -> float:

@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 # Credentials that could reach a log line through a URL or a header: `?secret=...`, `Bearer ...`.
 _SECRET = re.compile(r"(?i)((?:secret|token|key|password|api_key)=)[^&\s\"']+|(bearer\s+)[^\s\"',]+")
@@ -25,8 +26,18 @@ def _redact_event(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[
     return event_dict
 
 
+def _add_trace_ids(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """The current span's ids (W3C hex), so a log line leads to its trace; none while traces are off."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
+
+
 _SHARED: list[Any] = [
     _redact_event,
+    _add_trace_ids,
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,

@@ -15,6 +15,7 @@ import structlog
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from qwen_chat import tracing
 from qwen_chat.auth.credentials import CredentialStore
 from qwen_chat.auth.identity import PROTOCOL, Principal, authenticate, origin_allowed, still_valid
 from qwen_chat.errors import ErrorCode, Refusal
@@ -84,7 +85,8 @@ async def chat_socket(websocket: WebSocket, service: ServiceDep) -> None:
         async with send_lock:
             await websocket.send_json(frame)
 
-    session = ChatSession(service, principal.user, send, context)
+    # Each chat message is a trace of its own, the child of the handshake's `traceparent` when it had one.
+    session = ChatSession(service, principal.user, send, context, tracing.extract(websocket.headers))
     connection = SocketConnection(websocket)
     service.drain.connections.add(connection)
     ACTIVE_CONNECTIONS.labels(Transport.WS).inc()

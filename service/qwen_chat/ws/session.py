@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+from opentelemetry.context import Context
 
+from qwen_chat import tracing
 from qwen_chat.chat.reasoning import ReasoningDelta
 from qwen_chat.chat.reply_options import reply_options
 from qwen_chat.chat.stream import ChatStream, tokens_per_second
@@ -26,8 +28,16 @@ log = structlog.get_logger(__name__)
 
 
 class ChatSession:
-    def __init__(self, service: Service, user: str, send: Send, log_context: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        service: Service,
+        user: str,
+        send: Send,
+        log_context: dict[str, Any],
+        trace_parent: Context | None = None,
+    ) -> None:
         self._service = service
+        self._trace_parent = trace_parent
         self._settings = service.settings
         self._user = user
         self._send = send
@@ -56,7 +66,16 @@ class ChatSession:
             self.history = []
             self._epoch += 1
         else:
-            await self._chat(message, usage)
+            usage.trace = tracing.start_reply(
+                self._settings.model_name,
+                Transport.WS.value,
+                self._user,
+                parent=self._trace_parent,
+                server=True,
+                attributes={"qwen_chat.message_id": message.id} if message.id is not None else None,
+            )
+            with tracing.active(usage.trace):  # its log lines, and the task that streams it, carry its ids
+                await self._chat(message, usage)
 
     def cancel(self) -> None:
         if self.generating and self._stream is not None:

@@ -1,0 +1,145 @@
+"""Turning traces on: one tracer provider per worker process, configured by the standard OTEL_* environment.
+
+Traces are on when an OTLP endpoint is set (`OTEL_EXPORTER_OTLP_ENDPOINT`, or the traces-only
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), unless `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
+The SDK itself reads the rest: `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, the sampler
+(`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`), the exporter's headers, timeout, compression and
+certificates (`OTEL_EXPORTER_OTLP_*`) and the batch processor's (`OTEL_BSP_*`). Spans go out over OTLP/HTTP
+(protobuf); `grpc` is taken where its exporter is installed.
+
+Off, nothing is imported beyond the API, no middleware is added, and `tracer()` is None: the hot path
+pays one `is None` check per request.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from qwen_chat.runtime.logging_setup import redact
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Span, Tracer
+
+ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+PROTOCOLS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+DEFAULT_SERVICE_NAME = "qwen-chat"
+# Probes, scrapes and the page's files are not requests anyone traces; /ws gets a span per chat message
+# instead of one for the whole connection (ws/router.py).
+NOT_TRACED = "/livez$,/readyz$,/metrics$,/ws$,/static/,/favicon"
+# Headers that never reach a span, even when OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST asks.
+SECRET_HEADERS = ["authorization", "cookie", "sec-websocket-protocol", "x-api-key"]
+
+
+class TracingConfigError(ValueError):
+    """The OTEL_* environment asks for something this server cannot do."""
+
+
+_provider: TracerProvider | None = None
+_tracer: Tracer | None = None
+
+
+def wanted(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the environment turns traces on."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    return any(environ.get(name, "").strip() for name in ENDPOINTS)
+
+
+def protocol(environ: Mapping[str, str] = os.environ) -> str:
+    """The OTLP protocol traces use; raises `TracingConfigError` for one that cannot work here."""
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    if exporter != "otlp":
+        raise TracingConfigError(
+            f"OTEL_TRACES_EXPORTER={exporter}: this server exports traces over otlp only"
+        )
+    chosen = next((environ[name].strip() for name in PROTOCOLS if environ.get(name, "").strip()), None)
+    chosen = chosen or "http/protobuf"
+    if chosen == "grpc":
+        if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.grpc") is None:
+            raise TracingConfigError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the opentelemetry-exporter-otlp-proto-grpc package;"
+                " or use http/protobuf (the collector's port 4318)"
+            )
+    elif chosen != "http/protobuf":
+        raise TracingConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL={chosen}: use http/protobuf or grpc")
+    return chosen
+
+
+def check_environment(environ: Mapping[str, str] = os.environ) -> None:
+    """For `qwen-chat serve`, before any worker starts: a wrong OTEL_* setting is one clear line."""
+    if wanted(environ):
+        protocol(environ)
+
+
+def tracer() -> Tracer | None:
+    """This process's tracer; None while traces are off."""
+    return _tracer
+
+
+def configure(app: FastAPI) -> TracerProvider | None:
+    """Turn traces on for this worker's `app` when the environment asks: HTTP requests through FastAPI's
+    instrumentation, chat replies through `tracer()`. Called in each worker (its exporter's thread does
+    not survive a fork); `shutdown` flushes what is left."""
+    global _provider, _tracer
+    if not wanted():
+        return None
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create({SERVICE_VERSION: importlib.metadata.version("qwen-chat")})
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER
+    provider.add_span_processor(BatchSpanProcessor(_exporter(protocol())))
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=provider,
+        excluded_urls=NOT_TRACED,
+        exclude_spans=["receive", "send"],  # not a span per body chunk of a streamed reply
+        server_request_hook=_redact_url,
+        http_capture_headers_sanitize_fields=SECRET_HEADERS,
+    )
+    _provider, _tracer = provider, provider.get_tracer("qwen_chat")
+    return provider
+
+
+def shutdown() -> None:
+    """Export the spans still buffered (a draining worker's last replies), then stop tracing."""
+    global _provider, _tracer
+    if _provider is not None:
+        _provider.shutdown()
+    _provider = _tracer = None
+
+
+def _exporter(chosen: str) -> Any:
+    if chosen == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()  # endpoint, headers, timeout and compression from OTEL_EXPORTER_OTLP_*
+
+
+# The instrumentation records the URL with its query; seed-style query auth (`?secret=`) puts a key there.
+_URL_ATTRIBUTES = ("http.url", "url.full", "http.target", "url.query")
+
+
+def _redact_url(span: Span, scope: dict[str, Any]) -> None:
+    if not scope.get("query_string") or not span.is_recording():
+        return
+    attributes = getattr(span, "attributes", None) or {}
+    for name in _URL_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str):
+            span.set_attribute(name, redact(value))
