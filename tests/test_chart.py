@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from qwen_chat import tracing
 from qwen_chat.settings import Settings
 from tests.support.chart_render import (
     CHART,
@@ -407,6 +408,36 @@ def test_the_crd_check_rejects_what_the_api_server_would() -> None:
     assert result.returncode != 0 and "failureMode" in result.stderr, "the values schema refuses it first"
 
 
+def test_traces_go_to_the_collector_naming_the_pod_with_headers_from_a_secret() -> None:
+    assert not [name for name in env_of(server("cpu-values.yaml")) if name.startswith("OTEL_")], "off"
+    scenario = values("monitoring-values.yaml")["tracing"]
+    container = server("monitoring-values.yaml")
+    env = env_of(container)
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == scenario["endpoint"]
+    assert env["OTEL_SERVICE_NAME"] == deployment("monitoring-values.yaml")["metadata"]["name"]
+    assert (env["OTEL_TRACES_SAMPLER"], env["OTEL_TRACES_SAMPLER_ARG"]) == (
+        "parentbased_traceidratio",
+        "0.25",
+    )
+    tracing.check_environment(env)  # what the server itself accepts
+    assert tracing.setup.wanted(env)
+    names = [item["name"] for item in container["env"]]
+    # $(VAR) expands only variables defined earlier in the list.
+    assert names.index("OTEL_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    assert env["OTEL_RESOURCE_ATTRIBUTES"] == (
+        "k8s.pod.name=$(OTEL_POD_NAME),k8s.namespace.name=$(OTEL_POD_NAMESPACE)"
+    )
+    # The headers (a tenant's credentials) are a mounted file, like the keys, not an environment variable.
+    assert "OTEL_EXPORTER_OTLP_HEADERS" not in env
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "otlp-headers"]
+    assert mount["readOnly"] is True
+    assert env["QWEN_CHAT_OTLP_HEADERS_FILE"] == mount["mountPath"] + "/headers"
+    volumes = deployment("monitoring-values.yaml")["spec"]["template"]["spec"]["volumes"]
+    (volume,) = [v for v in volumes if v["name"] == "otlp-headers"]
+    assert volume["secret"]["secretName"] == "otel-collector-headers"
+    assert volume["secret"]["items"] == [{"key": "headers", "path": "headers"}]
+
+
 def test_ingress_routes_to_the_service_with_websocket_timeouts() -> None:
     docs = render("ingress-values.yaml")
     (ingress,) = find(docs, "Ingress")
@@ -425,6 +456,9 @@ def test_ingress_routes_to_the_service_with_websocket_timeouts() -> None:
         ("model.device=tpu", "/model/device"),
         ("servr.workers=2", "servr"),
         ("model.cache.type=s3", "/model/cache/type"),
+        ("tracing.endpoint=collector:4318", "/tracing/endpoint"),
+        ("tracing.sampler=sometimes", "/tracing/sampler"),
+        ("tracing.samplerArg=2", "/tracing/samplerArg"),
     ],
 )
 def test_a_wrong_value_fails_the_schema_and_names_the_key(setting: str, complaint: str) -> None:

@@ -83,9 +83,13 @@ async def test_each_chat_is_one_trace_with_its_queue_prefill_and_decode(
         "OTEL_SERVICE_NAME": "chat-under-test",
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: the batch leaves soon after the reply
     }
+    headers = tmp_path / "otlp-headers"  # the chart mounts a Secret here
+    headers.write_text("x-scope-orgid=tenant-a\n")
     with otlp_receiver() as receiver:
         environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
-        with serve_process(tmp_path, tiny_model_dir, environ=environ, allow_query_auth="true") as server:
+        with serve_process(
+            tmp_path, tiny_model_dir, environ=environ, otlp_headers_file=str(headers)
+        ) as server:
             server.wait_ready()
             sdk = AsyncOpenAI(base_url=server.http + "/v1", api_key=KEYS["alice"], max_retries=0, timeout=60)
             model = (await sdk.models.list()).data[0].id
@@ -125,6 +129,7 @@ async def test_each_chat_is_one_trace_with_its_queue_prefill_and_decode(
         raw = receiver.raw()
 
     assert set(receiver.paths) == {"/v1/traces"}
+    assert {h.get("x-scope-orgid") for h in receiver.headers} == {"tenant-a"}
     assert {s.resource["service.name"] for s in spans} == {"chat-under-test"}
     reply_name = f"chat {model}"
 

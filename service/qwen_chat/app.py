@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.add_exception_handler(HTTPException, errors.on_http_error)
     app.add_middleware(page.SecurityHeaders)
-    tracing.configure(app)  # when OTEL_EXPORTER_OTLP_ENDPOINT is set (tracing/setup.py)
+    tracing.configure(app, settings.otlp_headers_file)  # when OTEL_EXPORTER_OTLP_ENDPOINT is set
     return app
 
 

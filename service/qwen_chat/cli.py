@@ -86,8 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
     from qwen_chat.tracing import TracingConfigError, check_environment
 
     try:
-        Settings()
-        check_environment()
+        check_environment(headers_file=Settings().otlp_headers_file)
     except ValidationError as exc:
         print(f"qwen-chat: invalid configuration:\n{exc}", file=sys.stderr)
         return 2

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_prompts: bool = False
+    # The OTLP exporter's headers (OTEL_EXPORTER_OTLP_HEADERS's `k=v,k2=v2`) from a file: a mounted Secret.
+    otlp_headers_file: Path | None = None
 
     @cached_property
     def model_name(self) -> str:

@@ -53,6 +53,7 @@ class Receiver:
     bodies: list[bytes] = field(default_factory=list)  # as sent, before any decompression
     spans: list[Received] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # each request's, names lower-cased
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> list[Received]:
@@ -89,6 +90,7 @@ def otlp_receiver() -> Iterator[Receiver]:
             with receiver.lock:
                 receiver.bodies.append(body)
                 receiver.paths.append(self.path)
+                receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
                 for resource_spans in request.resource_spans:
                     resource = attributes(resource_spans.resource.attributes)
                     for scope_spans in resource_spans.scope_spans:

@@ -4,6 +4,7 @@ hold however it ends, and log lines that carry their span's ids."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -46,6 +47,19 @@ def test_a_setting_that_cannot_work_is_one_clear_error(environ: dict[str, str], 
     with pytest.raises(TracingConfigError, match=says):
         setup.check_environment(environ)
     setup.check_environment({**environ, "OTEL_SDK_DISABLED": "true"})  # off: nothing to check
+
+
+def test_the_exporters_headers_come_from_a_mounted_file(tmp_path: Path) -> None:
+    path = tmp_path / "headers"
+    path.write_text("authorization=Basic%20dGVuYW50,x-scope-orgid=tenant-a\n")
+    assert setup.file_headers(path) == {"authorization": "Basic dGVuYW50", "x-scope-orgid": "tenant-a"}
+    assert setup.file_headers(None) == {}
+    with pytest.raises(TracingConfigError, match="cannot read"):
+        setup.check_environment(ENDPOINT, tmp_path / "missing")
+    path.write_text("just a token")
+    with pytest.raises(TracingConfigError, match="no `name=value` header"):
+        setup.file_headers(path)
+    setup.check_environment({}, tmp_path / "missing")  # off: the file is not needed
 
 
 @pytest.fixture

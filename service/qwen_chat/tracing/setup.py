@@ -4,8 +4,9 @@ Traces are on when an OTLP endpoint is set (`OTEL_EXPORTER_OTLP_ENDPOINT`, or th
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), unless `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
 The SDK itself reads the rest: `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, the sampler
 (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`), the exporter's headers, timeout, compression and
-certificates (`OTEL_EXPORTER_OTLP_*`) and the batch processor's (`OTEL_BSP_*`). Spans go out over OTLP/HTTP
-(protobuf); `grpc` is taken where its exporter is installed.
+certificates (`OTEL_EXPORTER_OTLP_*`) and the batch processor's (`OTEL_BSP_*`). Headers that hold
+credentials can come from a mounted Secret file instead (QWEN_CHAT_OTLP_HEADERS_FILE). Spans go out over
+OTLP/HTTP (protobuf); `grpc` is taken where its exporter is installed.
 
 Off, nothing is imported beyond the API, no middleware is added, and `tracer()` is None: the hot path
 pays one `is None` check per request.
@@ -17,6 +18,7 @@ import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwen_chat.runtime.logging_setup import redact
@@ -73,10 +75,28 @@ def protocol(environ: Mapping[str, str] = os.environ) -> str:
     return chosen
 
 
-def check_environment(environ: Mapping[str, str] = os.environ) -> None:
+def check_environment(environ: Mapping[str, str] = os.environ, headers_file: Path | None = None) -> None:
     """For `qwen-chat serve`, before any worker starts: a wrong OTEL_* setting is one clear line."""
     if wanted(environ):
         protocol(environ)
+        file_headers(headers_file)
+
+
+def file_headers(path: Path | None) -> dict[str, str]:
+    """The exporter's headers from QWEN_CHAT_OTLP_HEADERS_FILE (a mounted Secret), in the form of
+    OTEL_EXPORTER_OTLP_HEADERS: `name=value,name2=value2`. They add to (and win over) that variable's."""
+    if path is None:
+        return {}
+    from opentelemetry.util.re import parse_env_headers
+
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise TracingConfigError(f"QWEN_CHAT_OTLP_HEADERS_FILE: cannot read {path}: {exc.strerror}") from None
+    headers = dict(parse_env_headers(text, liberal=True))
+    if text and not headers:
+        raise TracingConfigError(f"QWEN_CHAT_OTLP_HEADERS_FILE: {path} holds no `name=value` header")
+    return headers
 
 
 def tracer() -> Tracer | None:
@@ -84,7 +104,7 @@ def tracer() -> Tracer | None:
     return _tracer
 
 
-def configure(app: FastAPI) -> TracerProvider | None:
+def configure(app: FastAPI, headers_file: Path | None = None) -> TracerProvider | None:
     """Turn traces on for this worker's `app` when the environment asks: HTTP requests through FastAPI's
     instrumentation, chat replies through `tracer()`. Called in each worker (its exporter's thread does
     not survive a fork); `shutdown` flushes what is left."""
@@ -100,7 +120,7 @@ def configure(app: FastAPI) -> TracerProvider | None:
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
     provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER
-    provider.add_span_processor(BatchSpanProcessor(_exporter(protocol())))
+    provider.add_span_processor(BatchSpanProcessor(_exporter(protocol(), file_headers(headers_file))))
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=provider,
@@ -121,14 +141,15 @@ def shutdown() -> None:
     _provider = _tracer = None
 
 
-def _exporter(chosen: str) -> Any:
+def _exporter(chosen: str, headers: dict[str, str]) -> Any:
+    # Endpoint, headers, timeout and compression from OTEL_EXPORTER_OTLP_*; `headers` add to those.
     if chosen == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
-        return GrpcExporter()
+        return GrpcExporter(headers=headers or None)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter()  # endpoint, headers, timeout and compression from OTEL_EXPORTER_OTLP_*
+    return OTLPSpanExporter(headers=headers or None)
 
 
 # The instrumentation records the URL with its query; seed-style query auth (`?secret=`) puts a key there.
