@@ -33,8 +33,11 @@ class Served:
 
 
 @contextmanager
-def serve(model: str, work: Path, timeout: float = 600, **settings: object) -> Iterator[Served]:
-    """Run the service with a bench key (`KEY`) and yield once /readyz is 200."""
+def serve(
+    model: str, work: Path, timeout: float = 600, environ: dict[str, str] | None = None, **settings: object
+) -> Iterator[Served]:
+    """Run the service with a bench key (`KEY`) and yield once /readyz is 200; out of the box but for
+    `settings` and `environ` (traces stay off unless `environ` turns them on)."""
     credentials = work / "credentials"
     credentials.mkdir(exist_ok=True)
     (credentials / "bench").write_text(KEY)
@@ -43,7 +46,8 @@ def serve(model: str, work: Path, timeout: float = 600, **settings: object) -> I
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        **(environ or {}),
         "QWEN_CHAT_MODEL": model,
         "QWEN_CHAT_CREDENTIALS_DIR": str(credentials),
         "QWEN_CHAT_HOST": "127.0.0.1",

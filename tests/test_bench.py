@@ -70,3 +70,18 @@ def test_the_fairness_benchmark_shows_the_caps_at_work(tiny_model_dir: Path) -> 
     assert "{'done': 1}" in rows["alone"] and "{'done': 1}" in rows["flood, default caps"], run.stdout
     assert "closed 1013 4" in rows["flood, default caps"], "20 sockets, 16 allowed"
     assert "1013" not in rows["flood, caps lifted"], run.stdout
+
+
+def test_the_tracing_cost_benchmark_compares_traces_off_and_on(tiny_model_dir: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "bench/tracing_cost.py", "--model", str(tiny_model_dir), "--clients", "2",
+         "--rounds", "1", "--turns", "1", "--max-reply", "4"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| 2 |")]
+    assert [row[1] for row in rows] == ["traces off (as shipped)", "traces on, every chat exported"]
+    assert float(rows[1][-1].strip(" |")) > 0, "on / off"
+    # The traced server's spans reached the sink; the other's could not have (it has no endpoint).
+    (exports,) = [line for line in run.stdout.splitlines() if line.startswith("the OTLP sink received")]
+    assert not exports.startswith("the OTLP sink received 0 "), exports
