@@ -22,11 +22,12 @@ RANKS = {
     "engine": 3,
     "auth": 3,
     "runtime": 4,
-    "chat": 5,
-    "service": 6,  # service.py: the typed Service the transports receive
-    "ws": 7,
-    "http": 7,
-    "top": 8,  # app.py (the composition root), cli.py, smoke_test.py, the package itself
+    "tracing": 5,  # OpenTelemetry: the provider (it redacts as the logs do) and a reply's spans
+    "chat": 6,
+    "service": 7,  # service.py: the typed Service the transports receive
+    "ws": 8,
+    "http": 8,
+    "top": 9,  # app.py (the composition root), cli.py, smoke_test.py, the package itself
 }
 TOP = {"app", "cli", "smoke_test", "__main__", "__init__"}
 

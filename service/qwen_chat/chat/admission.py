@@ -178,7 +178,7 @@ class Admission:
         stream = ChatStream(engine, request, kept, first.position, usage, stops, events)
         stream.tools = options.tool_parser
         self._drain.track(stream)
-        if usage.trace is not None:
+        if isinstance(usage.trace, tracing.ReplyTrace):
             shown = kept if self._settings.log_prompts and kept else None
             usage.trace.admitted(request.request_id, first.position, len(prompt_ids), params, shown)
         return stream
