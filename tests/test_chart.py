@@ -420,7 +420,7 @@ def test_traces_go_to_the_collector_naming_the_pod_with_headers_from_a_secret() 
         "0.25",
     )
     tracing.check_environment(env)  # what the server itself accepts
-    assert tracing.setup.wanted(env)
+    assert tracing.provider.wanted(env)
     names = [item["name"] for item in container["env"]]
     # $(VAR) expands only variables defined earlier in the list.
     assert names.index("OTEL_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")

@@ -11,15 +11,24 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
+import openai
 import pytest
 from openai import OpenAI
 
 from qwen_chat.app import create_app
 from qwen_chat.engine.in_thread import ThreadEngine
-from qwen_chat.engine.interface import Finished, GenerationEvent, GenerationRequest, Queued, TextDelta
+from qwen_chat.engine.interface import (
+    EngineError,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    Queued,
+    TextDelta,
+)
 from tests.support.live_server import LiveServer, run_server
 from tests.support.secret_volume import KEYS
-from tests.support.wsclient import open_socket, until_end
+from tests.support.wsclient import bearer, open_socket, until_end
 
 WEATHER = {
     "type": "function",
@@ -197,3 +206,32 @@ async def test_ws_tools_give_tool_call_frames_and_take_results(server: LiveServe
         frames = await until_end(ws)
         assert frames[-1]["finish_reason"] == "stop"
         assert isinstance(json.loads("".join(f["text"] for f in frames if f["type"] == "token"))["ok"], bool)
+
+
+class FailingEngine(ThreadEngine):
+    """The real tiny model's engine (its tokenizer and template), whose every reply fails after a token."""
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:  # type: ignore[override]
+        yield Queued(0)
+        yield TextDelta("Let", 1)
+        raise EngineError("CUDA error: an illegal memory access at /opt/secret/kernel.cu")
+
+
+def test_a_failed_whole_reply_is_a_500_in_openais_shape_without_the_engines_words(
+    make_settings: Callable[..., Any],
+) -> None:
+    settings = make_settings()
+    messages: Any = [{"role": "user", "content": "hello"}]
+    with run_server(create_app(settings, engine=FailingEngine(settings)), settings) as server:
+        with sdk(server) as client, pytest.raises(openai.InternalServerError) as failed:
+            client.chat.completions.create(model=settings.model_name, messages=messages)
+        assert failed.value.status_code == 500
+        assert failed.value.body == {
+            "message": "the model failed to generate a reply",
+            "type": "server_error",
+            "param": None,
+            "code": "internal",
+        }
+        seed = httpx.post(server.http + "/chat", json={"prompt": "hello"}, headers=bearer(), timeout=30)
+        assert seed.status_code == 500 and seed.json()["error"]["code"] == "internal"
+        assert "secret" not in seed.text

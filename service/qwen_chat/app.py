@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 from qwen_chat import metrics, tracing
 from qwen_chat.engine.families import is_local
-from qwen_chat.engine.interface import Engine, EngineState
+from qwen_chat.engine.interface import Engine, EngineError, EngineState
 from qwen_chat.errors import Refusal
 from qwen_chat.http import errors, openai_api, openai_chat, openai_completions, page, probes, seed_api
 from qwen_chat.service import Service
@@ -55,8 +55,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             metrics.MODEL_LOADED.labels(settings.model_name).set(0)
-            await service.engine.close()
-            await asyncio.to_thread(tracing.shutdown)  # the spans of the last replies leave with the worker
+            try:
+                await service.engine.close()
+            finally:
+                await asyncio.to_thread(tracing.shutdown)  # the last replies' spans leave with the worker
 
     app = FastAPI(title="qwen-chat", version="0.1.0", lifespan=lifespan)
     app.state.service = service
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(seed_api.router)
     app.mount("/static", page.static_files, name="static")
     app.add_exception_handler(Refusal, errors.on_refusal)
+    app.add_exception_handler(EngineError, errors.on_engine_error)
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.add_exception_handler(HTTPException, errors.on_http_error)
     app.add_middleware(page.SecurityHeaders)

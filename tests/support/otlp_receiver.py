@@ -1,6 +1,6 @@
 """An OTLP/HTTP trace receiver in the test process: what a collector's `otlp` receiver on port 4318 does,
-decoded with the published `opentelemetry-proto` types. It keeps every request body as it arrived, so a
-test can look for bytes that must never be exported."""
+decoded with the published `opentelemetry-proto` types. It keeps every request body (unpacked when it came
+gzipped), so a test can look for bytes that must never be exported."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ class Received:
 @dataclass
 class Receiver:
     url: str
-    bodies: list[bytes] = field(default_factory=list)  # as sent, before any decompression
+    bodies: list[bytes] = field(default_factory=list)  # unpacked when sent gzipped
+    compressed: int = 0  # requests that came gzipped
     spans: list[Received] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)  # each request's, names lower-cased
@@ -85,10 +86,12 @@ def otlp_receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             assert receiver is not None
-            data = gzip.decompress(body) if self.headers.get("Content-Encoding") == "gzip" else body
+            gzipped = self.headers.get("Content-Encoding") == "gzip"
+            data = gzip.decompress(body) if gzipped else body
             request = ExportTraceServiceRequest.FromString(data)
             with receiver.lock:
-                receiver.bodies.append(body)
+                receiver.bodies.append(data)
+                receiver.compressed += gzipped
                 receiver.paths.append(self.path)
                 receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
                 for resource_spans in request.resource_spans:

@@ -117,18 +117,34 @@ def _requests(outcome: str) -> float:
     return REGISTRY.get_sample_value("qwen_chat_requests_total", labels) or 0.0
 
 
+def _refusals(reason: str) -> float:
+    labels = {"model": "unit-test", "transport": "openai", "reason": reason}
+    return REGISTRY.get_sample_value("qwen_chat_refusals_total", labels) or 0.0
+
+
 def test_a_refusal_counts_under_its_outcome_and_codes_that_are_no_chat_outcome_do_not() -> None:
     before = {outcome: _requests(outcome) for outcome in ("rejected", "rate_limited")}
-    usage = RequestMetrics("unit-test", Transport.OPENAI)
-    usage.refused(Refusal(ErrorCode.RATE_LIMITED, "slow down", retry_after=1))
-    usage.refused(Refusal(ErrorCode.TOO_LONG, "too long"))
-    usage.refused(Refusal(ErrorCode.OVERLOADED, "full"))
-    for uncounted in (
-        ErrorCode.UNAUTHORIZED,
-        ErrorCode.INVALID_VALUE,
-        ErrorCode.NOT_FOUND,
-        ErrorCode.INTERNAL,
+    reasons = ("rate_limited", "user_requests", "too_long", "overloaded", "internal")
+    refused_before = {reason: _refusals(reason) for reason in reasons}
+    for refusal in (
+        Refusal(ErrorCode.RATE_LIMITED, "slow down", retry_after=1),
+        Refusal(ErrorCode.RATE_LIMITED, "at your cap", retry_after=1, cause="user_requests"),
+        Refusal(ErrorCode.TOO_LONG, "too long"),
+        Refusal(ErrorCode.OVERLOADED, "full"),
+        *(
+            Refusal(uncounted, "not a chat outcome")
+            for uncounted in (
+                ErrorCode.UNAUTHORIZED,
+                ErrorCode.INVALID_VALUE,
+                ErrorCode.NOT_FOUND,
+                ErrorCode.INTERNAL,
+            )
+        ),
     ):
-        usage.refused(Refusal(uncounted, "not a chat outcome"))
-    assert _requests("rate_limited") - before["rate_limited"] == 1
+        usage = RequestMetrics("unit-test", Transport.OPENAI)
+        usage.refused(refusal)
+        usage.refused(refusal)  # one request is counted once, however many times it is told
+    assert _requests("rate_limited") - before["rate_limited"] == 2
     assert _requests("rejected") - before["rejected"] == 2
+    counted = {reason: _refusals(reason) - refused_before[reason] for reason in reasons}
+    assert counted == {"rate_limited": 1, "user_requests": 1, "too_long": 1, "overloaded": 1, "internal": 0}

@@ -5,9 +5,8 @@ the user's cap on replies at once, queue. A request either becomes a `ChatStream
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 from qwen_chat import tracing
 from qwen_chat.chat.rate_limit import RateLimiter
@@ -53,7 +52,7 @@ class Admission:
         """Admit one chat request, or raise `Refusal` (not text, draining, rate limit, too long, not
         ready, queue full)."""
         usage = self._usage(usage, user, transport, "chat")
-        with _refusal_ends_trace(usage):
+        with tracing.ended_by_exception(usage.trace):
             return await self._start_chat(
                 user, transport, messages, params, stop, usage, template_args, options
             )
@@ -116,7 +115,7 @@ class Admission:
                 raise PromptTooLong(len(prompt_ids), budget)
             return [], prompt_ids
 
-        with _refusal_ends_trace(usage):
+        with tracing.ended_by_exception(usage.trace):
             return await self._admit(
                 user, transport, encode, "prompt", params, stop, usage, options or ReplyOptions()
             )
@@ -182,17 +181,6 @@ class Admission:
             shown = kept if self._settings.log_prompts and kept else None
             usage.trace.admitted(request.request_id, first.position, len(prompt_ids), params, shown)
         return stream
-
-
-@contextlib.contextmanager
-def _refusal_ends_trace(usage: RequestMetrics) -> Iterator[None]:
-    """A refused request's span ends with the refusal, whichever transport renders it."""
-    try:
-        yield
-    except Refusal as refusal:
-        if usage.trace is not None:
-            usage.trace.refused(refusal)
-        raise
 
 
 def _at_capacity(exc: UserAtCapacity) -> Refusal:

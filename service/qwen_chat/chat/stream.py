@@ -158,8 +158,11 @@ class ChatStream:
         self.engine.abort(self.request.request_id)
 
     async def aclose(self) -> None:
-        """Stop the generation if it still runs; transports call this when they are done, however they end."""
+        """Stop the generation if it still runs; transports call this when they are done, however they end.
+        A reply closed before `events` saw it end (its client went away before the first frame) counts as
+        cancelled."""
         await self._events.aclose()  # type: ignore[attr-defined]
+        self.usage.ended("cancelled")  # no-op when it was counted already
         if not self.closed.is_set():
             self.closed.set()
             if self.on_close is not None:

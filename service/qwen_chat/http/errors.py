@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from qwen_chat.engine.interface import EngineError
 from qwen_chat.errors import ErrorCode, Refusal, describe_errors, field_path
 from qwen_chat.metrics import RequestMetrics, Transport
 from qwen_chat.service import get_service
@@ -39,6 +40,14 @@ async def on_refusal(request: Request, exc: Exception) -> JSONResponse:
     model = get_service(request).settings.model_name
     RequestMetrics(model, _transport(request.url.path)).refused(exc)
     return exc.openai_response(_openai_api(request))
+
+
+async def on_engine_error(request: Request, exc: Exception) -> JSONResponse:
+    """A whole-reply request (`/chat`, `/v1/...` without `stream`) whose generation failed: a 500 in
+    OpenAI's shape, saying nothing of the engine's own message. Its reply counted as `error` as it ended."""
+    assert isinstance(exc, EngineError)
+    refusal = Refusal(ErrorCode.INTERNAL, "the model failed to generate a reply")
+    return refusal.openai_response(_openai_api(request))
 
 
 async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

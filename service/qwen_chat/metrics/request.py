@@ -45,6 +45,7 @@ class RequestMetrics:
     last_token_at: float | None = None
     first_token_at: float | None = None
     trace: ReplySpans | None = None  # its spans, while traces are on (`tracing.ReplyTrace`)
+    done: bool = False  # how it ended is counted (once: finished, ended or refused)
 
     def tokens_sent(self, completion_tokens: int) -> None:
         now = time.perf_counter()
@@ -66,6 +67,9 @@ class RequestMetrics:
         queue_seconds: float,
         tokens_per_second: float,
     ) -> None:
+        if self.done:
+            return
+        self.done = True
         self._count(completion_tokens)
         PROMPT_TOKENS.labels(self.model).inc(prompt_tokens)
         REQUEST_QUEUE.labels(self.model).observe(queue_seconds)
@@ -78,12 +82,18 @@ class RequestMetrics:
 
     def ended(self, outcome: str) -> None:
         """A request that ends without a `Finished` event: it failed, or its client vanished."""
+        if self.done:
+            return
+        self.done = True
         REQUESTS.labels(self.model, self.transport, outcome).inc()
         if self.trace is not None:
             self.trace.ended(outcome)
 
     def refused(self, refusal: Refusal) -> None:
         """The request was answered with `refusal`: counted once, by the transport that answers it."""
+        if self.done:
+            return
+        self.done = True
         if refusal.code.outcome is not None:
             REQUESTS.labels(self.model, self.transport, refusal.code.outcome).inc()
             REFUSALS.labels(self.model, self.transport, refusal.cause).inc()

@@ -11,6 +11,7 @@ conventions (`gen_ai.*`) where they have a name, vLLM's `gen_ai.latency.*` for t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -21,12 +22,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from qwen_chat.tracing import setup
+from qwen_chat.errors import Refusal
+from qwen_chat.metrics import ReplySpans
+from qwen_chat.tracing import provider
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
 
-    from qwen_chat.errors import Refusal
     from qwen_chat.sampling_params import SamplingParams
 
 MODEL = "gen_ai.request.model"
@@ -62,7 +64,7 @@ class ReplyTrace:
         self._handed_ns = time.time_ns()
         self._queue_position = queue_position
         attributes: dict[str, Any] = {
-            "gen_ai.response.id": request_id,
+            "qwen_chat.request_id": request_id,  # as in the reply's log lines
             QUEUE_POSITION: queue_position,
             INPUT_TOKENS: prompt_tokens,
             "gen_ai.request.max_tokens": params.max_new_tokens,
@@ -72,7 +74,9 @@ class ReplyTrace:
         if params.seed is not None:
             attributes["gen_ai.request.seed"] = params.seed
         if messages is not None:
-            attributes["gen_ai.input.messages"] = json.dumps(list(messages), ensure_ascii=False, default=str)
+            attributes["gen_ai.input.messages"] = json.dumps(
+                [_parts(message) for message in messages], ensure_ascii=False, default=str
+            )
         self.span.set_attributes(attributes)
 
     def first_token(self) -> None:
@@ -97,8 +101,11 @@ class ReplyTrace:
                 INPUT_TOKENS: prompt_tokens,
                 OUTPUT_TOKENS: completion_tokens,
                 FINISH_REASONS: [outcome],
+                # vLLM's latencies; time to first token from arrival, as the client feels it.
                 "gen_ai.latency.time_in_queue": queue_seconds,
-                "gen_ai.latency.time_to_first_token": (first - handed) / 1e9,
+                "gen_ai.latency.time_to_first_token": (first - self._started_ns) / 1e9,
+                "gen_ai.latency.time_in_model_prefill": (first - started) / 1e9,
+                "gen_ai.latency.time_in_model_decode": (end - first) / 1e9,
                 "gen_ai.latency.e2e": (end - self._started_ns) / 1e9,
             }
         )
@@ -124,13 +131,13 @@ class ReplyTrace:
         if self._ended:
             return
         self.span.set_attribute("error.type", refusal.cause)
-        if refusal.status >= 500:
+        if refusal.status >= 500 and refusal.cause != "draining":  # a rollout refuses by design
             self.span.set_status(Status(StatusCode.ERROR, refusal.message))
         self._end(time.time_ns())
 
     def _phase(self, name: str, start: int, end: int, attributes: dict[str, Any]) -> None:
         attributes = {MODEL: self._model, **{k: v for k, v in attributes.items() if v is not None}}
-        tracer = setup.tracer()
+        tracer = provider.tracer()
         if tracer is None or not self.span.is_recording():
             return
         span = tracer.start_span(name, context=self.context, start_time=start, attributes=attributes)
@@ -152,7 +159,7 @@ def start_reply(
 ) -> ReplyTrace | None:
     """The spans of a reply that begins now; None while traces are off. `parent` None: the current span's
     child (FastAPI's server span on HTTP); `server` for a span that is the transport's own (/ws)."""
-    tracer = setup.tracer()
+    tracer = provider.tracer()
     if tracer is None:
         return None
     started = time.time_ns()
@@ -164,6 +171,7 @@ def start_reply(
         attributes={
             "gen_ai.operation.name": operation,
             MODEL: model,
+            "gen_ai.response.model": model,
             "qwen_chat.transport": transport,
             USER: user,
             **(attributes or {}),
@@ -174,11 +182,37 @@ def start_reply(
 
 def extract(headers: Any) -> Context | None:
     """The W3C `traceparent` (and baggage) a client sent, as a parent; None while traces are off."""
-    if setup.tracer() is None:
+    if provider.tracer() is None:
         return None
     from opentelemetry import propagate
 
     return propagate.extract(dict(headers))
+
+
+@contextmanager
+def ended_by_exception(reply: ReplySpans | None) -> Iterator[None]:
+    """Whatever ends the block early ends the reply's spans: a refusal with its cause, a cancellation as
+    `cancelled`, anything else as `error`."""
+    try:
+        yield
+    except Refusal as refusal:
+        if reply is not None:
+            reply.refused(refusal)
+        raise
+    except BaseException as exc:
+        if reply is not None:
+            reply.ended("cancelled" if isinstance(exc, asyncio.CancelledError | GeneratorExit) else "error")
+        raise
+
+
+def _parts(message: Any) -> dict[str, Any]:
+    """A chat turn in the GenAI conventions' message form: a role and its parts."""
+    turn: dict[str, Any] = dict(message) if isinstance(message, dict) else {"content": str(message)}
+    parts: list[dict[str, Any]] = []
+    if turn.get("content"):
+        parts.append({"type": "text", "content": turn["content"]})
+    parts += [{"type": "tool_call", **call} for call in turn.get("tool_calls") or []]
+    return {"role": turn.get("role", "user"), "parts": parts}
 
 
 @contextmanager

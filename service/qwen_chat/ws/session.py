@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from opentelemetry.context import Context
 
 from qwen_chat import tracing
 from qwen_chat.chat.reasoning import ReasoningDelta
@@ -22,6 +21,9 @@ from qwen_chat.metrics import CLIENT_DISCONNECTS, RequestMetrics, Transport
 from qwen_chat.sampling_params import resolve
 from qwen_chat.service import Service
 from qwen_chat.ws import protocol as wire
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 log = structlog.get_logger(__name__)
@@ -38,6 +40,7 @@ class ChatSession:
     ) -> None:
         self._service = service
         self._trace_parent = trace_parent
+        self._connection_id = str(log_context.get("connection_id", ""))
         self._settings = service.settings
         self._user = user
         self._send = send
@@ -66,15 +69,19 @@ class ChatSession:
             self.history = []
             self._epoch += 1
         else:
+            attributes = {"gen_ai.conversation.id": self._connection_id}  # the messages of one socket
+            if message.id is not None:
+                attributes["qwen_chat.message_id"] = message.id
             usage.trace = tracing.start_reply(
                 self._settings.model_name,
                 Transport.WS.value,
                 self._user,
                 parent=self._trace_parent,
                 server=True,
-                attributes={"qwen_chat.message_id": message.id} if message.id is not None else None,
+                attributes=attributes,
             )
-            with tracing.active(usage.trace):  # its log lines, and the task that streams it, carry its ids
+            # Its log lines, and the task that streams it, carry its ids; a bug in it still ends its span.
+            with tracing.active(usage.trace), tracing.ended_by_exception(usage.trace):
                 await self._chat(message, usage)
 
     def cancel(self) -> None:

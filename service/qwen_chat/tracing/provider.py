@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,8 @@ DEFAULT_SERVICE_NAME = "qwen-chat"
 # instead of one for the whole connection (ws/router.py).
 NOT_TRACED = "/livez$,/readyz$,/metrics$,/ws$,/static/,/favicon"
 # Headers that never reach a span, even when OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST asks.
-SECRET_HEADERS = ["authorization", "cookie", "sec-websocket-protocol", "x-api-key"]
+SECRET_HEADERS = ["authorization", "proxy-authorization", "cookie", "sec-websocket-protocol", "x-api-key"]
+SHUTDOWN_SECONDS = 5.0
 
 
 class TracingConfigError(ValueError):
@@ -121,35 +123,48 @@ def configure(app: FastAPI, headers_file: Path | None = None) -> TracerProvider 
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
     provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER
     provider.add_span_processor(BatchSpanProcessor(_exporter(protocol(), file_headers(headers_file))))
+    environ = os.environ
+    # Ours, and the operator's own (passing ours would otherwise replace what these variables say).
+    excluded = environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS") or environ.get("OTEL_PYTHON_EXCLUDED_URLS")
+    sanitized = environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "")
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=provider,
-        excluded_urls=NOT_TRACED,
+        excluded_urls=",".join(filter(None, [NOT_TRACED, excluded])),
         exclude_spans=["receive", "send"],  # not a span per body chunk of a streamed reply
         server_request_hook=_redact_url,
-        http_capture_headers_sanitize_fields=SECRET_HEADERS,
+        http_capture_headers_sanitize_fields=[*SECRET_HEADERS, *filter(None, sanitized.split(","))],
     )
     _provider, _tracer = provider, provider.get_tracer("qwen_chat")
     return provider
 
 
-def shutdown() -> None:
-    """Export the spans still buffered (a draining worker's last replies), then stop tracing."""
+def shutdown(timeout: float = SHUTDOWN_SECONDS) -> None:
+    """Export the spans still buffered (a draining worker's last replies), then stop tracing. Waits at most
+    `timeout` seconds: a collector that is down must not hold a worker past gunicorn's graceful timeout."""
     global _provider, _tracer
-    if _provider is not None:
-        _provider.shutdown()
-    _provider = _tracer = None
+    provider, _provider, _tracer = _provider, None, None
+    if provider is not None:
+        flushing = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+        flushing.start()
+        flushing.join(timeout)
 
 
-def _exporter(chosen: str, headers: dict[str, str]) -> Any:
-    # Endpoint, headers, timeout and compression from OTEL_EXPORTER_OTLP_*; `headers` add to those.
+def _exporter(chosen: str, extra: dict[str, str]) -> Any:
+    """The OTLP exporter: endpoint, timeout and compression from OTEL_EXPORTER_OTLP_*; its headers are the
+    variables' with the file's added (each exporter would otherwise take only the ones it is given)."""
+    from opentelemetry.util.re import parse_env_headers
+
+    environ = os.environ
+    named = environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or environ.get("OTEL_EXPORTER_OTLP_HEADERS", "")
+    headers = {**parse_env_headers(named, liberal=True), **extra} or None
     if chosen == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
-        return GrpcExporter(headers=headers or None)
+        return GrpcExporter(headers=headers)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter(headers=headers or None)
+    return OTLPSpanExporter(headers=headers)
 
 
 # The instrumentation records the URL with its query; seed-style query auth (`?secret=`) puts a key there.
