@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install system-deps tools run test test-unit bench gpu-check lint format clean
+.PHONY: install system-deps tools run test test-unit bench gpu-check dashboard lint format clean
 
 install: $(STAMP)
 
@@ -54,14 +54,19 @@ gpu-check:
 	$(GPU_PYTHON) bench/suite.py --shape qwen2.5-0.5b $(GPU_BENCH) --label gpu-qwen2.5-0.5b
 	$(GPU_PYTHON) bench/suite.py --shape qwen2.5-1.5b $(GPU_BENCH) --label gpu-qwen2.5-1.5b
 
+# The chart's Grafana dashboard (charts/qwen-chat/dashboards/qwen-chat.json) is generated: edit dashboards/*.py,
+# then `make dashboard`; tests/test_monitoring.py fails when the committed JSON differs (`--check`).
+dashboard: install
+	$(BIN)/python -m dashboards.qwen_chat
+
 lint: install
-	$(BIN)/ruff check service tests bench docs
-	$(BIN)/ruff format --check service tests bench docs
+	$(BIN)/ruff check service tests bench docs dashboards
+	$(BIN)/ruff format --check service tests bench docs dashboards
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format service tests bench docs
-	$(BIN)/ruff check --fix service tests bench docs
+	$(BIN)/ruff format service tests bench docs dashboards
+	$(BIN)/ruff check --fix service tests bench docs dashboards
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache test-output

@@ -76,6 +76,15 @@ class Panel:
         defaults: dict[str, Any] = self.spec.get("fieldConfig", {}).get("defaults", {})
         return defaults
 
+    def right_axis(self) -> dict[str, str]:
+        """Series (by legend) that a byName override puts on a right-hand axis, with their unit."""
+        found = {}
+        for override in self.spec.get("fieldConfig", {}).get("overrides", []):
+            properties = {p["id"]: p.get("value") for p in override.get("properties", [])}
+            if override["matcher"]["id"] == "byName" and properties.get("custom.axisPlacement") == "right":
+                found[override["matcher"]["options"]] = properties.get("unit") or "short"
+        return found
+
 
 def panels_of(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     """Every panel, rows included, with the panels of collapsed rows flattened in."""
@@ -260,6 +269,19 @@ def _clock(value: float, _position: float) -> str:
     return dt.datetime.fromtimestamp(value, tz=dt.UTC).strftime("%H:%M:%S")
 
 
+def _right_axis(ax: Axes, right: dict[str, str], series: list[Series]) -> Axes | None:
+    """A second y axis on the right for the series an override moves there (one unit: the first's)."""
+    units = [right[s.legend] for s in series if s.legend in right]
+    if not units:
+        return None
+    twin = ax.twinx()
+    _style(twin)
+    twin.set_facecolor("none")
+    twin.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_value(v, units[0])))
+    twin.yaxis.set_major_locator(MaxNLocator(4))
+    return twin
+
+
 def draw_timeseries(ax: Axes, panel: Panel, start: float, end: float, step: float) -> None:
     unit = panel.defaults.get("unit", "short")
     custom = panel.defaults.get("custom", {})
@@ -274,18 +296,24 @@ def draw_timeseries(ax: Axes, panel: Panel, start: float, end: float, step: floa
         ax.text(
             0.5, 0.5, "No data", color=MUTED, ha="center", va="center", fontsize=12, transform=ax.transAxes
         )
+    right = panel.right_axis()
+    twin = _right_axis(ax, right, panel.series)
     for index, series in enumerate(panel.series):
         color = PALETTE[index % len(PALETTE)]
+        target = twin if twin is not None and series.legend in right else ax
         if bars:
-            ax.bar(
+            target.bar(
                 series.times, series.values, width=step * 0.8, color=color, alpha=0.85, label=series.legend
             )
         else:
-            ax.plot(series.times, series.values, color=color, linewidth=1.2, label=series.legend)
-            ax.fill_between(series.times, series.values, color=color, alpha=0.08)
+            target.plot(series.times, series.values, color=color, linewidth=1.2, label=series.legend)
+            target.fill_between(series.times, series.values, color=color, alpha=0.08)
     if "min" in panel.defaults:
         ax.set_ylim(bottom=panel.defaults["min"])
-    top = max((v for s in panel.series for v in s.values if math.isfinite(v)), default=0.0)
+    if twin is not None:
+        twin.set_ylim(bottom=0)  # after plotting: set_ylim stops autoscaling
+    left = [s for s in panel.series if s.legend not in right]
+    top = max((v for s in left for v in s.values if math.isfinite(v)), default=0.0)
     if top <= 0:
         ax.set_ylim(top=1)
     if custom.get("thresholdsStyle", {}).get("mode", "off") != "off":
@@ -295,7 +323,13 @@ def draw_timeseries(ax: Axes, panel: Panel, start: float, end: float, step: floa
         if top > 0:
             ax.set_ylim(top=max(top * 1.1, ax.get_ylim()[1]))
     if panel.series:
-        legend = ax.legend(loc="upper left", fontsize=6, ncol=min(3, len(panel.series)), labelcolor=TEXT)
+        handles, labels = ax.get_legend_handles_labels()
+        if twin is not None:
+            more = twin.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        ncol = min(3, len(panel.series))
+        on_top = twin if twin is not None else ax  # so that no line of the other axis covers it
+        legend = on_top.legend(handles, labels, loc="upper left", fontsize=6, ncol=ncol, labelcolor=TEXT)
         legend.get_frame().set(facecolor=PANEL, edgecolor=PANEL, alpha=0.85)
         legend.set_zorder(5)
 
@@ -348,12 +382,13 @@ def draw(
             draw_stat(ax, panel)
         else:
             inset_l = 0.62 / width_in
+            inset_r = (0.62 if panel.right_axis() else 0.1) / width_in
             inset_b = 0.3 / height_in
             ax = figure.add_axes(
                 (
                     left + inset_l,
                     top - h - title_h / height_in + inset_b,
-                    w - inset_l - 0.1 / width_in,
+                    w - inset_l - inset_r,
                     h - inset_b - 0.05 / height_in,
                 )
             )

@@ -11,12 +11,14 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from qwen_chat.metrics import REFUSAL_REASONS, Transport
 from tests.support.chart_tools import REPO, run_tool
 from tests.support.live_server import wait_until
 from tests.support.monitoring_stack import (
@@ -59,6 +61,7 @@ METRICS_WITH_MODEL = {
     "requests_running",
     "requests_waiting",
     "requests_total",
+    "refusals_total",
     "model_loaded",
     "model_load_seconds",
     "kv_cache_usage_ratio",
@@ -84,6 +87,8 @@ REQUIRED_PANELS = {
     "Inter-token latency",
     "Request rate by transport and outcome",
     "Rate-limited requests",
+    "Refusals by reason",
+    "Per-user caps",
     "Authentication failures",
     "Model loaded per pod",
     "Model load time",
@@ -208,6 +213,27 @@ def test_dashboard_has_the_variables_panels_units_thresholds_and_filters() -> No
     assert used == METRICS_WITH_MODEL | METRICS_WITHOUT_MODEL, (
         "every metric of the contract is on the dashboard"
     )
+
+
+def _generator(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "dashboards.qwen_chat", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+
+
+def test_committed_dashboard_is_what_dashboards_qwen_chat_generates(tmp_path: Path) -> None:
+    """The JSON in the chart is an output: `make dashboard` writes it from dashboards/, and --check fails on
+    any drift (shown here on a tampered copy)."""
+    done = _generator("--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    committed = DASHBOARD.read_text()
+    tampered = tmp_path / "qwen-chat.json"
+    tampered.write_text(committed.replace('"title": "Ready pods"', '"title": "Edited by hand"'))
+    assert tampered.read_text() != committed
+    done = _generator("--check", "--out", str(tampered))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "run `make dashboard`" in done.stderr and '"Edited by hand"' in done.stderr, done.stderr
+    assert _generator("--out", str(tampered)).returncode == 0
+    assert tampered.read_text() == committed, "the generator writes what is committed"
 
 
 def test_chart_ships_the_dashboard_as_a_configmap_for_the_grafana_sidecar() -> None:
@@ -545,6 +571,7 @@ def _assert_load_did_everything(result: LoadResult) -> None:
     assert result.finish_reasons["cancelled"] >= 1, result
     assert result.disconnects >= 1
     assert result.refused_handshakes and set(result.refused_handshakes) <= {401, 403}, result
+    assert result.capped_sockets >= 1, "five sockets of one key on two workers that take two each"
     assert result.http_status[401] >= 1 and result.http_status[429] >= 1 and result.http_status[200] >= 4, (
         result
     )
@@ -610,6 +637,10 @@ def test_every_dashboard_panel_returns_data_from_a_live_prometheus(
         assert restarts is not None and restarts >= 1, f"the SIGKILL of worker {victim} shows as a restart"
         tokens = prom.value(substitute(_panel_expr(board, "Generated tokens/s"), values))
         assert tokens is not None and tokens > 0
+        refusals = prom.value(substitute(_panel_expr(board, "Refusals by reason"), values))
+        assert refusals is not None and refusals > 0, "the burst's 429s are refusals (reason rate_limited)"
+        capped = prom.value(substitute(_panel_expr(board, "Per-user caps"), values))
+        assert capped is not None and capped > 0, "the capped key's 1013 closes and 429s"
 
         # The preview draws every panel from the same Prometheus.
         TEST_OUTPUT.mkdir(exist_ok=True)
@@ -640,6 +671,8 @@ def _assert_a_fresh_pod_has_every_series(prom: Any, board: dict[str, Any]) -> No
         ("ws", "origin"),
         ("http", "key"),
     }
+    refusals = prom.query("count by (transport, reason) (qwen_chat_refusals_total)")
+    assert len(refusals) == len(Transport) * len(REFUSAL_REASONS) + 1, "and /ws's user_connections"
     rate = prom.value(substitute(_panel_expr(board, "Rate-limited requests"), values))
     assert rate == 0, "rate() of a series that exists is 0, not no data"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.support.live_server import free_port, wait_until
 from tests.support.secret_volume import SecretVolume
@@ -46,11 +46,13 @@ JOB = "t-qwen-chat"  # the chart's full name for release `t`: the Service, hence
 POD = "t-qwen-chat-6f9c7d8b5-k2x7q"
 MODEL = "qwen-chat-tiny"
 RATE_LIMIT = 5  # per user and minute; every load user sends fewer, the burst user more than twice as many
+USER_CONNECTIONS = 2  # per user and worker; the capped user opens more than both workers take
 SERVE_SETTINGS = {
     "rate_limit": f"{RATE_LIMIT}/minute",
     "max_running": "2",
     "served_model_name": MODEL,
     "credentials_reload_seconds": "1",
+    "max_user_connections": str(USER_CONNECTIONS),  # and MAX_USER_REQUESTS is 1: half of MAX_RUNNING
 }
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")
 
@@ -240,6 +242,7 @@ class LoadResult:
     ws_errors: Counter[str] = field(default_factory=Counter)
     refused_handshakes: list[int] = field(default_factory=list)
     disconnects: int = 0
+    capped_sockets: int = 0  # closed with 1013: the key had MAX_USER_CONNECTIONS open on that worker
 
     def add(self, other: LoadResult) -> None:
         self.finish_reasons.update(other.finish_reasons)
@@ -247,6 +250,7 @@ class LoadResult:
         self.ws_errors.update(other.ws_errors)
         self.refused_handshakes.extend(other.refused_handshakes)
         self.disconnects += other.disconnects
+        self.capped_sockets += other.capped_sockets
 
 
 class Users:
@@ -342,8 +346,34 @@ async def _burst(http: httpx.AsyncClient, key: str, result: LoadResult) -> None:
         result.http_status[response.status_code] += 1
 
 
+async def _over_the_caps(server: ServeProcess, http: httpx.AsyncClient, key: str, result: LoadResult) -> None:
+    """One key past its per-user caps on both workers: more sockets than two workers' MAX_USER_CONNECTIONS
+    (some close with 1013), and more replies at once than two workers' MAX_USER_REQUESTS (some get 429)."""
+
+    async def closed_at_once(ws: Any) -> bool:
+        try:
+            await asyncio.wait_for(ws.recv(), 0.5)
+        except ConnectionClosed as closed:
+            return closed.rcvd is not None and closed.rcvd.code == 1013
+        except TimeoutError:
+            pass
+        return False
+
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [
+            await stack.enter_async_context(open_socket(server.ws, user=None, additional_headers=_auth(key)))
+            for _ in range(2 * USER_CONNECTIONS + 1)
+        ]
+        result.capped_sockets += sum(await asyncio.gather(*(closed_at_once(ws) for ws in sockets)))
+    body = {"prompt": "a long story", "max_new_tokens": 48}
+    replies = await asyncio.gather(*(http.post("/chat", headers=_auth(key), json=body) for _ in range(4)))
+    for response in replies:
+        result.http_status[response.status_code] += 1
+
+
 async def load_round(server: ServeProcess, users: Users, streams: int = 4) -> LoadResult:
-    """One bounded round of everything: WebSocket and HTTP chats, a cancel, a disconnect, bad keys, a burst."""
+    """One bounded round of everything: WebSocket and HTTP chats, a cancel, a disconnect, bad keys, a burst,
+    a key over its caps."""
     result = LoadResult()
     async with httpx.AsyncClient(base_url=server.http, timeout=120) as http:
         tasks = [_ws_chats(server, users.next(), [16, 48, 32], result) for _ in range(streams)]
@@ -354,6 +384,7 @@ async def load_round(server: ServeProcess, users: Users, streams: int = 4) -> Lo
             _openai_chats(http, users.next(), result),
             _bad_keys(server, http, result),
             _burst(http, users.next(), result),
+            _over_the_caps(server, http, users.next(), result),
         ]
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=240)
     return result
