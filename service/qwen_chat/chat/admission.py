@@ -52,43 +52,28 @@ class Admission:
         """Admit one chat request, or raise `Refusal` (not text, draining, rate limit, too long, not
         ready, queue full)."""
         usage = self._usage(usage, user, transport, "chat")
-        with tracing.ended_by_exception(usage.trace):
-            return await self._start_chat(
-                user, transport, messages, params, stop, usage, template_args, options
-            )
+        with tracing.ended_by_exception(usage.trace):  # however admission ends early, the span ends
+            options = options or ReplyOptions()
+            refuse_non_text(messages, "messages", "a message")
+            prompts = self.prompts()
+            if options.tools is not None:
+                refuse_non_text(options.tools, "tools", "a tool")
+                if not prompts.takes_tools:
+                    message = "this model's chat template does not take tools"
+                    raise Refusal(ErrorCode.BAD_REQUEST, message, param="tools", status=400)
+                template_args = {**(template_args or {}), "tools": options.tools}
+            if options.constraint is not None and prompts.reasons:
+                # The grammar shapes the answer from its first token: a thinking block would be cut off by it.
+                template_args = {**(template_args or {}), "enable_thinking": False}
 
-    async def _start_chat(
-        self,
-        user: str,
-        transport: Transport,
-        messages: list[Message],
-        params: SamplingParams,
-        stop: list[str] | None,
-        usage: RequestMetrics,
-        template_args: TemplateArgs | None,
-        options: ReplyOptions | None,
-    ) -> ChatStream:
-        options = options or ReplyOptions()
-        refuse_non_text(messages, "messages", "a message")
-        prompts = self.prompts()
-        if options.tools is not None:
-            refuse_non_text(options.tools, "tools", "a tool")
-            if not prompts.takes_tools:
-                message = "this model's chat template does not take tools"
-                raise Refusal(ErrorCode.BAD_REQUEST, message, param="tools", status=400)
-            template_args = {**(template_args or {}), "tools": options.tools}
-        if options.constraint is not None and prompts.reasons:
-            # The grammar shapes the answer from its first token: a thinking block would be cut off by it.
-            template_args = {**(template_args or {}), "enable_thinking": False}
+            async def encode() -> tuple[list[Message], list[int]]:
+                # Tokenising a long conversation takes milliseconds: keep it off the event loop.
+                return await asyncio.to_thread(prompts.fit, messages, template_args)
 
-        async def encode() -> tuple[list[Message], list[int]]:
-            # Tokenising a long conversation takes milliseconds: keep it off the event loop.
-            return await asyncio.to_thread(prompts.fit, messages, template_args)
-
-        stream = await self._admit(user, transport, encode, "messages", params, stop, usage, options)
-        if prompts.reasons and options.constraint is None:  # a grammar's reply is all answer
-            stream.reasoning = ReasoningSplit(opened=prompts.opens_reasoning(stream.request.prompt_ids))
-        return stream
+            stream = await self._admit(user, transport, encode, "messages", params, stop, usage, options)
+            if prompts.reasons and options.constraint is None:  # a grammar's reply is all answer
+                stream.reasoning = ReasoningSplit(opened=prompts.opens_reasoning(stream.request.prompt_ids))
+            return stream
 
     def prompts(self) -> Prompts:
         """The engine's prompts; before the model is ready, an `overloaded` refusal with a retry hint."""

@@ -8,8 +8,8 @@ certificates (`OTEL_EXPORTER_OTLP_*`) and the batch processor's (`OTEL_BSP_*`). 
 credentials can come from a mounted Secret file instead (QWEN_CHAT_OTLP_HEADERS_FILE). Spans go out over
 OTLP/HTTP (protobuf); `grpc` is taken where its exporter is installed.
 
-Off, nothing is imported beyond the API, no middleware is added, and `tracer()` is None: the hot path
-pays one `is None` check per request.
+Off, nothing is imported beyond the API, no middleware is added, and `tracer()` is None: a request pays
+a few `is None` checks (bench/tracing_cost.py measures on against off).
 """
 
 from __future__ import annotations
