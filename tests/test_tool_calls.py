@@ -196,8 +196,15 @@ async def test_ws_tools_give_tool_call_frames_and_take_results(server: LiveServe
         await ws.send(json.dumps({"type": "chat", "id": "y", "tool_results": results}))
         errors = [f for f in [*(await until_end(ws)), *(await until_end(ws))] if f["type"] == "error"]
         assert [e["id"] for e in errors][-1] == "y" and errors[-1]["code"] == "bad_request"
-        # params.response_format: the reply is JSON of the schema, on /ws too.
-        schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+        # params.response_format: the reply is JSON of the schema, on /ws too. No other property is allowed,
+        # so the reply is `{"ok": ...}` and ends: with extra properties the sampled tiny model could write
+        # keys until max_new_tokens (a flake seen twice).
+        schema = {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}},
+            "required": ["ok"],
+            "additionalProperties": False,
+        }
         params = {
             "max_new_tokens": 32,
             "response_format": {"type": "json_schema", "json_schema": {"schema": schema}},
