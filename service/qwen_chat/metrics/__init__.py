@@ -149,11 +149,12 @@ OUTCOMES = ("stop", "length", "cancelled", "error", "rejected", "rate_limited")
 # A refusal's reason is its `Refusal.cause`: the error code, or what of several causes of one code it was.
 USER_REQUESTS = "user_requests"  # the key has MAX_USER_REQUESTS replies at once (429)
 USER_CONNECTIONS = "user_connections"  # the key has MAX_USER_CONNECTIONS sockets open (/ws closed 1013)
+DRAINING = "draining"  # the pod is shutting down (503)
 REFUSAL_REASONS = (
     "rate_limited",
     USER_REQUESTS,
     "overloaded",
-    "draining",
+    DRAINING,
     "too_long",
     "busy",
     "bad_request",

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from qwen_chat.errors import ErrorCode, Refusal
+from qwen_chat.metrics import DRAINING
 from qwen_chat.runtime.readiness import WorkerStates
 
 log = structlog.get_logger(__name__)
@@ -52,7 +53,7 @@ class Drain:
     def refusal(self) -> Refusal:
         """What a new chat or socket gets while draining."""
         message = "the server is shutting down"
-        return Refusal(ErrorCode.OVERLOADED, message, retry_after=RETRY_AFTER_SECONDS, cause="draining")
+        return Refusal(ErrorCode.OVERLOADED, message, retry_after=RETRY_AFTER_SECONDS, cause=DRAINING)
 
     def track(self, reply: Reply) -> None:
         self.replies.add(reply)

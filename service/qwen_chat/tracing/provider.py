@@ -152,7 +152,8 @@ def shutdown(timeout: float = SHUTDOWN_SECONDS) -> None:
 
 def _exporter(chosen: str, extra: dict[str, str]) -> Any:
     """The OTLP exporter: endpoint, timeout and compression from OTEL_EXPORTER_OTLP_*; its headers are the
-    variables' with the file's added (each exporter would otherwise take only the ones it is given)."""
+    variables' with the file's added (the gRPC exporter takes only the headers it is given, so the
+    variables' are read here for both)."""
     from opentelemetry.util.re import parse_env_headers
 
     environ = os.environ

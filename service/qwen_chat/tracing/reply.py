@@ -23,7 +23,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from qwen_chat.errors import Refusal
-from qwen_chat.metrics import ReplySpans
+from qwen_chat.metrics import DRAINING, ReplySpans
 from qwen_chat.tracing import provider
 
 if TYPE_CHECKING:
@@ -91,8 +91,8 @@ class ReplyTrace:
             return
         end = time.time_ns()
         handed = self._handed_ns or end
-        started = min(handed + int(queue_seconds * 1e9), self._first_ns or end, end)
         first = self._first_ns or end
+        started = min(handed + int(queue_seconds * 1e9), first)  # decoding started
         self._phase("queue", handed, started, {QUEUE_POSITION: self._queue_position})
         self._phase("prefill", started, first, {INPUT_TOKENS: prompt_tokens})
         self._phase("decode", first, end, {OUTPUT_TOKENS: completion_tokens, FINISH_REASONS: [outcome]})
@@ -131,15 +131,15 @@ class ReplyTrace:
         if self._ended:
             return
         self.span.set_attribute("error.type", refusal.cause)
-        if refusal.status >= 500 and refusal.cause != "draining":  # a rollout refuses by design
+        if refusal.status >= 500 and refusal.cause != DRAINING:  # a rollout refuses by design
             self.span.set_status(Status(StatusCode.ERROR, refusal.message))
         self._end(time.time_ns())
 
     def _phase(self, name: str, start: int, end: int, attributes: dict[str, Any]) -> None:
-        attributes = {MODEL: self._model, **{k: v for k, v in attributes.items() if v is not None}}
         tracer = provider.tracer()
-        if tracer is None or not self.span.is_recording():
+        if tracer is None or not self.span.is_recording():  # traces went off, or this one is not sampled
             return
+        attributes = {MODEL: self._model, **{k: v for k, v in attributes.items() if v is not None}}
         span = tracer.start_span(name, context=self.context, start_time=start, attributes=attributes)
         span.end(end_time=max(start, end))
 
