@@ -20,13 +20,13 @@ from qwen_chat.app import create_app
 from qwen_chat.engine.in_thread import ThreadEngine
 from qwen_chat.engine.interface import (
     EngineError,
-    Finished,
     GenerationEvent,
     GenerationRequest,
     Queued,
     TextDelta,
 )
 from tests.support.live_server import LiveServer, run_server
+from tests.support.scripted_engine import SCRIPT, ScriptedEngine
 from tests.support.secret_volume import KEYS
 from tests.support.wsclient import bearer, open_socket, until_end
 
@@ -47,27 +47,6 @@ TIME = {
     "type": "function",
     "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
 }
-# What Qwen2.5 writes when it calls a tool, cut where a stream may cut it: inside both markers.
-SCRIPT = [
-    "Let me look",
-    " that up.\n<tool",
-    '_call>\n{"name": "get_weather", "argu',
-    'ments": {"city": "Rome"}}\n</tool_c',
-    "all>",
-]
-
-
-class ScriptedEngine(ThreadEngine):
-    """The real tiny model's engine (its tokenizer and template), replying with `SCRIPT` to every chat."""
-
-    prompts_seen: list[list[int]]
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:  # type: ignore[override]
-        self.prompts_seen.append(request.prompt_ids)
-        yield Queued(0)
-        for n, piece in enumerate(SCRIPT, 1):
-            yield TextDelta(piece, n)
-        yield Finished("stop", len(request.prompt_ids), len(SCRIPT), 0.0, 0.01)
 
 
 def sdk(server: LiveServer) -> OpenAI:
@@ -77,7 +56,6 @@ def sdk(server: LiveServer) -> OpenAI:
 def test_a_scripted_tool_call_comes_back_whole_and_streamed(make_settings: Callable[..., Any]) -> None:
     settings = make_settings()
     engine = ScriptedEngine(settings)
-    engine.prompts_seen = []
     messages: Any = [{"role": "user", "content": "Weather in Rome?"}]
     with run_server(create_app(settings, engine=engine), settings) as server, sdk(server) as client:
         plain = client.chat.completions.create(model=settings.model_name, messages=messages, tools=[WEATHER])

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     kv_cache_tokens: int = Field(default=0, ge=0)
     kv_page_size: int = Field(default=0, ge=0)
     max_batch_tokens: int = Field(default=0, ge=0)
+    # A `/v1/completions` text prompt's control-token text (`<|im_start|>`, `</tool_response>`...): read as
+    # those tokens when true, as vLLM reads it; as text when false, like every chat message's text.
+    completions_control_tokens: bool = False
     # Where a Qwen v1 checkpoint is converted to Qwen2 once (engine/families.py); None: `qwen-chat/converted`
     # under HF_HOME (the chart's model cache volume), so a restart loads the conversion at once.
     conversion_cache: Path | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qwen_chat.engine.control_tokens import ControlTokens
+
 Message = dict[str, Any]  # role, content; an assistant turn may hold tool_calls
 # Per-request chat template arguments (`chat_template_kwargs`), e.g. Qwen3's `enable_thinking`.
 TemplateArgs = dict[str, object]
@@ -37,11 +39,27 @@ def render_chatml(messages: list[Message]) -> str:
     return "".join(text for _, text in chatml_parts(messages))
 
 
+def thinking_apart(messages: list[Message]) -> list[Message]:
+    """Assistant turns replayed with their thinking in `content` (`<think>...</think>answer`), split into
+    `reasoning_content` and the answer exactly as Qwen3's templates split them: the template can no longer
+    see the client's `</think>` once it is text (`control_tokens.py`), and decides itself what to replay."""
+    split = []
+    for message in messages:
+        content = message.get("content")
+        if message["role"] == "assistant" and isinstance(content, str) and "</think>" in content:
+            parts = content.split("</think>")
+            thinking = parts[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+            message = {"reasoning_content": thinking, **message, "content": parts[-1].lstrip("\n")}
+        split.append(message)
+    return split
+
+
 class Prompts:
     """Renders conversations with the tokenizer's chat template (or ChatML) and keeps them within budget.
 
-    Qwen v1 (`family="qwen"`) is encoded as its own `make_context` does: ChatML built part by part, with
-    message text encoded as text, so a user's literal `<|im_end|>` can never end a turn.
+    Whatever a client wrote is encoded as text (`control_tokens.py`): only the template's own structure
+    becomes control tokens, so a user's literal `<|im_end|>` can never end a turn. Qwen v1 (`family="qwen"`)
+    is encoded as its own `make_context` does: ChatML built part by part, message text as text.
     """
 
     def __init__(self, tokenizer: Any, max_input_tokens: int, family: str = "qwen2") -> None:
@@ -54,6 +72,8 @@ class Prompts:
         vocab = tokenizer.get_vocab()
         # Replies open with a `<think>` block where the vocabulary has one (Qwen3, QwQ): chat/reasoning.py.
         self.reasons = "<think>" in vocab and "</think>" in vocab
+        self.controls = ControlTokens(tokenizer)
+        self._splits_thinking = self.has_template and "</think>" in str(tokenizer.chat_template)
 
     def render(self, messages: list[Message], template_args: TemplateArgs | None = None) -> str:
         if self.has_template:
@@ -66,9 +86,14 @@ class Prompts:
     def encode_chat(self, messages: list[Message], template_args: TemplateArgs | None = None) -> list[int]:
         if self.family == "qwen":
             return self._encode_chatml_parts(messages)
-        # The rendered text already holds every special token the model expects.
-        ids = self.tokenizer(self.render(messages, template_args), add_special_tokens=False)["input_ids"]
-        return list(ids)
+        if self._splits_thinking:
+            messages = thinking_apart(messages)
+        escape = self.controls.escape
+        return self.controls.encode(self.render(escape(messages), escape(template_args)))
+
+    def encode_prompt(self, text: str, control_tokens: bool) -> list[int]:
+        """A raw prompt (`/v1/completions`): all text, or with control tokens' text read as those tokens."""
+        return self.controls.encode(text, escaped=False) if control_tokens else self.controls.text(text)
 
     def opens_reasoning(self, prompt_ids: list[int]) -> bool:
         """Whether the prompt itself ends inside a `<think>` block (templates that open it for the model)."""
@@ -81,9 +106,9 @@ class Prompts:
         ids: list[int] = []
         for control, text in chatml_parts(messages):
             if control:
-                ids.append(self.tokenizer.convert_tokens_to_ids(text))
+                ids.append(self.controls.ids[text])
             else:
-                ids += self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                ids += self.controls.text(text)
         return ids
 
     def fit(

@@ -29,12 +29,13 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 
 async def _prompt_ids(service: Service, prompt: str | list[int]) -> list[int]:
-    tokenizer = service.admission.prompts().tokenizer
+    """Text is encoded as COMPLETIONS_CONTROL_TOKENS says; token ids are taken as they are, any of them."""
+    prompts = service.admission.prompts()
     if isinstance(prompt, str):
         refuse_non_text(prompt, "prompt", "the prompt")
-        encoded = await asyncio.to_thread(tokenizer, prompt, add_special_tokens=False)
-        return list(encoded["input_ids"])
-    vocab = len(tokenizer)
+        controls = service.settings.completions_control_tokens
+        return await asyncio.to_thread(prompts.encode_prompt, prompt, controls)
+    vocab = len(prompts.tokenizer)
     if any(not 0 <= token < vocab for token in prompt):
         message = f"prompt: token ids must be in [0, {vocab})"
         raise Refusal(ErrorCode.BAD_REQUEST, message, param="prompt", status=400)

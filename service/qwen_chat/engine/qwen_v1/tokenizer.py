@@ -77,7 +77,8 @@ def _merge_of(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, 
     return parts[0], parts[1]
 
 
-def build_tokenizer(path: Path, context_length: int) -> PreTrainedTokenizerFast:
+def vocabulary(path: Path) -> Tokenizer:
+    """The ranks of `path` as a fast BPE tokenizer with Qwen's split pattern, with no added tokens yet."""
     ranks = read_ranks(path)
     byte_chars = bytes_to_unicode()
 
@@ -99,7 +100,12 @@ def build_tokenizer(path: Path, context_length: int) -> PreTrainedTokenizerFast:
         ]
     )
     backend.decoder = decoders.ByteLevel()
-    first_special = len(ranks)
+    return backend
+
+
+def build_tokenizer(path: Path, context_length: int) -> PreTrainedTokenizerFast:
+    backend = vocabulary(path)
+    first_special = backend.get_vocab_size()
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     for offset, special in enumerate(SPECIAL_TOKENS):
         if backend.token_to_id(special) != first_special + offset:

@@ -1,0 +1,34 @@
+"""The real tiny model's engine (its tokenizer, template and prompt path) that replies with a script instead
+of sampling, and keeps the prompt ids of every request: what reached the model, exactly."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from qwen_chat.engine.in_thread import ThreadEngine
+from qwen_chat.engine.interface import Finished, GenerationEvent, GenerationRequest, Queued, TextDelta
+from qwen_chat.settings import Settings
+
+# What Qwen2.5 writes when it calls a tool, cut where a stream may cut it: inside both markers.
+SCRIPT = [
+    "Let me look",
+    " that up.\n<tool",
+    '_call>\n{"name": "get_weather", "argu',
+    'ments": {"city": "Rome"}}\n</tool_c',
+    "all>",
+]
+
+
+class ScriptedEngine(ThreadEngine):
+    """Replies with `SCRIPT` to every chat; `prompts_seen` holds each request's prompt ids."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.prompts_seen: list[list[int]] = []
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:  # type: ignore[override]
+        self.prompts_seen.append(request.prompt_ids)
+        yield Queued(0)
+        for n, piece in enumerate(SCRIPT, 1):
+            yield TextDelta(piece, n)
+        yield Finished("stop", len(request.prompt_ids), len(SCRIPT), 0.0, 0.01)
