@@ -14,7 +14,6 @@ ids of `apply_chat_template`.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -38,10 +37,11 @@ class ControlTokens:
         self._originals = {placeholder: text for text, placeholder in self._placeholders.items()}
         self._reserved = re.compile("|".join(map(re.escape, reserved)))
         self._placeholder = re.compile(re.escape(_ESCAPE) + ".", re.DOTALL)
-        # The same normaliser, pre-tokeniser and vocabulary, without the added tokens: text as text.
-        spec = json.loads(tokenizer.backend_tokenizer.to_str())
-        spec.update(added_tokens=[], truncation=None, padding=None)
-        self._vocabulary = Tokenizer.from_str(json.dumps(spec))
+        # The same vocabulary, normaliser and pre-tokeniser (shared, not copied) without the added tokens.
+        backend = tokenizer.backend_tokenizer
+        self._vocabulary = Tokenizer(backend.model)
+        self._vocabulary.normalizer = backend.normalizer
+        self._vocabulary.pre_tokenizer = backend.pre_tokenizer
 
     def escape(self, value: Any) -> Any:
         """`value` (a client's strings, dicts and lists, as a template reads them) with every control
