@@ -85,3 +85,16 @@ def test_the_tracing_cost_benchmark_compares_traces_off_and_on(tiny_model_dir: P
     # The traced server's spans reached the sink; the other's could not have (it has no endpoint).
     (exports,) = [line for line in run.stdout.splitlines() if line.startswith("the OTLP sink received")]
     assert not exports.startswith("the OTLP sink received 0 "), exports
+
+
+def test_the_prompt_encoding_benchmark_agrees_with_the_template() -> None:
+    run = subprocess.run(
+        [sys.executable, "bench/prompt_encoding.py", "--rounds", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]  # every round checks the three agree
+    rows = [
+        line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    assert [row[0].strip("| ") for row in rows[1:]] == ["1 turn", "8 turns", "32 turns", "8 turns, 4 tools"]
+    assert all(float(row[-1].strip(" |")) > 0 for row in rows[1:])
