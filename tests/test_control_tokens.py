@@ -1,8 +1,9 @@
 """A client's text stays text (`engine/control_tokens.py`), on the tiny models' tokenizers and on Qwen2.5's and
 Qwen3's real vocabulary, added tokens and template formats: a control token a client writes anywhere the
 template renders it comes out as text, the template's own structure is unchanged, and a prompt with no
-control token in it keeps exactly the ids of `apply_chat_template`. Qwen v1's part-by-part ChatML is checked
-against tiktoken in `test_model_families.py`; the transports in `test_family_serving.py`."""
+control token in it keeps exactly the ids of `apply_chat_template`; every transport hands the model a client's
+control-token text as text. Qwen v1's part-by-part ChatML is checked against tiktoken in
+`test_model_families.py`; what a forged turn costs on each family's served model, in `test_family_serving.py`."""
 
 from __future__ import annotations
 

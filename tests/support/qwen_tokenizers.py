@@ -155,7 +155,7 @@ def qwen_tokenizer(version: str) -> PreTrainedTokenizerFast:
 
 
 def reference_encoding(version: str) -> tiktoken.Encoding:
-    """tiktoken on the same file, with the same added tokens: an encoder that shares no code with ours."""
+    """tiktoken on the same file, with the same added tokens: an encoder sharing no encoding code with ours."""
     ranks = read_ranks(vocabulary_file())
     added = ADDED[:QWEN25_ADDED] if version == "qwen2.5" else ADDED
     specials = {text: len(ranks) + i for i, (text, _) in enumerate(added)}

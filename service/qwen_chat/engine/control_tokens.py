@@ -29,7 +29,8 @@ class ControlTokens:
 
     def __init__(self, tokenizer: Any) -> None:
         self.ids: dict[str, int] = {t.content: i for i, t in tokenizer.added_tokens_decoder.items()}
-        # Longest first, so a token is never read as a shorter one it begins with.
+        # Longest first, so a token is never read as a shorter one it begins with. Qwen's added tokens strip
+        # no spaces and match the text as written, so cutting at their exact text is the tokenizer's own cut.
         controls = sorted(self.ids, key=len, reverse=True)
         self._structure = re.compile("|".join(map(re.escape, controls))) if controls else None
         reserved = [*controls, _ESCAPE]
