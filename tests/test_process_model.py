@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.support.live_server import wait_until
 from tests.support.secret_volume import KEYS
 from tests.support.serve_process import ServeProcess, open_on_every_worker, serve_process
+from tests.support.stream_clients import ERRORED, http_stream, sdk_chat
 from tests.support.wsclient import chat, open_socket, receive, reply_text, until_end
 
 pytestmark = pytest.mark.anyio
@@ -274,6 +276,88 @@ async def test_sigkill_of_an_engine_process_mid_stream(server: ServeProcess) -> 
         assert server.metric("qwen_chat_model_loaded") == 2
 
 
+async def test_sigkill_of_the_engines_ends_every_http_stream_with_an_error_the_client_reads(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Streams on both workers, both engines killed mid-reply: every `/v1` body ends with OpenAI's error
+    object then `[DONE]` (the SDK raises `APIError`, never a connection error it would retry), every
+    `/chat_stream` with its `error` event; each cut reply is counted once as `error`."""
+    # One key holds all 12 replies, which the kernel may give to one worker: the cap per key is raised.
+    settings = {"max_new_tokens": "4000", "max_user_requests": "16"}
+    with serve_process(tmp_path, tiny_model_dir, workers=2, **settings) as live:
+        live.wait_ready()
+        model = httpx.get(live.http + "/v1/models", headers=AUTH).json()["data"][0]["id"]
+        greedy = {"model": model, "max_tokens": 4000, "temperature": 0}
+        chat_request = {**greedy, "messages": [{"role": "user", "content": "a long story"}]}
+        requests = {
+            "/v1/chat/completions": {**chat_request, "stream": True},
+            "/v1/completions": {**greedy, "prompt": "Once upon a time", "stream": True},
+            "/chat_stream": {**LONG_SSE_BODY, "max_new_tokens": 4000},
+        }
+        errors_before = {
+            t: live.metric("qwen_chat_requests_total", transport=t, outcome="error") or 0
+            for t in ("openai", "sse")
+        }
+        async with (
+            httpx.AsyncClient(base_url=live.http, timeout=60) as http,
+            openai.AsyncOpenAI(base_url=live.http + "/v1", api_key=KEYS["alice"]) as sdk,
+        ):
+            streaming: list[asyncio.Event] = []
+            clients = []
+            for _ in range(3):  # for each kind: 3 raw bodies; 3 chats through the SDK, its default retries on
+                for path, body in requests.items():
+                    streaming.append(asyncio.Event())
+                    clients.append(http_stream(http, path, body, AUTH, streaming[-1]))
+                streaming.append(asyncio.Event())
+                clients.append(sdk_chat(sdk, streaming[-1], **chat_request))
+            tasks = [asyncio.ensure_future(client) for client in clients]
+            await asyncio.to_thread(
+                wait_until,
+                lambda: all(e.is_set() for e in streaming) or any(t.done() for t in tasks),
+                timeout=60,
+                interval=0.05,
+            )
+            early = [task.result() for task in tasks if task.done()]
+            assert all(event.is_set() for event in streaming) and not early, f"not all streaming: {early}"
+            engines = [live.engine_of(worker) for worker in live.workers()]
+            assert None not in engines and len(engines) == 2
+            for pid in engines:
+                os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+            endings = await asyncio.gather(*tasks)
+        kinds = [*requests, "sdk"] * 3
+        failed = {
+            "message": "the model failed to generate a reply",
+            "type": "server_error",
+            "param": None,
+            "code": "internal",
+        }
+        for kind, ending in zip(kinds, endings, strict=True):
+            assert ending.how == ERRORED and ending.tokens > 0, (kind, ending)
+            if kind == "/chat_stream":
+                assert ending.detail == {"message": failed["message"], "code": "internal"}
+            elif kind == "sdk":
+                assert ending.detail == {"exception": "APIError", **failed}, ending
+            else:
+                assert ending.detail == failed, (kind, ending)
+        errors = {
+            t: (live.metric("qwen_chat_requests_total", transport=t, outcome="error") or 0) - errors_before[t]
+            for t in ("openai", "sse")
+        }
+        assert errors == {"openai": 9, "sse": 3}, "each cut reply is counted once, as an error"
+        # Both workers serve again once their engines are back.
+        live.wait_ready(timeout=120)
+        assert (
+            await asyncio.to_thread(
+                httpx.post,
+                live.http + "/chat",
+                json={"prompt": "hi", "max_new_tokens": 2},
+                headers=AUTH,
+                timeout=30,
+            )
+        ).status_code == 200
+    live.assert_clean_logs(ALL_KEYS)
+
+
 async def test_a_consumer_that_stops_reading_does_not_stall_other_streams(server: ServeProcess) -> None:
     async with AsyncExitStack() as stack:
         # A client that reads nothing: its frames pile up in its socket and in the server's send buffer.
@@ -364,13 +448,33 @@ async def test_sigterm_cancels_replies_that_outlast_the_drain(tmp_path: Path, ti
         async with open_socket(live.ws) as ws, httpx.AsyncClient(base_url=live.http, timeout=60) as http:
             await _stream_until_first_token(ws, max_new_tokens=4000)
             body = {**LONG_SSE_BODY, "max_new_tokens": 4000}
+            model = (await http.get("/v1/models", headers=AUTH)).json()["data"][0]["id"]
+            messages = [{"role": "user", "content": "a long story"}]
+            v1_body = {
+                "model": model,
+                "messages": messages,
+                "max_tokens": 4000,
+                "temperature": 0,
+                "stream": True,
+            }
+            v1_streaming = asyncio.Event()
+            v1 = asyncio.ensure_future(http_stream(http, "/v1/chat/completions", v1_body, AUTH, v1_streaming))
             async with http.stream("POST", "/chat_stream", headers=AUTH, json=body) as sse:
                 sse_lines = sse.aiter_lines()
                 await anext(sse_lines)
+                await asyncio.wait_for(v1_streaming.wait(), 30)
                 live.proc.send_signal(signal.SIGTERM)
                 frames = await until_end(ws)
                 assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "cancelled"
                 assert await _sse_finish_reason(sse_lines) == "cancelled"
+            # OpenAI has no `cancelled`: a `/v1` reply cut short says so with an error, not a false `stop`.
+            ending = await v1
+            overloaded = {
+                "message": "the server is shutting down",
+                "type": "server_error",
+                "code": "overloaded",
+            }
+            assert ending.how == ERRORED and ending.detail == {**overloaded, "param": None}, ending
             with pytest.raises(ConnectionClosed) as closed:
                 await receive(ws, timeout=10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001

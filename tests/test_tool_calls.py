@@ -8,7 +8,7 @@ its chat template and that `tool_choice` `required` or a named function always c
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,16 +17,8 @@ import pytest
 from openai import OpenAI
 
 from qwen_chat.app import create_app
-from qwen_chat.engine.in_thread import ThreadEngine
-from qwen_chat.engine.interface import (
-    EngineError,
-    GenerationEvent,
-    GenerationRequest,
-    Queued,
-    TextDelta,
-)
 from tests.support.live_server import LiveServer, run_server
-from tests.support.scripted_engine import SCRIPT, ScriptedEngine
+from tests.support.scripted_engine import SCRIPT, FailingEngine, ScriptedEngine
 from tests.support.secret_volume import KEYS
 from tests.support.wsclient import bearer, open_socket, until_end
 
@@ -191,15 +183,6 @@ async def test_ws_tools_give_tool_call_frames_and_take_results(server: LiveServe
         frames = await until_end(ws)
         assert frames[-1]["finish_reason"] == "stop"
         assert isinstance(json.loads("".join(f["text"] for f in frames if f["type"] == "token"))["ok"], bool)
-
-
-class FailingEngine(ThreadEngine):
-    """The real tiny model's engine (its tokenizer and template), whose every reply fails after a token."""
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:  # type: ignore[override]
-        yield Queued(0)
-        yield TextDelta("Let", 1)
-        raise EngineError("CUDA error: an illegal memory access at /opt/secret/kernel.cu")
 
 
 def test_a_failed_whole_reply_is_a_500_in_openais_shape_without_the_engines_words(

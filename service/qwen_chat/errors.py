@@ -159,19 +159,17 @@ class Refusal(Exception):
         from starlette.responses import JSONResponse
 
         status = self.status_for(openai_api)
-        body = {
-            "error": {
-                "message": self.message,
-                "type": _OPENAI_TYPES.get(status, "server_error"),
-                "param": self.param,
-                "code": self.code.openai,
-            }
-        }
-        response = JSONResponse(body, status_code=status, headers=self._retry_after())
+        response = JSONResponse(self.openai_body(openai_api), status_code=status, headers=self._retry_after())
         if status == 401:
             response.headers.update(_BEARER_CHALLENGE)
         response.headers.update(self.headers)
         return response
+
+    def openai_body(self, openai_api: bool) -> dict[str, Any]:
+        """OpenAI's error object: a response's body, or the event that ends a `/v1` stream that has begun."""
+        status = self.status_for(openai_api)
+        error = {"message": self.message, "type": _OPENAI_TYPES.get(status, "server_error")}
+        return {"error": {**error, "param": self.param, "code": self.code.openai}}
 
     def sse_event(self) -> bytes:
         """The `error` event that ends a Server-Sent Events stream that has already begun."""

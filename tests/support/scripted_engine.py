@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from qwen_chat.engine.in_thread import ThreadEngine
-from qwen_chat.engine.interface import Finished, GenerationEvent, GenerationRequest, Queued, TextDelta
+from qwen_chat.engine.interface import (
+    EngineError,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    Queued,
+    TextDelta,
+)
 from qwen_chat.settings import Settings
 
 # What Qwen2.5 writes when it calls a tool, cut where a stream may cut it: inside both markers.
@@ -32,3 +39,13 @@ class ScriptedEngine(ThreadEngine):
         for n, piece in enumerate(SCRIPT, 1):
             yield TextDelta(piece, n)
         yield Finished("stop", len(request.prompt_ids), len(SCRIPT), 0.0, 0.01)
+
+
+class FailingEngine(ThreadEngine):
+    """The real tiny model's engine (its tokenizer and template), whose every reply fails after a token, with
+    words a client must never see."""
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:  # type: ignore[override]
+        yield Queued(0)
+        yield TextDelta("Let", 1)
+        raise EngineError("CUDA error: an illegal memory access at /opt/secret/kernel.cu")

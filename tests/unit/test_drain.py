@@ -18,6 +18,7 @@ class Reply:
         self.closed = asyncio.Event()
         self.on_close: Callable[[Any], None] | None = None
         self.cancelled = False
+        self.why: Any = None
         if seconds is not None:
             asyncio.get_running_loop().call_later(seconds, self.finish)
 
@@ -26,8 +27,9 @@ class Reply:
         if self.on_close is not None:
             self.on_close(self)
 
-    def cancel(self) -> None:
+    def cancel(self, why: Any = None) -> None:
         self.cancelled = True
+        self.why = why
         self.finish()
 
 
@@ -52,6 +54,9 @@ def test_replies_that_finish_in_time_are_left_alone_and_late_ones_are_cancelled(
         await drain.run()
         assert drain.draining and states.pod().status == "draining"
         assert not quick.cancelled and slow.cancelled
+        # Cut short by the server, it says why: a transport with no `cancelled` tells its client so.
+        assert slow.why.code is ErrorCode.OVERLOADED and slow.why.message == "the server is shutting down"
+        assert slow.why.retry_after is not None
         assert drain.replies == set()  # each reply left the set when it closed
         assert socket.closed_with == (CLOSE_GOING_AWAY, "the server is shutting down")
 

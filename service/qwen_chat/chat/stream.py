@@ -2,7 +2,12 @@
 `ReasoningDelta`s; tool calls as `ToolCallDelta`s when the request gave tools), then one `Finished`.
 
 The engine's text passes, in order: the client's stop strings, the reasoning split, the tool-call parser.
-Log-probabilities, when asked for, gather in `logprobs` as their tokens arrive (`take_logprobs`)."""
+Log-probabilities, when asked for, gather in `logprobs` as their tokens arrive (`take_logprobs`).
+
+A reply can end three ways besides its `Finished`: its client goes away (`cancelled`), the server cuts it
+short (`cancel(why)`: a drain's timeout; it finishes `cancelled` and `cut_by` says why), or it fails (the
+engine dies, or a bug of ours): `failure` counts it, logs it and says what its client may be told.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
 
 from qwen_chat.chat.reasoning import ReasoningDelta, ReasoningSplit
 from qwen_chat.chat.stop_strings import StopStrings
@@ -24,9 +32,15 @@ from qwen_chat.engine.interface import (
 )
 from qwen_chat.engine.prompts import Message
 from qwen_chat.engine.wire import TokenLogprob
+from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.metrics import RequestMetrics
 
 Delta = ReasoningDelta | TextDelta | ToolCallDelta
+log = structlog.get_logger(__name__)
+
+# What a client whose reply failed is told: never the engine's own message, a path or a traceback.
+ENGINE_FAILED = "the model failed to generate a reply"
+SERVER_FAILED = "the server failed while sending the reply"
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,7 @@ class ChatStream:
     _logprobs_taken: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     on_close: Callable[[ChatStream], None] | None = None
+    cut_by: Refusal | None = None  # why the server cut the reply short (`cancel(why)`)
     _calls: list[ToolCall] = field(default_factory=list)
 
     def take_logprobs(self) -> list[tuple[int, TokenLogprob]]:
@@ -90,7 +105,7 @@ class ChatStream:
                         tokens_per_second(event),
                     )
                     return
-        except EngineError:
+        except Exception:  # the engine or our own code failed: counted before `finally` calls it cancelled
             self.usage.ended("error")
             raise
         except (asyncio.CancelledError, GeneratorExit):
@@ -153,9 +168,25 @@ class ChatStream:
         reasoning = "".join(thoughts) if self.reasoning is not None else None
         return Reply("".join(parts), reasoning, calls, finished)
 
-    def cancel(self) -> None:
-        """End the reply early: it finishes with reason `cancelled`."""
+    def cancel(self, why: Refusal | None = None) -> None:
+        """End the reply early: it finishes with reason `cancelled`. `why`, when the server (not the client)
+        cuts it short, is what a transport with no word for `cancelled` tells its client instead."""
+        if why is not None and self.cut_by is None:
+            self.cut_by = why
         self.engine.abort(self.request.request_id)
+
+    def failure(self, exc: Exception, bound: Any = None, **fields: Any) -> Refusal:
+        """A reply that `exc` ended after it began: counted once as `error` (its span ended with it), logged
+        on `bound` (a logger with the transport's context) with a traceback when it is a bug of ours, and
+        the refusal its client is shown, which names nothing internal."""
+        self.usage.ended("error")
+        logger = bound if bound is not None else log
+        fields = {"request_id": self.request.request_id, "outcome": "error", **fields}
+        if isinstance(exc, EngineError):
+            logger.error("chat_failed", error=str(exc), **fields)
+            return Refusal(ErrorCode.INTERNAL, ENGINE_FAILED)
+        logger.error("chat_failed", exc_info=exc, **fields)
+        return Refusal(ErrorCode.INTERNAL, SERVER_FAILED)
 
     async def aclose(self) -> None:
         """Stop the generation if it still runs; transports call this when they are done, however they end.

@@ -7,14 +7,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
 
+from qwen_chat.chat.stream import ChatStream
 from qwen_chat.engine.interface import Finished
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
+from qwen_chat.http.sse_reply import ended_in_band
 from qwen_chat.service import ServiceDep
 from qwen_chat.settings import Settings
 
@@ -40,8 +45,20 @@ def check_request(settings: Settings, model: str, n: int | None) -> None:
 
 
 def finish_reason(reason: str) -> str:
-    # OpenAI has no "cancelled": a reply cut short by the server ends like one cut by a stop sequence.
+    # OpenAI has no "cancelled". A reply the server cut short ends with an error (`cut_short`); one that the
+    # service itself ended at a stop string or a finished tool call was counted `stop` already.
     return "length" if reason == "length" else "stop"
+
+
+def cut_short(stream: ChatStream, reason: str) -> Refusal | None:
+    """Why the server cut the reply short (a drain's timeout), if it did: the reply is not whole, and no
+    finish reason of OpenAI's says so, so the client is told with an error instead."""
+    return stream.cut_by if reason == "cancelled" else None
+
+
+def cut_response(refusal: Refusal) -> JSONResponse:
+    """A whole-reply request the server cut short: its error (counted `cancelled` as the reply ended)."""
+    return refusal.openai_response(openai_api=True)
 
 
 def usage(event: Finished) -> dict[str, int]:
@@ -72,5 +89,21 @@ class Envelope:
         return format_sse_event(data_str=json.dumps(data, ensure_ascii=False))
 
 
-def sse(chunks: Any) -> EventSourceResponse:
-    return EventSourceResponse(chunks, headers=SSE_HEADERS)
+def error_event(refusal: Refusal) -> bytes:
+    """OpenAI's error object as a stream's event, as vLLM sends one mid-stream: the SDK raises `APIError`
+    with its message."""
+    return format_sse_event(data_str=json.dumps(refusal.openai_body(openai_api=True)))
+
+
+def sse(stream: ChatStream, chunks: AsyncGenerator[bytes]) -> EventSourceResponse:
+    """A `/v1` stream: `chunks` then `[DONE]`; a reply that fails after it began ends with its error event
+    then `[DONE]` (`http/sse_reply.py`)."""
+
+    async def then_done() -> AsyncGenerator[bytes]:
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+        yield DONE
+
+    failed = ended_in_band(stream, then_done(), lambda refusal: [error_event(refusal), DONE])
+    return EventSourceResponse(failed, headers=SSE_HEADERS)

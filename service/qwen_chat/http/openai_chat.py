@@ -8,10 +8,11 @@ grammar makes the whole reply a call (or a list of calls, with `parallel_tool_ca
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 
 from qwen_chat.chat.reasoning import ReasoningDelta
@@ -21,7 +22,16 @@ from qwen_chat.chat.tool_calls import ToolCallDelta
 from qwen_chat.engine.interface import Finished
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.errors import SSE_RESPONSE
-from qwen_chat.http.openai_api import DONE, Envelope, check_request, finish_reason, sse, usage
+from qwen_chat.http.openai_api import (
+    Envelope,
+    check_request,
+    cut_response,
+    cut_short,
+    error_event,
+    finish_reason,
+    sse,
+    usage,
+)
 from qwen_chat.http.openai_logprobs import TokenTexts, chat_logprobs
 from qwen_chat.http.openai_schema import ChatCompletionRequest, as_message
 from qwen_chat.metrics import Transport
@@ -34,7 +44,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 @router.post("/chat/completions", response_model=None, responses=SSE_RESPONSE)
 async def chat_completions(
     body: ChatCompletionRequest, service: ServiceDep, principal: PrincipalDep
-) -> dict[str, Any] | EventSourceResponse:
+) -> dict[str, Any] | EventSourceResponse | JSONResponse:
     settings = service.settings
     check_request(settings, body.model, body.n)
     limit_field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
@@ -55,9 +65,12 @@ async def chat_completions(
     envelope = Envelope("chatcmpl", "chat.completion", settings.model_name, body.include_usage)
     texts = TokenTexts(service.engine.prompts.tokenizer) if body.logprobs else None
     if not body.stream:
-        return _message(await stream.collect(), stream, envelope, texts)
+        reply = await stream.collect()
+        if (cut := cut_short(stream, reply.finished.reason)) is not None:
+            return cut_response(cut)
+        return _message(reply, stream, envelope, texts)
     envelope.fields["object"] = "chat.completion.chunk"
-    return sse(_chunks(stream, envelope, texts))
+    return sse(stream, _chunks(stream, envelope, texts))
 
 
 def _finish(reason: str, called: bool) -> str:
@@ -84,9 +97,10 @@ def _message(
     return envelope.body([choice], usage=usage(reply.finished))
 
 
-async def _chunks(stream: ChatStream, envelope: Envelope, texts: TokenTexts | None) -> AsyncIterator[bytes]:
+async def _chunks(stream: ChatStream, envelope: Envelope, texts: TokenTexts | None) -> AsyncGenerator[bytes]:
     """The SSE stream: a role chunk, content (or reasoning, or tool-call) chunks, a finish chunk, optionally
-    usage, then [DONE]. A tool call goes out as the SDK assembles it: its id and name, then its arguments."""
+    usage (`sse` adds [DONE]). A tool call goes out as the SDK assembles it: its id and name, then its
+    arguments."""
 
     def chunk(delta: dict[str, Any], reason: str | None = None) -> bytes:
         logprobs = None
@@ -96,24 +110,23 @@ async def _chunks(stream: ChatStream, envelope: Envelope, texts: TokenTexts | No
         return envelope.event([choice])
 
     called = False
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        async for event in stream.events():
-            if isinstance(event, Finished):
-                yield chunk({}, _finish(event.reason, called))
-                if envelope.include_usage:
-                    yield envelope.event([], usage=usage(event))
-            elif isinstance(event, ReasoningDelta):
-                yield chunk({"reasoning_content": event.text})
-            elif isinstance(event, ToolCallDelta):
-                called = True
-                call = event.call
-                head = {"index": event.index, "id": call.id, "type": "function"}
-                yield chunk({"tool_calls": [{**head, "function": {"name": call.name, "arguments": ""}}]})
-                arguments = {"index": event.index, "function": {"arguments": call.arguments}}
-                yield chunk({"tool_calls": [arguments]})
-            else:
-                yield chunk({"content": event.text})
-        yield DONE
-    finally:
-        await stream.aclose()
+    yield chunk({"role": "assistant", "content": ""})
+    async for event in stream.events():
+        if isinstance(event, Finished):
+            if (cut := cut_short(stream, event.reason)) is not None:
+                yield error_event(cut)
+                continue
+            yield chunk({}, _finish(event.reason, called))
+            if envelope.include_usage:
+                yield envelope.event([], usage=usage(event))
+        elif isinstance(event, ReasoningDelta):
+            yield chunk({"reasoning_content": event.text})
+        elif isinstance(event, ToolCallDelta):
+            called = True
+            call = event.call
+            head = {"index": event.index, "id": call.id, "type": "function"}
+            yield chunk({"tool_calls": [{**head, "function": {"name": call.name, "arguments": ""}}]})
+            arguments = {"index": event.index, "function": {"arguments": call.arguments}}
+            yield chunk({"tool_calls": [arguments]})
+        else:
+            yield chunk({"content": event.text})

@@ -5,10 +5,11 @@ Extension's model-server protocol asks every server it routes to for it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 
 from qwen_chat.chat.reply_options import ReplyOptions
@@ -18,7 +19,16 @@ from qwen_chat.engine.interface import Finished, TextDelta
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.errors import SSE_RESPONSE
-from qwen_chat.http.openai_api import DONE, Envelope, check_request, finish_reason, sse, usage
+from qwen_chat.http.openai_api import (
+    Envelope,
+    check_request,
+    cut_response,
+    cut_short,
+    error_event,
+    finish_reason,
+    sse,
+    usage,
+)
 from qwen_chat.http.openai_logprobs import TokenTexts, completion_logprobs
 from qwen_chat.http.openai_schema import CompletionRequest
 from qwen_chat.metrics import Transport
@@ -45,7 +55,7 @@ async def _prompt_ids(service: Service, prompt: str | list[int]) -> list[int]:
 @router.post("/completions", response_model=None, responses=SSE_RESPONSE)
 async def completions(
     body: CompletionRequest, service: ServiceDep, principal: PrincipalDep
-) -> dict[str, Any] | EventSourceResponse:
+) -> dict[str, Any] | EventSourceResponse | JSONResponse:
     settings = service.settings
     check_request(settings, body.model, body.n)
     params = resolve(settings, body.overrides(body.max_tokens), "max_tokens")
@@ -63,30 +73,31 @@ async def completions(
     texts = TokenTexts(service.engine.prompts.tokenizer) if body.logprobs is not None else None
     if not body.stream:
         reply = await stream.collect()
+        if (cut := cut_short(stream, reply.finished.reason)) is not None:
+            return cut_response(cut)
         logprobs = completion_logprobs(stream.take_logprobs(), texts, 0) if texts is not None else None
         choice = _choice(reply.text, logprobs, finish_reason(reply.finished.reason))
         return envelope.body([choice], usage=usage(reply.finished))
-    return sse(_chunks(stream, envelope, texts))
+    return sse(stream, _chunks(stream, envelope, texts))
 
 
 def _choice(text: str, logprobs: dict[str, Any] | None, reason: str | None) -> dict[str, Any]:
     return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
 
-async def _chunks(stream: ChatStream, envelope: Envelope, texts: TokenTexts | None) -> AsyncIterator[bytes]:
+async def _chunks(stream: ChatStream, envelope: Envelope, texts: TokenTexts | None) -> AsyncGenerator[bytes]:
     offset = 0
-    try:
-        async for event in stream.events():
-            if isinstance(event, Finished):
-                yield envelope.event([_choice("", None, finish_reason(event.reason))])
-                if envelope.include_usage:
-                    yield envelope.event([], usage=usage(event))
-            elif isinstance(event, TextDelta):
-                logprobs = None
-                if texts is not None:
-                    logprobs = completion_logprobs(stream.take_logprobs(), texts, offset)
-                offset += len(event.text)
-                yield envelope.event([_choice(event.text, logprobs, None)])
-        yield DONE
-    finally:
-        await stream.aclose()
+    async for event in stream.events():
+        if isinstance(event, Finished):
+            if (cut := cut_short(stream, event.reason)) is not None:
+                yield error_event(cut)
+                continue
+            yield envelope.event([_choice("", None, finish_reason(event.reason))])
+            if envelope.include_usage:
+                yield envelope.event([], usage=usage(event))
+        elif isinstance(event, TextDelta):
+            logprobs = None
+            if texts is not None:
+                logprobs = completion_logprobs(stream.take_logprobs(), texts, offset)
+            offset += len(event.text)
+            yield envelope.event([_choice(event.text, logprobs, None)])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated
 
 from fastapi import APIRouter
@@ -17,11 +17,11 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstrain
 
 from qwen_chat.chat.reasoning import ReasoningDelta
 from qwen_chat.chat.stream import ChatStream
-from qwen_chat.engine.interface import EngineError, Finished, TextDelta
+from qwen_chat.engine.interface import Finished, TextDelta
 from qwen_chat.engine.prompts import Message
-from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.errors import SSE_RESPONSE
+from qwen_chat.http.sse_reply import ended_in_band
 from qwen_chat.metrics import Transport
 from qwen_chat.sampling_params import MaxNewTokens, SamplingOverrides, Temperature, TopP, resolve
 from qwen_chat.service import Service, ServiceDep
@@ -107,25 +107,22 @@ async def chat_stream(
     """One `{"text": ...}` event per delta (`{"reasoning": ...}` for a thinking model's thinking, first),
     then a `done` event holding what `/chat` returns."""
     stream = await _start(body, service, principal.user, Transport.SSE)
-    return EventSourceResponse(_events(body, stream), headers={"Cache-Control": "no-cache"})
+    events = ended_in_band(stream, _events(body, stream), lambda refusal: [refusal.sse_event()])
+    return EventSourceResponse(events, headers={"Cache-Control": "no-cache"})
 
 
-async def _events(body: SimpleChatRequest, stream: ChatStream) -> AsyncIterator[bytes]:
+async def _events(body: SimpleChatRequest, stream: ChatStream) -> AsyncGenerator[bytes]:
+    """The reply's events; a failure ends them with the `error` event instead (`http/sse_reply.py`)."""
     parts: list[str] = []
     thoughts: list[str] = []
-    try:
-        async for event in stream.events():
-            if isinstance(event, Finished):
-                reasoning = "".join(thoughts) if stream.reasoning is not None else None
-                result = _result(body, "".join(parts), event, reasoning)
-                yield format_sse_event(data_str=result.model_dump_json(), event="done")
-            elif isinstance(event, ReasoningDelta):
-                thoughts.append(event.text)
-                yield format_sse_event(data_str=json.dumps({"reasoning": event.text}, ensure_ascii=False))
-            elif isinstance(event, TextDelta):  # the seed API takes no tools, so there are no calls
-                parts.append(event.text)
-                yield format_sse_event(data_str=json.dumps({"text": event.text}, ensure_ascii=False))
-    except EngineError:
-        yield Refusal(ErrorCode.INTERNAL, "the model failed to generate a reply").sse_event()
-    finally:
-        await stream.aclose()
+    async for event in stream.events():
+        if isinstance(event, Finished):
+            reasoning = "".join(thoughts) if stream.reasoning is not None else None
+            result = _result(body, "".join(parts), event, reasoning)
+            yield format_sse_event(data_str=result.model_dump_json(), event="done")
+        elif isinstance(event, ReasoningDelta):
+            thoughts.append(event.text)
+            yield format_sse_event(data_str=json.dumps({"reasoning": event.text}, ensure_ascii=False))
+        elif isinstance(event, TextDelta):  # the seed API takes no tools, so there are no calls
+            parts.append(event.text)
+            yield format_sse_event(data_str=json.dumps({"text": event.text}, ensure_ascii=False))

@@ -1,7 +1,8 @@
 """Graceful shutdown of one worker on SIGTERM.
 
 `/readyz` turns 503 `draining` at once and new chats are refused with `overloaded`; replies in flight
-get up to DRAIN_SECONDS to finish (then they are cancelled); open sockets then close with 1001 and the
+get up to DRAIN_SECONDS to finish (then they are cancelled, saying why: `/v1` streams end with that error,
+having no `cancelled` to end with); open sockets then close with 1001 and the
 worker exits. The gunicorn worker (`worker.py`) calls `run` (offered through `lifecycle.py`) instead of
 stopping at once.
 """
@@ -33,7 +34,7 @@ class Reply(Protocol):
     closed: asyncio.Event
     on_close: Callable[[Any], None] | None
 
-    def cancel(self) -> None: ...
+    def cancel(self, why: Refusal | None = None) -> None: ...
 
 
 class Connection(Protocol):
@@ -73,7 +74,7 @@ class Drain:
         if waits:
             _, pending = await asyncio.wait(waits, timeout=self._drain_seconds)
         for wait in pending:
-            waits[wait].cancel()
+            waits[wait].cancel(self.refusal())
         if pending:  # give the cancelled replies a moment to send their last message
             _, still = await asyncio.wait(pending, timeout=2)
             for wait in still:

@@ -8,13 +8,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from qwen_chat import tracing
 from qwen_chat.chat.reasoning import ReasoningDelta
 from qwen_chat.chat.reply_options import reply_options
 from qwen_chat.chat.stream import ChatStream, tokens_per_second
 from qwen_chat.chat.tool_calls import ToolCall, ToolCallDelta
-from qwen_chat.engine.interface import EngineError, Finished
+from qwen_chat.engine.interface import Finished
 from qwen_chat.engine.prompts import Message
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.metrics import CLIENT_DISCONNECTS, RequestMetrics, Transport
@@ -177,13 +178,10 @@ class ChatSession:
                 else:
                     await self._send(wire.token(mid, event.text))
                     reply.append(event.text)
-        except EngineError as exc:
-            self._log.error(
-                "chat_failed", id=mid, request_id=stream.request.request_id, outcome="error", error=str(exc)
-            )
-            await self._send(
-                Refusal(ErrorCode.INTERNAL, "the model failed to generate a reply").ws_frame(mid)
-            )
+        except (WebSocketDisconnect, WebSocketDisconnected):  # nobody left to tell: counted cancelled
+            raise
+        except Exception as exc:  # the engine failed, or our code did: the client is told, the socket stays
+            await self._send(stream.failure(exc, self._log, id=mid).ws_frame(mid))
         except asyncio.CancelledError:
             self._log.info(
                 "chat_abandoned", id=mid, request_id=stream.request.request_id, outcome="cancelled"

@@ -1,0 +1,129 @@
+"""A reply that fails after it began streaming ends in its transport's error shape, never a cut connection.
+
+On `/v1` an event holding OpenAI's error object then `[DONE]` (the `openai` SDK raises `APIError` with the
+message); on `/chat_stream` the `error` event; on `/ws` the `error` frame, the socket kept. Each is counted once
+as `requests_total{outcome="error"}`, and the client is told nothing internal. Here in one process, with an
+engine that fails and with a bug planted in our own code; the engine process killed under a real
+`qwen-chat serve` is `tests/test_process_model.py`, the drain's cut `::test_sigterm_cancels_replies_...`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from qwen_chat.app import create_app
+from qwen_chat.chat.stream import ChatStream
+from qwen_chat.settings import Settings
+from tests.support.live_server import LiveServer, run_server
+from tests.support.scripted_engine import FailingEngine, ScriptedEngine
+from tests.support.secret_volume import KEYS
+from tests.support.stream_clients import ERRORED, Ending, http_stream, sdk_chat
+from tests.support.wsclient import bearer, open_socket, until_end
+
+TRANSPORTS = ("openai", "sse", "ws")
+ENGINE_FAILED = "the model failed to generate a reply"
+SERVER_FAILED = "the server failed while sending the reply"
+
+
+def _errors(server: LiveServer) -> dict[str, float]:
+    families = list(text_string_to_metric_families(httpx.get(server.http + "/metrics").text))
+    return {
+        transport: sum(
+            sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == "qwen_chat_requests_total"
+            and sample.labels.get("transport") == transport
+            and sample.labels.get("outcome") == "error"
+        )
+        for transport in TRANSPORTS
+    }
+
+
+async def _every_transport(server: LiveServer, model: str) -> tuple[dict[str, Ending], list[list[Any]]]:
+    """One streamed reply on each kind of client, read to its end; and two chats on one /ws socket."""
+    messages = [{"role": "user", "content": "hello"}]
+    requests = {
+        "chat": ("/v1/chat/completions", {"model": model, "messages": messages, "stream": True}),
+        "completions": ("/v1/completions", {"model": model, "prompt": "hello", "stream": True}),
+        "chat_stream": ("/chat_stream", {"prompt": "hello"}),
+    }
+    async with (
+        httpx.AsyncClient(base_url=server.http, timeout=30) as http,
+        openai.AsyncOpenAI(base_url=server.http + "/v1", api_key=KEYS["alice"]) as sdk,
+    ):
+        endings = {
+            name: await http_stream(http, path, body, bearer()) for name, (path, body) in requests.items()
+        }
+        endings["sdk"] = await sdk_chat(sdk, model=model, messages=messages)
+    chats = []
+    async with open_socket(server.ws) as ws:
+        for mid in ("m", "n"):  # the socket outlives the first failure
+            await ws.send(json.dumps({"type": "chat", "id": mid, "content": "hello"}))
+            chats.append(await until_end(ws, timeout=30))
+    return endings, chats
+
+
+def _assert_told(endings: dict[str, Ending], chats: list[list[Any]], message: str) -> None:
+    openai_error = {"message": message, "type": "server_error", "param": None, "code": "internal"}
+    assert endings["chat"].how == endings["completions"].how == ERRORED, endings
+    assert endings["chat"].detail == endings["completions"].detail == openai_error
+    assert endings["sdk"].how == ERRORED and endings["sdk"].detail == {
+        "exception": "APIError",
+        **openai_error,
+    }
+    assert endings["chat_stream"].how == ERRORED
+    assert endings["chat_stream"].detail == {"message": message, "code": "internal"}
+    for mid, frames in zip(("m", "n"), chats, strict=True):
+        assert [f["type"] for f in frames] == ["start", "token", "error"], frames
+        assert frames[-1] == {"type": "error", "id": mid, "code": "internal", "message": message}
+    assert all(e.tokens == 1 for e in endings.values()), "what streamed before the failure reached the client"
+
+
+def test_an_engine_failure_mid_reply_ends_every_stream_with_an_error(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    with run_server(create_app(settings, engine=FailingEngine(settings)), settings) as server:
+        before = _errors(server)
+        endings, chats = asyncio.run(_every_transport(server, settings.model_name))
+        _assert_told(endings, chats, ENGINE_FAILED)
+        assert "secret" not in repr(endings) + repr(chats) and "CUDA" not in repr(endings)
+        after = _errors(server)
+    # One per HTTP stream (the SDK's too), two on the socket.
+    assert {t: after[t] - before[t] for t in TRANSPORTS} == {"openai": 3, "sse": 1, "ws": 2}
+
+
+@pytest.fixture
+def buggy_split(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A bug of ours in the reply's text path: the first piece passes, the second raises."""
+    split = ChatStream._split
+
+    def failing(self: ChatStream, text: str, completion: int, end: bool = False) -> Any:
+        if completion > 1:
+            raise RuntimeError("a bug at /work/main/service/qwen_chat/chat/stream.py")
+        return split(self, text, completion, end)
+
+    monkeypatch.setattr(ChatStream, "_split", failing)
+    yield
+
+
+def test_a_bug_of_ours_mid_reply_ends_every_stream_with_an_error(
+    make_settings: Callable[..., Settings], buggy_split: None
+) -> None:
+    settings = make_settings()
+    with run_server(create_app(settings, engine=ScriptedEngine(settings)), settings) as server:
+        before = _errors(server)
+        endings, chats = asyncio.run(_every_transport(server, settings.model_name))
+        _assert_told(endings, chats, SERVER_FAILED)
+        assert "/work" not in repr(endings) + repr(chats)
+        after = _errors(server)
+    assert {t: after[t] - before[t] for t in TRANSPORTS} == {"openai": 3, "sse": 1, "ws": 2}
