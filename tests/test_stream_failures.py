@@ -51,7 +51,7 @@ def _errors(server: LiveServer) -> dict[str, float]:
 async def _every_transport(server: LiveServer, model: str) -> tuple[dict[str, Ending], list[list[Any]]]:
     """One streamed reply on each kind of client, read to its end; and two chats on one /ws socket."""
     messages = [{"role": "user", "content": "hello"}]
-    requests = {
+    requests: dict[str, tuple[str, dict[str, Any]]] = {
         "chat": ("/v1/chat/completions", {"model": model, "messages": messages, "stream": True}),
         "completions": ("/v1/completions", {"model": model, "prompt": "hello", "stream": True}),
         "chat_stream": ("/chat_stream", {"prompt": "hello"}),

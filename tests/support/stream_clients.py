@@ -116,16 +116,18 @@ async def sdk_chat(
     """A streaming chat through the official SDK: an `APIError` mid-stream is an error event the client
     read; `APIConnectionError` (which the SDK would retry) is a cut."""
     tokens = 0
+    finish = None
     try:
         async with asyncio.timeout(deadline):
-            stream = await client.chat.completions.create(stream=True, **request)
-            async for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    tokens += 1
-                    if streaming is not None:
-                        streaming.set()
-                if chunk.choices and chunk.choices[0].finish_reason:
-                    return Ending(FINISHED, chunk.choices[0].finish_reason, tokens)
+            # Read to [DONE], as the SDK's users do: a stream left open holds its connection from the pool.
+            async with await client.chat.completions.create(stream=True, **request) as stream:
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        tokens += 1
+                        if streaming is not None:
+                            streaming.set()
+                    if chunk.choices and chunk.choices[0].finish_reason:
+                        finish = chunk.choices[0].finish_reason
     except TimeoutError:
         return Ending(HUNG, f"no end in {deadline} s", tokens)
     except openai.APIConnectionError as exc:
@@ -135,4 +137,6 @@ async def sdk_chat(
     except openai.APIError as exc:
         body = exc.body if isinstance(exc.body, dict) else {}
         return Ending(ERRORED, {"exception": type(exc).__name__, **body, "message": exc.message}, tokens)
-    return Ending(CUT, "the stream ended without a finish reason", tokens)
+    if finish is None:
+        return Ending(CUT, "the stream ended without a finish reason", tokens)
+    return Ending(FINISHED, finish, tokens)

@@ -105,8 +105,8 @@ class ChatStream:
                         tokens_per_second(event),
                     )
                     return
-        except Exception:  # the engine or our own code failed: counted before `finally` calls it cancelled
-            self.usage.ended("error")
+        except Exception as exc:  # the engine or our own code failed: counted before `finally` says cancelled
+            self.usage.ended("error", error_type(exc))
             raise
         except (asyncio.CancelledError, GeneratorExit):
             self.usage.ended("cancelled")
@@ -179,11 +179,12 @@ class ChatStream:
         """A reply that `exc` ended after it began: counted once as `error` (its span ended with it), logged
         on `bound` (a logger with the transport's context) with a traceback when it is a bug of ours, and
         the refusal its client is shown, which names nothing internal."""
-        self.usage.ended("error")
-        logger = bound if bound is not None else log
+        self.usage.ended("error", error_type(exc))
+        logger = bound if bound is not None else log.bind(transport=self.usage.transport.value)
         fields = {"request_id": self.request.request_id, "outcome": "error", **fields}
         if isinstance(exc, EngineError):
-            logger.error("chat_failed", error=str(exc), **fields)
+            cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+            logger.error("chat_failed", error=f"{exc}{cause}", **fields)
             return Refusal(ErrorCode.INTERNAL, ENGINE_FAILED)
         logger.error("chat_failed", exc_info=exc, **fields)
         return Refusal(ErrorCode.INTERNAL, SERVER_FAILED)
@@ -198,6 +199,11 @@ class ChatStream:
             self.closed.set()
             if self.on_close is not None:
                 self.on_close(self)
+
+
+def error_type(exc: Exception) -> str:
+    """A failed reply's `error.type` on its span: the engine's failure, or the type of a bug's exception."""
+    return "engine_error" if isinstance(exc, EngineError) else type(exc).__qualname__
 
 
 def tokens_per_second(event: Finished) -> float:

@@ -30,7 +30,7 @@ class ReplySpans(Protocol):
     def finished(
         self, outcome: str, prompt_tokens: int, completion_tokens: int, queue_seconds: float
     ) -> None: ...
-    def ended(self, outcome: str) -> None: ...
+    def ended(self, outcome: str, error_type: str = ...) -> None: ...
     def refused(self, refusal: Refusal) -> None: ...
 
 
@@ -80,14 +80,15 @@ class RequestMetrics:
         if self.trace is not None:
             self.trace.finished(outcome, prompt_tokens, completion_tokens, queue_seconds)
 
-    def ended(self, outcome: str) -> None:
-        """A request that ends without a `Finished` event: it failed, or its client vanished."""
+    def ended(self, outcome: str, error_type: str = "engine_error") -> None:
+        """A request that ends without a `Finished` event: it failed (`error_type` says how, on its span),
+        or its client vanished."""
         if self.done:
             return
         self.done = True
         REQUESTS.labels(self.model, self.transport, outcome).inc()
         if self.trace is not None:
-            self.trace.ended(outcome)
+            self.trace.ended(outcome, error_type)
 
     def refused(self, refusal: Refusal) -> None:
         """The request was answered with `refusal`: counted once, by the transport that answers it."""

@@ -111,8 +111,9 @@ class ReplyTrace:
         )
         self._end(end)
 
-    def ended(self, outcome: str) -> None:
-        """The reply ended without a `Finished` (`cancelled`, or `error`): what is known of its phases."""
+    def ended(self, outcome: str, error_type: str = "engine_error") -> None:
+        """The reply ended without a `Finished` (`cancelled`, or `error`: the engine's, or a bug's exception
+        type): what is known of its phases."""
         if self._ended:
             return
         end = time.time_ns()
@@ -122,8 +123,10 @@ class ReplyTrace:
             self._phase("queue", self._handed_ns, end, {})
         self.span.set_attribute(FINISH_REASONS, [outcome])
         if outcome == "error":
-            self.span.set_status(Status(StatusCode.ERROR, "the model failed to generate a reply"))
-            self.span.set_attribute("error.type", "engine_error")
+            engine = error_type == "engine_error"
+            failed = "the model failed to generate a reply" if engine else "the server failed"
+            self.span.set_status(Status(StatusCode.ERROR, failed))
+            self.span.set_attribute("error.type", error_type)
         self._end(end)
 
     def refused(self, refusal: Refusal) -> None:
