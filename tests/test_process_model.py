@@ -280,7 +280,7 @@ async def test_sigkill_of_the_engines_ends_every_http_stream_with_an_error_the_c
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     """Streams on both workers, both engines killed mid-reply: every `/v1` body ends with OpenAI's error
-    object then `[DONE]` (the SDK raises `APIError`, never a connection error it would retry), every
+    object then `[DONE]` (the SDK raises `APIError` with the reason, never a bare connection error), every
     `/chat_stream` with its `error` event; each cut reply is counted once as `error`."""
     # One key holds all 12 replies, which the kernel may give to one worker: the cap per key is raised.
     settings = {"max_new_tokens": "4000", "max_user_requests": "16"}

@@ -3,6 +3,8 @@ of sampling, and keeps the prompt ids of every request: what reached the model, 
 
 from __future__ import annotations
 
+import asyncio
+from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from qwen_chat.engine.in_thread import ThreadEngine
@@ -49,3 +51,21 @@ class FailingEngine(ThreadEngine):
         yield Queued(0)
         yield TextDelta("Let", 1)
         raise EngineError("CUDA error: an illegal memory access at /opt/secret/kernel.cu")
+
+
+class HangingEngine(ThreadEngine):
+    """The real tiny model's engine whose every reply sends a token, then waits until it is aborted and
+    finishes `cancelled`, as a reply the drain cuts short does. `admitted` counts the replies begun."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._aborted: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:  # type: ignore[override]
+        yield Queued(0)
+        yield TextDelta("Let", 1)
+        await self._aborted[request.request_id].wait()
+        yield Finished("cancelled", len(request.prompt_ids), 1, 0.0, 0.01)
+
+    def abort(self, request_id: str) -> None:
+        self._aborted[request_id].set()

@@ -114,7 +114,7 @@ async def sdk_chat(
     client: openai.AsyncOpenAI, streaming: asyncio.Event | None = None, deadline: float = 60.0, **request: Any
 ) -> Ending:
     """A streaming chat through the official SDK: an `APIError` mid-stream is an error event the client
-    read; `APIConnectionError` (which the SDK would retry) is a cut."""
+    read; `APIConnectionError` (what a body cut mid-stream raises) is a cut."""
     tokens = 0
     finish = None
     try:

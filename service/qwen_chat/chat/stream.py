@@ -155,15 +155,19 @@ class ChatStream:
         thoughts: list[str] = []
         calls: list[ToolCall] = []
         finished: Finished | None = None
-        async for event in self.events():  # which close the stream however they end
-            if isinstance(event, Finished):
-                finished = event
-            elif isinstance(event, ReasoningDelta):
-                thoughts.append(event.text)
-            elif isinstance(event, ToolCallDelta):
-                calls.append(event.call)
-            else:
-                parts.append(event.text)
+        try:
+            async for event in self.events():  # which close the stream however they end
+                if isinstance(event, Finished):
+                    finished = event
+                elif isinstance(event, ReasoningDelta):
+                    thoughts.append(event.text)
+                elif isinstance(event, ToolCallDelta):
+                    calls.append(event.call)
+                else:
+                    parts.append(event.text)
+        except EngineError as exc:  # logged as a streamed reply's failure is; answered by the HTTP handler
+            self.failure(exc)
+            raise
         assert finished is not None, "the engine ended without finishing"
         reasoning = "".join(thoughts) if self.reasoning is not None else None
         return Reply("".join(parts), reasoning, calls, finished)

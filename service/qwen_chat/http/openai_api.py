@@ -45,15 +45,19 @@ def check_request(settings: Settings, model: str, n: int | None) -> None:
 
 
 def finish_reason(reason: str) -> str:
-    # OpenAI has no "cancelled". A reply the server cut short ends with an error (`cut_short`); one that the
-    # service itself ended at a stop string or a finished tool call was counted `stop` already.
+    # OpenAI has no "cancelled": a reply the server cut short ends with an error instead (`cut_short`), and
+    # one the service ended at a stop string or a finished tool call already says `stop`.
     return "length" if reason == "length" else "stop"
 
 
 def cut_short(stream: ChatStream, reason: str) -> Refusal | None:
-    """Why the server cut the reply short (a drain's timeout), if it did: the reply is not whole, and no
-    finish reason of OpenAI's says so, so the client is told with an error instead."""
-    return stream.cut_by if reason == "cancelled" else None
+    """Why the server cut the reply short, if it did: the reply is not whole, and no finish reason of OpenAI's
+    says so, so the client is told with an error instead. A `/v1` client cannot cancel (one that goes away
+    reads nothing more), so every `cancelled` here is the server's: a drain's timeout says so (`cut_by`), an
+    engine closed without a drain (a dev server stopping) does not."""
+    if reason != "cancelled":
+        return None
+    return stream.cut_by or Refusal(ErrorCode.OVERLOADED, "the server stopped before the reply was finished")
 
 
 def cut_response(refusal: Refusal) -> JSONResponse:

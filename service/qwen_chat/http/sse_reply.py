@@ -3,8 +3,8 @@
 Once the 200 and the first event are out, a failure can no longer be a status code. Whatever ends the reply
 early (its engine dies, a bug of ours in the stream or in the code that renders it) ends it in the
 transport's own error shape, then its normal terminator, and the response completes: never a connection cut
-mid-body, which the `openai` SDK reports as a connection error and retries, charging a second generation for
-one request.
+mid-body, which a client cannot tell from a network failure (the `openai` SDK raises `APIConnectionError`,
+with no reason).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 
-from qwen_chat.chat.stream import ChatStream
-from qwen_chat.errors import Refusal
+from qwen_chat.chat.stream import SERVER_FAILED, ChatStream, error_type
+from qwen_chat.errors import ErrorCode, Refusal
 
 
 async def ended_in_band(
@@ -26,7 +26,12 @@ async def ended_in_band(
             async for chunk in chunks:
                 yield chunk
     except Exception as exc:
-        for chunk in failed(stream.failure(exc)):
+        try:
+            refusal = stream.failure(exc)
+        except Exception:  # even logging it failed: the client is still told, and counted as `error`
+            stream.usage.ended("error", error_type(exc))
+            refusal = Refusal(ErrorCode.INTERNAL, SERVER_FAILED)
+        for chunk in failed(refusal):
             yield chunk
     finally:
         await stream.aclose()

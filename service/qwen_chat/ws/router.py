@@ -83,7 +83,12 @@ async def chat_socket(websocket: WebSocket, service: ServiceDep) -> None:
 
     async def send(frame: dict[str, Any]) -> None:
         async with send_lock:
-            await websocket.send_json(frame)
+            try:
+                await websocket.send_json(frame)
+            except (OSError, RuntimeError) as exc:
+                # The socket is closing or gone (uvicorn raises RuntimeError once it has sent a close): nobody
+                # is left to tell, and a reply that was streaming is cancelled, not failed.
+                raise WebSocketDisconnect(1006) from exc
 
     # Each chat message is a trace of its own, the child of the handshake's `traceparent` when it had one.
     session = ChatSession(service, principal.user, send, context, tracing.extract(websocket.headers))

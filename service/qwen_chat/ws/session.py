@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
+from starlette.websockets import WebSocketDisconnect
 
 from qwen_chat import tracing
 from qwen_chat.chat.reasoning import ReasoningDelta
@@ -178,7 +178,7 @@ class ChatSession:
                 else:
                     await self._send(wire.token(mid, event.text))
                     reply.append(event.text)
-        except (WebSocketDisconnect, WebSocketDisconnected):  # nobody left to tell: counted cancelled
+        except WebSocketDisconnect:  # nobody left to tell (`send` says so): counted cancelled
             raise
         except Exception as exc:  # the engine failed, or our code did: the client is told, the socket stays
             await self._send(stream.failure(exc, self._log, id=mid).ws_frame(mid))
