@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qwen_chat.app import create_app
 from qwen_chat.chat.stream import ChatStream
+from qwen_chat.engine.in_thread import ThreadEngine
 from qwen_chat.http import seed_api
 from qwen_chat.http.openai_api import Envelope
 from qwen_chat.settings import Settings
@@ -98,18 +99,26 @@ def _assert_told(
         )
 
 
+def _fails_on_every_transport(
+    settings: Settings, engine: ThreadEngine, message: str, first_token: bool = True
+) -> None:
+    """Every transport's reply ends with `message` in its error shape, nothing internal shown, and each
+    counted once as `error`: one per HTTP stream (the SDK's too), two on the socket."""
+    with run_server(create_app(settings, engine=engine), settings) as server:
+        before = _errors(server)
+        endings, chats = asyncio.run(_every_transport(server, settings.model_name))
+        after = _errors(server)
+    _assert_told(endings, chats, message, first_token)
+    shown = repr(endings) + repr(chats)
+    assert "secret" not in shown and "CUDA" not in shown and "/work" not in shown
+    assert {t: after[t] - before[t] for t in TRANSPORTS} == {"openai": 3, "sse": 1, "ws": 2}
+
+
 def test_an_engine_failure_mid_reply_ends_every_stream_with_an_error(
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings()
-    with run_server(create_app(settings, engine=FailingEngine(settings)), settings) as server:
-        before = _errors(server)
-        endings, chats = asyncio.run(_every_transport(server, settings.model_name))
-        _assert_told(endings, chats, ENGINE_FAILED)
-        assert "secret" not in repr(endings) + repr(chats) and "CUDA" not in repr(endings)
-        after = _errors(server)
-    # One per HTTP stream (the SDK's too), two on the socket.
-    assert {t: after[t] - before[t] for t in TRANSPORTS} == {"openai": 3, "sse": 1, "ws": 2}
+    _fails_on_every_transport(settings, FailingEngine(settings), ENGINE_FAILED)
 
 
 @pytest.fixture
@@ -130,13 +139,7 @@ def test_a_bug_of_ours_mid_reply_ends_every_stream_with_an_error(
     make_settings: Callable[..., Settings], buggy_split: None
 ) -> None:
     settings = make_settings()
-    with run_server(create_app(settings, engine=ScriptedEngine(settings)), settings) as server:
-        before = _errors(server)
-        endings, chats = asyncio.run(_every_transport(server, settings.model_name))
-        _assert_told(endings, chats, SERVER_FAILED)
-        assert "/work" not in repr(endings) + repr(chats)
-        after = _errors(server)
-    assert {t: after[t] - before[t] for t in TRANSPORTS} == {"openai": 3, "sse": 1, "ws": 2}
+    _fails_on_every_transport(settings, ScriptedEngine(settings), SERVER_FAILED)
 
 
 def _fails_on_second_piece(real: Callable[..., Any]) -> Callable[..., Any]:
@@ -158,13 +161,7 @@ def test_a_bug_in_the_code_that_renders_the_reply_ends_every_stream_with_an_erro
     monkeypatch.setattr(seed_api, "format_sse_event", _fails_on_second_piece(seed_api.format_sse_event))
     monkeypatch.setattr(protocol, "token", _fails_on_second_piece(protocol.token))
     settings = make_settings()
-    with run_server(create_app(settings, engine=ScriptedEngine(settings)), settings) as server:
-        before = _errors(server)
-        endings, chats = asyncio.run(_every_transport(server, settings.model_name))
-        _assert_told(endings, chats, SERVER_FAILED, first_token=False)
-        assert "/work" not in repr(endings) + repr(chats)
-        after = _errors(server)
-    assert {t: after[t] - before[t] for t in TRANSPORTS} == {"openai": 3, "sse": 1, "ws": 2}
+    _fails_on_every_transport(settings, ScriptedEngine(settings), SERVER_FAILED, first_token=False)
 
 
 async def _cut_by_the_drain(server: LiveServer, model: str) -> dict[str, Any]:
