@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from qwen_chat.runtime.logging_setup import configure_logging
+from qwen_chat.logging_setup import configure_logging
 from qwen_chat.settings import Settings
 from tests.support.live_server import LiveServer, run_server
 from tests.support.secret_volume import KEYS, SecretVolume
@@ -53,7 +53,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qwen_chat.engine.tiny_model import make_tiny_model
+    from qwen_chat.engine.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -61,14 +61,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen_v1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen v1 checkpoint in the original layout (`model_type: qwen`, qwen.tiktoken)."""
-    from qwen_chat.engine.tiny_model import make_tiny_model
+    from qwen_chat.engine.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-qwen-v1"), family="qwen")
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qwen_chat.engine.tiny_model import make_tiny_model
+    from qwen_chat.engine.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-qwen3"), family="qwen3")
 

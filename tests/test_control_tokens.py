@@ -1,4 +1,4 @@
-"""A client's text stays text (`engine/control_tokens.py`), on the tiny models' tokenizers and on Qwen2.5's and
+"""A client's text stays text (`engine/model/control_tokens.py`), on the tiny models' tokenizers and on Qwen2.5's and
 Qwen3's real vocabulary, added tokens and template formats: a control token a client writes anywhere the
 template renders it comes out as text, the template's own structure is unchanged, and a prompt with no
 control token in it keeps exactly the ids of `apply_chat_template`; every transport hands the model a client's
@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from qwen_chat.app import create_app
-from qwen_chat.engine.prompts import Message, Prompts
-from qwen_chat.engine.tiny_model import build_tokenizer
+from qwen_chat.engine.model.prompts import Message, Prompts
+from qwen_chat.engine.tiny.parts import build_tokenizer
 from qwen_chat.settings import Settings
 from tests.support.live_server import LiveServer, run_server
 from tests.support.qwen_tokenizers import qwen_tokenizer, reference_encoding

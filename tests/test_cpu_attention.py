@@ -7,7 +7,7 @@ from torch import nn
 from transformers.generation.continuous_batching.utils import build_attention_mask
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from qwen_chat.engine.cpu_attention import per_request_sdpa
+from qwen_chat.engine.core.cpu_attention import per_request_sdpa
 
 
 class _Layer(nn.Module):

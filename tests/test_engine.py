@@ -14,7 +14,7 @@ import torch
 from prometheus_client import REGISTRY
 
 from qwen_chat.app import create_engine
-from qwen_chat.engine.interface import (
+from qwen_chat.engine.api.interface import (
     EngineNotReady,
     EngineOverloaded,
     EngineState,
@@ -24,7 +24,7 @@ from qwen_chat.engine.interface import (
     TextDelta,
     UserAtCapacity,
 )
-from qwen_chat.engine.queued import QueuedEngine
+from qwen_chat.engine.api.queued import QueuedEngine
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 from tests.support.engine_events import collect

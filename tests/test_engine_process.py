@@ -16,14 +16,14 @@ import psutil
 import pytest
 
 from qwen_chat.app import create_engine
-from qwen_chat.engine.interface import (
+from qwen_chat.engine.api.interface import (
     EngineError,
     EngineNotReady,
     EngineState,
     GenerationRequest,
     TextDelta,
 )
-from qwen_chat.engine.process.client import ProcessEngine
+from qwen_chat.engine.api.process import ProcessEngine
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 from tests.support.engine_events import collect as reply

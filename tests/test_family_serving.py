@@ -15,7 +15,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from qwen_chat.engine.interface import GenerationRequest
+from qwen_chat.engine.api.interface import GenerationRequest
 from qwen_chat.sampling_params import SamplingParams
 from tests.support.engine_events import collect
 from tests.support.live_server import LiveServer

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from qwen_chat.app import create_engine
-from qwen_chat.engine.batch import BatchCore
-from qwen_chat.engine.in_thread import ThreadEngine
-from qwen_chat.engine.interface import Finished, GenerationRequest, TextDelta
-from qwen_chat.engine.kv_cache import CPU_CACHE_TOKENS, DEFAULT_MAX_RUNNING
-from qwen_chat.engine.process.client import ProcessEngine
+from qwen_chat.engine.api.in_thread import ThreadEngine
+from qwen_chat.engine.api.interface import Finished, GenerationRequest, TextDelta
+from qwen_chat.engine.api.process import ProcessEngine
+from qwen_chat.engine.core.batch import BatchCore
+from qwen_chat.engine.core.kv_cache import CPU_CACHE_TOKENS, DEFAULT_MAX_RUNNING
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from qwen_chat.engine.grammar import GrammarError, Grammars, allocate_bitmask, apply_bitmask, check
-from qwen_chat.engine.tiny_model import build_tokenizer
+from qwen_chat.engine.core.grammar import GrammarError, Grammars, allocate_bitmask, apply_bitmask, check
+from qwen_chat.engine.tiny.parts import build_tokenizer
 from tests.support.schemas import BOUNDED
 
 SCHEMA = BOUNDED

@@ -16,11 +16,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qwen_chat.app import create_engine
-from qwen_chat.engine.families import UnsupportedModel, resolve
-from qwen_chat.engine.interface import GenerationRequest
-from qwen_chat.engine.prompts import Prompts
-from qwen_chat.engine.qwen_v1.convert import MARKER, ensure_converted
-from qwen_chat.engine.qwen_v1.tokenizer import PATTERN, SPECIAL_TOKENS, read_ranks
+from qwen_chat.engine.api.interface import GenerationRequest
+from qwen_chat.engine.model.families import UnsupportedModel, resolve
+from qwen_chat.engine.model.prompts import Prompts
+from qwen_chat.engine.model.qwen_v1.convert import MARKER, ensure_converted
+from qwen_chat.engine.model.qwen_v1.tokenizer import PATTERN, SPECIAL_TOKENS, read_ranks
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 from tests.support.engine_events import collect

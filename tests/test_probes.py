@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from qwen_chat.app import create_app
-from qwen_chat.engine.in_thread import ThreadEngine
+from qwen_chat.engine.api.in_thread import ThreadEngine
 from qwen_chat.runtime.lifecycle import WorkerLifecycle
 from tests.support.live_server import run_server, wait_until
 from tests.support.wsclient import open_socket, receive

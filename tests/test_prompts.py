@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from qwen_chat.engine.detokenizer import IncrementalDetokenizer
-from qwen_chat.engine.prompts import Prompts, PromptTooLong, render_chatml
+from qwen_chat.engine.api.detokenizer import IncrementalDetokenizer
+from qwen_chat.engine.model.prompts import Prompts, PromptTooLong, render_chatml
 
 
 @pytest.fixture(scope="module")

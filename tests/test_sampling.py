@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor, TopPLogitsWarper
 
-from qwen_chat.engine import sampling
-from qwen_chat.engine.batch_sampler import BatchSampler
-from qwen_chat.engine.sampling import draw
+from qwen_chat.engine.core import sampling
+from qwen_chat.engine.core.batch_sampler import BatchSampler
+from qwen_chat.engine.core.sampling import draw
 from qwen_chat.sampling_params import SamplingParams
 
 

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qwen_chat.app import create_app
 from qwen_chat.chat.stream import ChatStream
-from qwen_chat.engine.in_thread import ThreadEngine
+from qwen_chat.engine.api.in_thread import ThreadEngine
 from qwen_chat.http import seed_api
 from qwen_chat.http.openai_api import Envelope
 from qwen_chat.settings import Settings

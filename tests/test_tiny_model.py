@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 
-from qwen_chat.engine.tiny_model import distinct_greedy_tokens
+from qwen_chat.engine.tiny.parts import distinct_greedy_tokens
 
 
 def test_tiny_model_is_a_qwen2_chat_model(tiny_model_dir: Path) -> None:

@@ -63,7 +63,7 @@ MAX_ID_LENGTH = 128
 
 # A WebSocket text frame is UTF-8, so no lone surrogates as characters; they come as JSON escapes below.
 CHARS = st.characters(codec="utf-8")
-# The template's control tokens, which stay text wherever a client writes them (engine/control_tokens.py).
+# The template's control tokens, which stay text wherever a client writes them (engine/model/control_tokens.py).
 CONTROL_TEXTS = ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<tool_call>", "</tool_response>", "<think>"]
 ODD = st.sampled_from(
     ["\x00", "\x07", "\x1b[31m", "\r\n", "\u2028", "\ufeff", "\u200b", "\u202e", "\U0001f600", "\u0301",

@@ -14,8 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from qwen_chat import metrics, tracing
-from qwen_chat.engine.families import is_local
-from qwen_chat.engine.interface import Engine, EngineError, EngineState
+from qwen_chat.engine.api.interface import Engine, EngineError, EngineState
+from qwen_chat.engine.model.families import is_local
 from qwen_chat.errors import Refusal
 from qwen_chat.http import errors, openai_api, openai_chat, openai_completions, page, probes, seed_api
 from qwen_chat.service import Service
@@ -28,10 +28,10 @@ log = structlog.get_logger(__name__)
 def create_engine(settings: Settings) -> Engine:
     """ENGINE picks the core (batch or simple); ENGINE_PROCESS where it runs (a child process or a thread)."""
     if settings.engine_process:
-        from qwen_chat.engine.process.client import ProcessEngine
+        from qwen_chat.engine.api.process import ProcessEngine
 
         return ProcessEngine(settings)
-    from qwen_chat.engine.in_thread import ThreadEngine
+    from qwen_chat.engine.api.in_thread import ThreadEngine
 
     return ThreadEngine(settings)
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "smoke-test":
         return _smoke_test(args)
     if args.command == "make-tiny-model":
-        from qwen_chat.engine.tiny_model import make_tiny_model
+        from qwen_chat.engine.tiny import make_tiny_model
 
         print(make_tiny_model(args.directory, seed=args.seed, family=args.family))
         return 0

@@ -13,7 +13,7 @@ from starlette.requests import HTTPConnection
 from qwen_chat.auth.credentials import CredentialStore
 from qwen_chat.chat.admission import Admission
 from qwen_chat.chat.rate_limit import RateLimiter
-from qwen_chat.engine.interface import Engine
+from qwen_chat.engine.api.interface import Engine
 from qwen_chat.runtime.drain import Drain
 from qwen_chat.runtime.lifecycle import WorkerLifecycle
 from qwen_chat.runtime.readiness import WorkerStates

@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     # CPU threads for torch in each worker; 0 shares the machine's cores among WORKERS. Oversubscribed
     # OpenMP threads spin and starve the event loops (slow probes), so the default never oversubscribes.
     torch_threads: int = Field(default=0, ge=0)
-    # Sequences decoding at once per worker; 0: 128 on CUDA, 16 on CPU (engine/kv_cache.py).
+    # Sequences decoding at once per worker; 0: 128 on CUDA, 16 on CPU (engine/core/kv_cache.py).
     max_running: int = Field(default=0, ge=0, description="sequences decoding at once per worker")
     max_waiting: int = Field(default=32, ge=0, description="requests queued per worker before refusing")
     # Per-user caps, per worker like the two above, for users with a key (none when AUTH_ENABLED is false):
@@ -60,8 +60,8 @@ class Settings(BaseSettings):
     # A `/v1/completions` text prompt's control-token text (`<|im_start|>`, `</tool_response>`...): read as
     # those tokens when true, as vLLM reads it; as text when false, like every chat message's text.
     completions_control_tokens: bool = False
-    # Where a Qwen v1 checkpoint is converted to Qwen2 once (engine/families.py); None: `qwen-chat/converted`
-    # under HF_HOME (the chart's model cache volume), so a restart loads the conversion at once.
+    # Where a Qwen v1 checkpoint is converted to Qwen2 once (engine/model/families.py); None:
+    # `qwen-chat/converted` under HF_HOME (the chart's model cache volume), so a restart loads it at once.
     conversion_cache: Path | None = None
 
     # HTTP server.

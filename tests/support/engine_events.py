@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qwen_chat.engine.interface import Finished, GenerationRequest, TextDelta
+from qwen_chat.engine.api.interface import Finished, GenerationRequest, TextDelta
 
 
 async def collect(engine: Any, req: GenerationRequest) -> tuple[str, Finished]:

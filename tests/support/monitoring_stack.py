@@ -434,7 +434,7 @@ def run_preview(
 
 
 def main() -> int:
-    from qwen_chat.engine.tiny_model import make_tiny_model
+    from qwen_chat.engine.tiny import make_tiny_model
 
     parser = argparse.ArgumentParser(
         description="Load a live service for a few minutes and draw the dashboard."

@@ -14,8 +14,8 @@ import tiktoken
 from tokenizers import AddedToken, Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from qwen_chat.engine.qwen_v1.tokenizer import PATTERN, read_ranks, vocabulary
-from qwen_chat.engine.tiny_model import CHAT_TEMPLATE as QWEN25_TEMPLATE_TINY
+from qwen_chat.engine.model.qwen_v1.tokenizer import PATTERN, read_ranks, vocabulary
+from qwen_chat.engine.tiny.parts import CHAT_TEMPLATE as QWEN25_TEMPLATE_TINY
 
 # Qwen2.5's and Qwen3's added tokens from id 151643: the first 14 marked special, the rest ordinary added
 # tokens (the tokenizer still reads them whole). Qwen2.5 has the first 22; Qwen3 adds the last 4.

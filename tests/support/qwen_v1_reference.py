@@ -1,6 +1,6 @@
 """Qwen v1's forward pass written from its published description (QWenLMHeadModel, 2023), on the original
 tensor names: the independent reference the Qwen2 conversion is checked against. Nothing here shares code
-with `qwen_chat.engine.qwen_v1`.
+with `qwen_chat.engine.model.qwen_v1`.
 
 Per block: x += c_proj(attention(rotary(split3(c_attn(ln_1(x)))))); x += mlp.c_proj(w1(h) * silu(w2(h)))
 with h = ln_2(x); RMSNorm everywhere; rotary embeddings rotate the two halves of each head, with base

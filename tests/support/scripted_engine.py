@@ -7,8 +7,8 @@ import asyncio
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
-from qwen_chat.engine.in_thread import ThreadEngine
-from qwen_chat.engine.interface import (
+from qwen_chat.engine.api.in_thread import ThreadEngine
+from qwen_chat.engine.api.interface import (
     EngineError,
     Finished,
     GenerationEvent,

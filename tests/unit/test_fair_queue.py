@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_chat.engine.fair_queue import FairQueue
+from qwen_chat.engine.api.fair_queue import FairQueue
 
 
 def drain(queue: FairQueue[str]) -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-from qwen_chat.engine.kv_cache import CPU_CACHE_TOKENS, cache_geometry, held_share, running_slots
+from qwen_chat.engine.core.kv_cache import CPU_CACHE_TOKENS, cache_geometry, running_slots
+from qwen_chat.engine.hf_internals import held_share
 from qwen_chat.settings import Settings
 
 
@@ -51,6 +52,8 @@ def test_cache_use_counts_the_pages_live_requests_hold_and_shared_pages_once() -
     a prefix cache are in no request's table, so they count as free."""
     allocator = SimpleNamespace(block_table={"a": [0, 1, 2], "b": [0, 1, 7]}, bytes_per_block=2)
     cache = SimpleNamespace(cache_allocators={"full": allocator}, num_sectors=20, bytes_per_sector=2)
-    assert held_share(cache) == 4 / 20
+    manager = SimpleNamespace(batch_processor=SimpleNamespace(cache=cache))
+    assert held_share(manager) == 4 / 20
     allocator.block_table = {}
-    assert held_share(cache) == 0
+    assert held_share(manager) == 0
+    assert held_share(SimpleNamespace()) == -1, "before the manager's thread built its cache"

@@ -15,12 +15,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from qwen_chat import logging_setup
 from qwen_chat.chat.stop_strings import StopStrings
 from qwen_chat.chat.stream import ChatStream
-from qwen_chat.engine.interface import GenerationEvent, GenerationRequest, Queued
+from qwen_chat.engine.api.interface import GenerationEvent, GenerationRequest, Queued
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.metrics import RequestMetrics, Transport
-from qwen_chat.runtime import logging_setup
 from qwen_chat.sampling_params import DEFAULTS
 from qwen_chat.tracing import TracingConfigError, active, provider, reply, start_reply
 

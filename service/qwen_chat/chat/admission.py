@@ -15,7 +15,7 @@ from qwen_chat.chat.reply_options import ReplyOptions
 from qwen_chat.chat.stop_strings import StopStrings
 from qwen_chat.chat.stream import ChatStream
 from qwen_chat.chat.surrogates import refuse_non_text
-from qwen_chat.engine.interface import (
+from qwen_chat.engine.api.interface import (
     Engine,
     EngineNotReady,
     EngineOverloaded,
@@ -23,7 +23,7 @@ from qwen_chat.engine.interface import (
     Queued,
     UserAtCapacity,
 )
-from qwen_chat.engine.prompts import Message, Prompts, PromptTooLong, TemplateArgs
+from qwen_chat.engine.model.prompts import Message, Prompts, PromptTooLong, TemplateArgs
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.metrics import USER_REQUESTS, RequestMetrics, Transport
 from qwen_chat.runtime.drain import Drain

@@ -22,7 +22,7 @@ import structlog
 from qwen_chat.chat.reasoning import ReasoningDelta, ReasoningSplit
 from qwen_chat.chat.stop_strings import StopStrings
 from qwen_chat.chat.tool_calls import ToolCall, ToolCallDelta, ToolCallParser
-from qwen_chat.engine.interface import (
+from qwen_chat.engine.api.interface import (
     Engine,
     EngineError,
     Finished,
@@ -30,7 +30,7 @@ from qwen_chat.engine.interface import (
     GenerationRequest,
     TextDelta,
 )
-from qwen_chat.engine.prompts import Message
+from qwen_chat.engine.model.prompts import Message
 from qwen_chat.engine.wire import TokenLogprob
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.metrics import RequestMetrics

@@ -2,7 +2,7 @@
 torch, so an API worker answers a schema the library cannot compile with a 400 before anything queues.
 
 OpenAI's shapes: `{"type": "json_object"}` (any JSON object) and `{"type": "json_schema", "json_schema":
-{"schema": {...}}}`. The grammar is llguidance's (engine/grammar.py says why), compact JSON: `", "` and
+{"schema": {...}}}`. The grammar is llguidance's (engine/core/grammar.py says why), compact JSON: `", "` and
 `": "` between items, no other whitespace, so a reply never wanders off into blank space.
 """
 

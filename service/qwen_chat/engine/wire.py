@@ -84,7 +84,7 @@ class ModelFacts(msgspec.Struct, array_like=True, gc=False):
     dtype: str
     kv_cache_pages: int = 0  # 0: the core has no paged cache
     kv_page_size: int = 0
-    family: str = "qwen2"  # the checkpoint's model_type (engine/families.py)
+    family: str = "qwen2"  # the checkpoint's model_type (engine/model/families.py)
 
 
 class Ready(msgspec.Struct, array_like=True, gc=False, tag=True):

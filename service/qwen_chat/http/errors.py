@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from qwen_chat.engine.interface import EngineError
+from qwen_chat.engine.api.interface import EngineError
 from qwen_chat.errors import ErrorCode, Refusal, describe_errors, field_path
 from qwen_chat.metrics import RequestMetrics, Transport
 from qwen_chat.service import get_service

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from qwen_chat.chat.stream import ChatStream
-from qwen_chat.engine.interface import Finished
+from qwen_chat.engine.api.interface import Finished
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.sse_reply import ended_in_band

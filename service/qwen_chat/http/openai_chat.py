@@ -19,7 +19,7 @@ from qwen_chat.chat.reasoning import ReasoningDelta
 from qwen_chat.chat.reply_options import reply_options
 from qwen_chat.chat.stream import ChatStream, Reply
 from qwen_chat.chat.tool_calls import ToolCallDelta
-from qwen_chat.engine.interface import Finished
+from qwen_chat.engine.api.interface import Finished
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.errors import SSE_RESPONSE
 from qwen_chat.http.openai_api import (

@@ -15,7 +15,7 @@ from fastapi.sse import EventSourceResponse
 from qwen_chat.chat.reply_options import ReplyOptions
 from qwen_chat.chat.stream import ChatStream
 from qwen_chat.chat.surrogates import refuse_non_text
-from qwen_chat.engine.interface import Finished, TextDelta
+from qwen_chat.engine.api.interface import Finished, TextDelta
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.errors import SSE_RESPONSE

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from qwen_chat.chat.reply_options import NamedToolChoice, ResponseFormat, Tool, ToolChoice
-from qwen_chat.engine.prompts import Message
+from qwen_chat.engine.model.prompts import Message
 from qwen_chat.engine.wire import MAX_TOP_LOGPROBS
 from qwen_chat.sampling_params import (
     MaxNewTokens,

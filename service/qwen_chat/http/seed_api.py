@@ -17,8 +17,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstrain
 
 from qwen_chat.chat.reasoning import ReasoningDelta
 from qwen_chat.chat.stream import ChatStream
-from qwen_chat.engine.interface import Finished, TextDelta
-from qwen_chat.engine.prompts import Message
+from qwen_chat.engine.api.interface import Finished, TextDelta
+from qwen_chat.engine.model.prompts import Message
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.errors import SSE_RESPONSE
 from qwen_chat.http.sse_reply import ended_in_band

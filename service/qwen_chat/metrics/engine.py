@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from qwen_chat.metrics import NAMESPACE
+from qwen_chat.metrics.series import NAMESPACE
 
 KV_CACHE_USAGE = Gauge(
     "kv_cache_usage_ratio",

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from qwen_chat.metrics import (
+from qwen_chat.metrics.series import (
     GENERATION_TOKENS,
     INTER_TOKEN_LATENCY,
     PROMPT_TOKENS,

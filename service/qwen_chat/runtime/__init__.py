@@ -6,5 +6,8 @@
 - `lifecycle.py`: what the app and the worker tell each other (its drain, a failed load), without imports
 - `readiness.py`, `drain.py`: /readyz across a pod's workers; graceful shutdown of one worker
 - `state_dir.py`: the layout of STATE_DIR, the folder a pod's workers share
-- `logging_setup.py`: one log format for the app, uvicorn and gunicorn; `dev.py`: `serve --dev`
+- `dev.py`: `serve --dev`
+
+The log format (`qwen_chat/logging_setup.py`) and the engine process's `main` (`engine/core/child.py`) live
+in the rooms below, which the engine process imports too.
 """

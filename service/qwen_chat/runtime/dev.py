@@ -50,7 +50,7 @@ def dev_credentials(directory: Path) -> str:
 
 def prepare(environ: MutableMapping[str, str]) -> list[str]:
     """Fill in what a developer has not configured; returns the lines to show them."""
-    from qwen_chat.engine.tiny_model import make_tiny_model
+    from qwen_chat.engine.tiny import make_tiny_model
 
     lines = []
     environ.setdefault(ENV_PREFIX + "HOST", "127.0.0.1")

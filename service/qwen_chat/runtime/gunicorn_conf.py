@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from qwen_chat.runtime.logging_setup import configure_logging, logging_config
+from qwen_chat.logging_setup import configure_logging, logging_config
 from qwen_chat.runtime.state_dir import StateDir
 from qwen_chat.settings import get_settings
 

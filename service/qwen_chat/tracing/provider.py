@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qwen_chat.runtime.logging_setup import redact
+from qwen_chat.logging_setup import redact
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from qwen_chat.errors import Refusal
 from qwen_chat.metrics import DRAINING, ReplySpans
-from qwen_chat.tracing import provider
+from qwen_chat.tracing.provider import tracer as current_tracer
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -139,7 +139,7 @@ class ReplyTrace:
         self._end(time.time_ns())
 
     def _phase(self, name: str, start: int, end: int, attributes: dict[str, Any]) -> None:
-        tracer = provider.tracer()
+        tracer = current_tracer()
         if tracer is None or not self.span.is_recording():  # traces went off, or this one is not sampled
             return
         attributes = {MODEL: self._model, **{k: v for k, v in attributes.items() if v is not None}}
@@ -162,7 +162,7 @@ def start_reply(
 ) -> ReplyTrace | None:
     """The spans of a reply that begins now; None while traces are off. `parent` None: the current span's
     child (FastAPI's server span on HTTP); `server` for a span that is the transport's own (/ws)."""
-    tracer = provider.tracer()
+    tracer = current_tracer()
     if tracer is None:
         return None
     started = time.time_ns()
@@ -185,7 +185,7 @@ def start_reply(
 
 def extract(headers: Any) -> Context | None:
     """The W3C `traceparent` (and baggage) a client sent, as a parent; None while traces are off."""
-    if provider.tracer() is None:
+    if current_tracer() is None:
         return None
     from opentelemetry import propagate
 

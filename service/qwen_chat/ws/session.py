@@ -15,8 +15,8 @@ from qwen_chat.chat.reasoning import ReasoningDelta
 from qwen_chat.chat.reply_options import reply_options
 from qwen_chat.chat.stream import ChatStream, tokens_per_second
 from qwen_chat.chat.tool_calls import ToolCall, ToolCallDelta
-from qwen_chat.engine.interface import Finished
-from qwen_chat.engine.prompts import Message
+from qwen_chat.engine.api.interface import Finished
+from qwen_chat.engine.model.prompts import Message
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.metrics import CLIENT_DISCONNECTS, RequestMetrics, Transport
 from qwen_chat.sampling_params import resolve

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from qwen_chat.settings import Settings
 
@@ -64,16 +63,3 @@ def cache_geometry(settings: Settings, context_length: int, budget: int, device_
     # The manager holds back new prefills when less than 15% of the cache is free: leave that headroom.
     num_blocks = math.ceil(tokens * 1.2 / page_size) + 1
     return CacheGeometry(num_blocks, page_size, max_batch_tokens, None, longest)
-
-
-def held_share(cache: Any) -> float:
-    """The share of a transformers `PagedAttentionCache` that live requests hold, 0 to 1 (read on the
-    manager's thread). The manager keeps the full pages of a finished or cancelled request as a prefix cache
-    it evicts when it needs the room; those count as free here, as in vLLM's `kv_cache_usage_perc`, or a pod
-    would look full for good after its first busy hour."""
-    held = 0
-    for allocator in cache.cache_allocators.values():
-        tables = allocator.block_table.values()  # request id -> its pages; a shared page counts once
-        held += len({page for pages in tables for page in pages}) * allocator.bytes_per_block
-    total: int = cache.num_sectors * cache.bytes_per_sector
-    return min(1.0, held / total)

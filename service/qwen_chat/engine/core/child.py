@@ -1,4 +1,4 @@
-"""The engine process: `python -m qwen_chat.runtime.engine_process COMMANDS_FD EVENTS_FD`, started by
+"""The engine process: `python -m qwen_chat.engine.core.child COMMANDS_FD EVENTS_FD`, started by
 `ProcessEngine` with the worker's settings as its first command frame.
 
 Two threads of ours beside the decoding loop, which holds this process's GIL for little but decoding:
@@ -34,13 +34,13 @@ from qwen_chat.engine.wire import (
     decode_command,
     encode,
 )
-from qwen_chat.runtime.logging_setup import configure_logging
+from qwen_chat.logging_setup import configure_logging
 from qwen_chat.settings import Settings
 
 if TYPE_CHECKING:
-    from qwen_chat.engine.core import EngineCore
+    from qwen_chat.engine.core.base import EngineCore
 
-log = structlog.get_logger("qwen_chat.engine.process")
+log = structlog.get_logger("qwen_chat.engine.api.process")
 
 
 class _Outbox:
@@ -70,7 +70,7 @@ class _Engine:
 
     def run(self) -> int:
         from qwen_chat.engine.core import make_core  # torch and transformers: after the logging is set up
-        from qwen_chat.engine.model_loader import load_model
+        from qwen_chat.engine.model.loader import load_model
 
         try:
             loaded = load_model(self._settings)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from qwen_chat.engine.grammar import Matcher, allocate_bitmask, apply_bitmask
-from qwen_chat.engine.logprobs import token_logprobs
+from qwen_chat.engine.core.grammar import Matcher, allocate_bitmask, apply_bitmask
+from qwen_chat.engine.core.logprobs import token_logprobs
 from qwen_chat.engine.wire import TokenLogprob
 
 

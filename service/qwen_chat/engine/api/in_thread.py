@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from qwen_chat.engine.core import EngineCore, make_core
-from qwen_chat.engine.model_loader import LoadedModel, load_model, unload
-from qwen_chat.engine.streams import StreamingEngine
+from qwen_chat.engine.api.streams import StreamingEngine
+from qwen_chat.engine.core import make_core
+from qwen_chat.engine.core.base import EngineCore
+from qwen_chat.engine.model.loader import LoadedModel, load_model, unload
 from qwen_chat.engine.wire import ModelFacts, Step, Submit
 from qwen_chat.settings import Settings
 

@@ -72,6 +72,6 @@ def resolve(model: str, conversion_cache: Path) -> Checkpoint:
         )
     if family != "qwen":
         return Checkpoint(model, family)
-    from qwen_chat.engine.qwen_v1.convert import ensure_converted
+    from qwen_chat.engine.model.qwen_v1.convert import ensure_converted
 
     return Checkpoint(str(ensure_converted(_local_copy(model), conversion_cache)), family)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from qwen_chat.engine.tiny_model import build_model, build_tokenizer
+from qwen_chat.engine.tiny.parts import build_model, build_tokenizer
 
 THINK_TOKENS = ("<think>", "</think>")
 CHAT_TEMPLATE = (

@@ -12,14 +12,14 @@ greedy (`do_sample=False`) and takes the argmax of what it returns:
   then one token per step. Unused entries repeat the row's first id, so the repetition penalty is one
   gather and one scatter over all penalised rows at once, its cost the tokens seen, not the vocabulary.
 - Greedy rows are left to the manager's argmax; sampled rows get `sampling.draw`'s token set to +inf.
-- A request with a `response_format` has a grammar matcher (engine/grammar.py): the plan feeds it the
+- A request with a `response_format` has a grammar matcher (engine/core/grammar.py): the plan feeds it the
   tokens generated since the last step and starts filling the rows' allowed-token bitmasks on a thread of
   its own (llguidance computes them outside the GIL), so they are computed while the forward pass runs;
   `__call__` waits for them and masks those
   rows first, so penalties, sampling and the argmax only ever see allowed tokens, and constrained and free
   requests share one batch.
 - A request that asked for log-probabilities gets them from its row after the penalty and the mask
-  (engine/logprobs.py), kept until the step's outputs reach the router (`take_logprobs`).
+  (engine/core/logprobs.py), kept until the step's outputs reach the router (`take_logprobs`).
 
 `prepare_tensor_args` and `__call__` must alternate step by step, which holds in the manager's synchronous,
 eager mode only: with double buffering (`use_async_batching`) the plan for step n+1 is built while step n
@@ -34,13 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers.generation.continuous_batching.cb_logits_processors import (
-    ContinuousBatchingLogitsProcessor,
-)
 
-from qwen_chat.engine.grammar import Matcher, allocate_bitmask, apply_bitmask, fill_masks
-from qwen_chat.engine.logprobs import log_softmax_rows, token_logprobs
-from qwen_chat.engine.sampling import draw, uniform_stream
+from qwen_chat.engine.core.grammar import Matcher, allocate_bitmask, apply_bitmask, fill_masks
+from qwen_chat.engine.core.logprobs import log_softmax_rows, token_logprobs
+from qwen_chat.engine.core.sampling import draw, uniform_stream
+from qwen_chat.engine.hf_internals import ContinuousBatchingLogitsProcessor
 from qwen_chat.engine.wire import TokenLogprob
 from qwen_chat.sampling_params import SamplingParams
 

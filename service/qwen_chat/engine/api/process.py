@@ -1,5 +1,5 @@
 """`ProcessEngine`: the worker's side of an engine whose core runs in a child process
-(`runtime/engine_process.py`).
+(`engine/core/child.py`).
 
 The worker keeps admission, queue positions, detokenization and every transport (`streams.py`); the child
 decodes. Requests go down as `Submit`/`Cancel` frames, written from the event loop (a few per request);
@@ -29,9 +29,9 @@ from typing import Any
 import structlog
 
 from qwen_chat import metrics
-from qwen_chat.engine.interface import EngineError, EngineState
-from qwen_chat.engine.process.channel import Channel, ChildEnds
-from qwen_chat.engine.streams import StreamingEngine
+from qwen_chat.engine.api.channel import Channel, ChildEnds
+from qwen_chat.engine.api.interface import EngineError, EngineState
+from qwen_chat.engine.api.streams import StreamingEngine
 from qwen_chat.engine.wire import (
     Cancel,
     Event,
@@ -66,7 +66,7 @@ def _start_child(ends: ChildEnds) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.pop(metrics.MULTIPROC_ENV, None)
     return subprocess.Popen(
-        [sys.executable, "-m", "qwen_chat.runtime.engine_process", str(ends.commands), str(ends.events)],
+        [sys.executable, "-m", "qwen_chat.engine.core.child", str(ends.commands), str(ends.events)],
         pass_fds=(ends.commands, ends.events),
         env=env,
     )
@@ -90,7 +90,7 @@ class ProcessEngine(StreamingEngine):
     # --- lifecycle ---
 
     async def _load(self) -> tuple[ModelFacts, Any]:
-        from qwen_chat.engine.model_loader import load_tokenizer
+        from qwen_chat.engine.model.loader import load_tokenizer
 
         tokenizer = asyncio.ensure_future(asyncio.to_thread(load_tokenizer, self._settings))
         try:

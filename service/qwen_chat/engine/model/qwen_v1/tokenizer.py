@@ -16,9 +16,9 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 from transformers import PreTrainedTokenizerFast
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from qwen_chat.engine.prompts import CHATML_SYSTEM
+from qwen_chat.engine import hf_internals
+from qwen_chat.engine.model.prompts import CHATML_SYSTEM
 
 VOCAB_FILE = "qwen.tiktoken"
 # QWenTokenizer's split pattern: like cl100k's, but digits one by one.
@@ -32,7 +32,7 @@ SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, *(f"<|extra_{i}|>" for i in range
 # <|endoftext|>, so a reply would otherwise run on into a made-up next turn.
 STOP_TOKENS = (IM_END, IM_START, ENDOFTEXT)
 # ChatML as Qwen v1's `make_context` lays it out, with its default system prompt. The service encodes each
-# part on its own (engine/prompts.py), so message text stays text; the template is for other readers.
+# part on its own (engine/model/prompts.py), so message text stays text; the template is for other readers.
 CHAT_TEMPLATE = (
     "{%- for m in messages %}"
     "{%- if loop.first and m['role'] != 'system' %}"
@@ -80,7 +80,7 @@ def _merge_of(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, 
 def vocabulary(path: Path) -> Tokenizer:
     """The ranks of `path` as a fast BPE tokenizer with Qwen's split pattern, with no added tokens yet."""
     ranks = read_ranks(path)
-    byte_chars = bytes_to_unicode()
+    byte_chars = hf_internals.bytes_to_unicode()
 
     def text(token: bytes) -> str:
         return "".join(byte_chars[b] for b in token)

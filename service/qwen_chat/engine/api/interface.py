@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from qwen_chat.engine.prompts import Prompts
+from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.wire import TokenLogprob
 from qwen_chat.sampling_params import SamplingParams  # what a GenerationRequest samples with
 
@@ -67,7 +67,7 @@ class GenerationRequest:
     sampling: SamplingParams
     # None: the model's own end-of-turn tokens.
     stop_token_ids: frozenset[int] | None = None
-    # OpenAI's response_format as canonical JSON (engine/grammar.py): every token is masked to it.
+    # OpenAI's response_format as canonical JSON (engine/core/grammar.py): every token is masked to it.
     constraint: str | None = None
     # None: no log-probabilities; k: each token's, with the k likeliest alternatives.
     top_logprobs: int | None = None

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from qwen_chat.engine.families import Checkpoint, resolve
+from qwen_chat.engine.model.families import Checkpoint, resolve
 from qwen_chat.settings import Settings
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

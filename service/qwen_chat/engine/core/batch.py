@@ -15,15 +15,15 @@ from typing import Any
 
 import structlog
 from transformers import ContinuousBatchingConfig, GenerationConfig
-from transformers.generation.continuous_batching.continuous_api import OutputRouter
-from transformers.generation.continuous_batching.requests import RequestStatus
 
-from qwen_chat.engine import cpu_attention
-from qwen_chat.engine.batch_sampler import BatchSampler
-from qwen_chat.engine.core import StepSink, WarmingSink, grammar_eos, model_facts
-from qwen_chat.engine.grammar import GrammarError, Grammars
-from qwen_chat.engine.kv_cache import cache_geometry, held_share, running_slots
-from qwen_chat.engine.model_loader import LoadedModel, input_budget, pad_token_id
+from qwen_chat.engine import hf_internals
+from qwen_chat.engine.core import cpu_attention
+from qwen_chat.engine.core.base import StepSink, WarmingSink, grammar_eos, model_facts
+from qwen_chat.engine.core.batch_sampler import BatchSampler
+from qwen_chat.engine.core.grammar import GrammarError, Grammars
+from qwen_chat.engine.core.kv_cache import cache_geometry, running_slots
+from qwen_chat.engine.hf_internals import OutputRouter, RequestStatus
+from qwen_chat.engine.model.loader import LoadedModel, input_budget, pad_token_id
 from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
 from qwen_chat.settings import Settings
 
@@ -110,19 +110,18 @@ class BatchCore:
         self._start_manager()
         self._sink.warm_up(self, self._loaded, self._settings)
         self._grammars.warm_in_background()
-        processor = self._manager.batch_processor
-        self._check_cache_holds_a_request(processor.cache.num_blocks)
+        _require_hooks(self._manager, started=True)
+        self._check_cache_holds_a_request(hf_internals.cache_pages(self._manager))
         log.info(
             "batch_engine_ready",
-            kv_cache_pages=processor.cache.num_blocks,
+            kv_cache_pages=hf_internals.cache_pages(self._manager),
             page_size=self._geometry.page_size,
-            max_batch_tokens=processor.max_batch_tokens,
+            max_batch_tokens=hf_internals.max_batch_tokens(self._manager),
             max_running=self.max_running,
         )
 
     def facts(self) -> ModelFacts:
-        processor = getattr(self._manager, "batch_processor", None)
-        pages = processor.cache.num_blocks if processor is not None else 0
+        pages = hf_internals.cache_pages(self._manager)
         return model_facts(self._settings, self._loaded, pages, self._geometry.page_size)
 
     def healthy(self) -> bool:
@@ -158,14 +157,10 @@ class BatchCore:
         manager = loaded.model.init_continuous_batching(
             generation_config=generation, continuous_batching_config=config
         )
-        processors = manager.logit_processor
-        processors.logits_processor.append(self._sampler)
-        processors.tensors_required += 1
-        processors.do_processing = True
-        # The batch processor is built on the manager's thread from these two: our router, our timed step.
-        manager.output_router = self._router
-        manager._generation_step = self._timed(manager._generation_step)
-        manager._generation_loop_body = self._measured_after_cancel(manager._generation_loop_body)
+        _require_hooks(manager, started=False)
+        hf_internals.hook_manager(
+            manager, self._router, self._timed, self._measured_after_cancel, self._sampler
+        )
         manager.start()
         self._manager = manager
 
@@ -254,35 +249,18 @@ class BatchCore:
         self._sink(Step(rows, self._step_seconds, preempted, usage))
 
     def _cache_usage(self) -> float:
-        processor = getattr(self._manager, "batch_processor", None)
-        return -1.0 if processor is None else held_share(processor.cache)
+        return hf_internals.held_share(self._manager)
 
     def _count_preempted(self) -> int:
-        """Requests the manager paused since the last step: the offloading manager requeues each one it
-        frees the cache of, so the waiting list grows by that many inside `offload_requests`."""
-        processor: Any = getattr(self._manager, "batch_processor", None)
-        offloading = getattr(processor, "offloading_manager", None)
-        if offloading is not None and not getattr(offloading, "_qwen_chat_counted", False):
-            scheduler = processor.scheduler
-            offload = offloading.offload_requests
-
-            def counted() -> bool:
-                before = len(scheduler.waiting_requests)
-                result = offload()
-                self._preempted += max(0, len(scheduler.waiting_requests) - before)
-                return bool(result)
-
-            offloading.offload_requests = counted
-            offloading._qwen_chat_counted = True
+        """Requests the manager paused since the last step (`hf_internals.count_preemptions`)."""
+        hf_internals.count_preemptions(self._manager, self._requeued)
         return self._preempted
 
+    def _requeued(self, requests: int) -> None:
+        self._preempted += requests
+
     def _manager_alive(self) -> bool:
-        manager = self._manager
-        return (
-            manager is not None
-            and manager.is_running()
-            and manager.background_thread_status.fatal_error is None
-        )
+        return hf_internals.manager_alive(self._manager)
 
     def _restart_manager(self) -> None:
         """The manager's thread died (it fails every request it held): start a fresh one."""
@@ -291,3 +269,10 @@ class BatchCore:
         if old is not None:
             old.stop(block=False, hard_stop=True)
         self._start_manager()
+
+
+def _require_hooks(manager: Any, started: bool) -> None:
+    """A transformers that renamed what we hook fails here, at start, naming it (`hf_internals.py`)."""
+    missing = hf_internals.check_manager(manager, started)
+    if missing:
+        raise RuntimeError(f"this transformers lacks what the batch engine hooks: {', '.join(missing)}")

@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 from torch.nn import functional
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from qwen_chat.engine import hf_internals
+from qwen_chat.engine.hf_internals import sdpa_attention_forward
 
 
 def install() -> None:
     """Register `per_request_sdpa` as the `sdpa` attention of every model in this process (idempotent)."""
-    AttentionInterface.register("sdpa", per_request_sdpa)
+    hf_internals.register_attention("sdpa", per_request_sdpa)
 
 
 def per_request_sdpa(
@@ -40,9 +41,10 @@ def per_request_sdpa(
 ) -> tuple[torch.Tensor, None]:
     bounds = _request_bounds(module, query, kwargs)
     if bounds is None:
-        return sdpa_attention_forward(
+        forward: tuple[torch.Tensor, None] = sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+        return forward
     q_bounds, k_bounds = bounds
     if isinstance(attention_mask, dict):
         attention_mask = attention_mask[getattr(module, "layer_type", "full_attention")]

@@ -22,8 +22,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from qwen_chat.engine.qwen_v1.tokenizer import STOP_TOKENS, VOCAB_FILE, build_tokenizer
-from qwen_chat.engine.qwen_v1.weights import convert_tensors, qwen2_config
+from qwen_chat.engine.model.qwen_v1.tokenizer import STOP_TOKENS, VOCAB_FILE, build_tokenizer
+from qwen_chat.engine.model.qwen_v1.weights import convert_tensors, qwen2_config
 
 log = structlog.get_logger(__name__)
 

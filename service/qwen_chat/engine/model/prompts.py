@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qwen_chat.engine.control_tokens import ControlTokens
+from qwen_chat.engine.model.control_tokens import ControlTokens
 
 Message = dict[str, Any]  # role, content; an assistant turn may hold tool_calls
 # Per-request chat template arguments (`chat_template_kwargs`), e.g. Qwen3's `enable_thinking`.

@@ -1,9 +1,10 @@
-"""An engine core: the model on its device and the loop that decodes, whether it runs as a thread of the
-worker (`in_thread.py`) or in a child process of its own (`process/`).
+"""What every engine core is, whether it runs as a thread of the worker (`api/in_thread.py`) or in a child
+process of its own (`child.py`).
 
 A core takes `Submit`s and `Cancel`s (from any thread) and hands each decode step's rows to its sink as one
 `Step` (from its own threads). It holds no queue, no text and no client: admission, detokenization and
-transports are the API side's (`streams.py`). `BatchCore` (batch.py) and `SimpleCore` (simple.py) are the two.
+transports are the API side's (`api/streams.py`). `BatchCore` (batch.py) and `SimpleCore` (simple.py) are the
+two; `make_core` (this package's `__init__`) picks one.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from qwen_chat.engine.model_loader import LoadedModel, input_budget
-from qwen_chat.engine.prompts import Prompts
+from qwen_chat.engine.model.loader import LoadedModel, input_budget
+from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
 from qwen_chat.settings import Settings
 
@@ -43,16 +44,6 @@ class EngineCore(Protocol):
         """False once the decoding loop died by itself."""
 
     def facts(self) -> ModelFacts: ...
-
-
-def make_core(settings: Settings, loaded: LoadedModel, sink: StepSink) -> EngineCore:
-    if settings.engine == "simple":
-        from qwen_chat.engine.simple import SimpleCore
-
-        return SimpleCore(settings, loaded, sink)
-    from qwen_chat.engine.batch import BatchCore
-
-    return BatchCore(settings, loaded, sink)
 
 
 def model_facts(settings: Settings, loaded: LoadedModel, pages: int = 0, page_size: int = 0) -> ModelFacts:

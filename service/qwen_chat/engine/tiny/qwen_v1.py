@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from qwen_chat.engine.qwen_v1.tokenizer import SPECIAL_TOKENS, VOCAB_FILE
-from qwen_chat.engine.tiny_model import train_bpe
+from qwen_chat.engine import hf_internals
+from qwen_chat.engine.model.qwen_v1.tokenizer import SPECIAL_TOKENS, VOCAB_FILE
+from qwen_chat.engine.tiny.parts import train_bpe
 
 HIDDEN, HEADS, LAYERS, MLP = 128, 4, 2, 256  # MLP: per projection; Qwen v1 stores twice that
 SEQ_LENGTH = 2048
@@ -25,7 +25,7 @@ SCALE = 0.1  # small weights: a well-conditioned network, so float32 rounding st
 def write_tiktoken(path: Path, seed: int) -> int:
     """Ranks from a trained byte-level BPE: the 256 bytes, then one token per merge, in merge order."""
     trained = json.loads(train_bpe(1024, seed, []).to_str())["model"]
-    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
+    to_byte = {char: byte for byte, char in hf_internals.bytes_to_unicode().items()}
 
     def as_bytes(text: str) -> bytes:
         return bytes(to_byte[char] for char in text)

@@ -22,8 +22,8 @@ from typing import Any
 import structlog
 
 from qwen_chat import metrics
-from qwen_chat.engine.fair_queue import FairQueue
-from qwen_chat.engine.interface import (
+from qwen_chat.engine.api.fair_queue import FairQueue
+from qwen_chat.engine.api.interface import (
     EngineError,
     EngineNotReady,
     EngineOverloaded,
@@ -38,9 +38,9 @@ from qwen_chat.engine.interface import (
     TextDelta,
     UserAtCapacity,
 )
-from qwen_chat.engine.kv_cache import running_slots
-from qwen_chat.engine.model_loader import device_type
-from qwen_chat.engine.prompts import Prompts
+from qwen_chat.engine.core.kv_cache import running_slots
+from qwen_chat.engine.model.loader import device_type
+from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.wire import ModelFacts
 from qwen_chat.settings import Settings
 

@@ -11,8 +11,8 @@ logits rows plus one uniform per row into tokens with tensor operations over all
   path, which picks the same token for the same uniform.
 
 The simple engine uses it through `SeededSampler` (a logits processor for `generate`, after transformers'
-own repetition penalty); the batch engine through `BatchSampler` (engine/batch_sampler.py). So a seed gives
-the same reply on both engines, whatever else is running.
+own repetition penalty); the batch engine through `BatchSampler` (`batch_sampler.py`). So a seed gives the
+same reply on both engines, whatever else is running.
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ from typing import Any
 import structlog
 
 from qwen_chat import metrics
-from qwen_chat.engine.detokenizer import IncrementalDetokenizer
-from qwen_chat.engine.fair_queue import FairQueue
-from qwen_chat.engine.interface import EngineError, TextDelta
-from qwen_chat.engine.queued import Job, QueuedEngine
+from qwen_chat.engine.api.detokenizer import IncrementalDetokenizer
+from qwen_chat.engine.api.fair_queue import FairQueue
+from qwen_chat.engine.api.interface import EngineError, TextDelta
+from qwen_chat.engine.api.queued import Job, QueuedEngine
 from qwen_chat.engine.wire import RowState, Step, Submit, TokenLogprob
 from qwen_chat.settings import Settings
 

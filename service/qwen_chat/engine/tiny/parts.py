@@ -1,4 +1,5 @@
-"""Build a small random Qwen2 chat model offline, for tests, demos and CI.
+"""What the tiny models are built from: a byte-level BPE tokenizer trained on a small corpus, with ChatML
+special tokens and a chat template, and a random Qwen2 model of that vocabulary.
 
 The model runs through exactly the same transformers code path as a real Qwen checkpoint: a Qwen2 config,
 `save_pretrained` weights, a byte-level BPE tokenizer with ChatML special tokens and a chat template.
@@ -9,13 +10,11 @@ from __future__ import annotations
 
 import itertools
 import random
-from pathlib import Path
 from typing import Any
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-from transformers.utils import logging as transformers_logging
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -149,30 +148,6 @@ def build_model(
     model.generation_config.pad_token_id = 0
     model.eval()
     return model
-
-
-FAMILIES = ("qwen2", "qwen3", "qwen")
-
-
-def make_tiny_model(directory: Path | str, seed: int = 0, family: str = "qwen2") -> Path:
-    """Build a tiny model of `family` (`qwen2`, `qwen3`, or `qwen` for Qwen v1's own layout) and its
-    tokenizer, and save both into `directory` (created if needed)."""
-    transformers_logging.disable_progress_bar()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if family == "qwen3":
-        from qwen_chat.engine.tiny_qwen3 import make_tiny_qwen3
-
-        return make_tiny_qwen3(directory, seed)
-    if family == "qwen":
-        from qwen_chat.engine.tiny_qwen_v1 import make_tiny_qwen_v1
-
-        return make_tiny_qwen_v1(directory, seed)
-    tokenizer = build_tokenizer(seed=seed, added=TOOL_TOKENS)
-    model = build_model(vocab_size=len(tokenizer), seed=seed)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def distinct_greedy_tokens(model: Any, prompt_ids: list[int], steps: int = 64) -> int:

@@ -16,12 +16,12 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from qwen_chat.engine.core import StepSink, WarmingSink, grammar_eos, model_facts
-from qwen_chat.engine.generate_processors import GrammarMask, LogprobRecorder
-from qwen_chat.engine.grammar import Grammars
-from qwen_chat.engine.kv_cache import running_slots
-from qwen_chat.engine.model_loader import LoadedModel, pad_token_id
-from qwen_chat.engine.sampling import logits_processors
+from qwen_chat.engine.core.base import StepSink, WarmingSink, grammar_eos, model_facts
+from qwen_chat.engine.core.generate_processors import GrammarMask, LogprobRecorder
+from qwen_chat.engine.core.grammar import Grammars
+from qwen_chat.engine.core.kv_cache import running_slots
+from qwen_chat.engine.core.sampling import logits_processors
+from qwen_chat.engine.model.loader import LoadedModel, pad_token_id
 from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
 from qwen_chat.settings import Settings
 

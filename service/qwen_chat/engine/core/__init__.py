@@ -1,0 +1,35 @@
+"""The engine's core: the model on its device and the loop that decodes, in the engine process (`child.py`
+is its `main`) or as a thread of the worker (`api/in_thread.py`). It takes `Submit`s and hands each step's
+rows on as one `Step`; it holds no queue, no text and no client.
+
+- `base.py`: what every core is (`EngineCore`), its facts, and the warm-up it runs before it reports ready
+- `batch.py`: continuous batching on transformers' manager (the default); `kv_cache.py` sizes its slots and
+  cache, `batch_sampler.py` samples every row of a step at once, `cpu_attention.py` attends per request on CPU
+- `simple.py`: one `model.generate` per request, in threads (QWEN_CHAT_ENGINE=simple), with
+  `generate_processors.py`
+- `sampling.py`: the seeded per-request draw both cores share; `logprobs.py`: a row's log-probabilities;
+  `grammar.py`: structured outputs as llguidance grammars
+- `child.py`: the engine process's `main` (`python -m qwen_chat.engine.core.child`)
+
+Importing this package loads no torch; `make_core` does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qwen_chat.engine.core.base import EngineCore, StepSink
+    from qwen_chat.engine.model.loader import LoadedModel
+    from qwen_chat.settings import Settings
+
+
+def make_core(settings: Settings, loaded: LoadedModel, sink: StepSink) -> EngineCore:
+    """The core QWEN_CHAT_ENGINE names, on `loaded`, handing its steps to `sink`."""
+    if settings.engine == "simple":
+        from qwen_chat.engine.core.simple import SimpleCore
+
+        return SimpleCore(settings, loaded, sink)
+    from qwen_chat.engine.core.batch import BatchCore
+
+    return BatchCore(settings, loaded, sink)

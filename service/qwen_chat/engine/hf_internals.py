@@ -1,0 +1,210 @@
+"""transformers' private and internal names: the only module that reaches them. Everything else in the
+service uses transformers' public API (`AutoTokenizer`, `from_pretrained`, `generate`,
+`init_continuous_batching`, `ContinuousBatchingConfig`, `GenerationConfig`).
+
+What is hooked, and why:
+- `continuous_api.OutputRouter`: subclassed and set as `manager.output_router`: one `Step` per decode step,
+  the tokens of cancelled requests dropped (`core/batch.py`)
+- `ContinuousBatchingManager._generation_step`: wrapped, to time each forward (`decode_step_seconds`)
+- `ContinuousBatchingManager._generation_loop_body`: wrapped, to measure the KV cache after a cancel frees
+  its pages
+- `manager.logit_processor` (`.logits_processor`, `.tensors_required`, `.do_processing`): our processor
+  appended; `cb_logits_processors.ContinuousBatchingLogitsProcessor`: its type (`core/batch_sampler.py`),
+  so every row of a step is sampled at once with its own parameters
+- `requests.RequestStatus`: compared, to find a failed request's rows
+- `manager.batch_processor.cache` (`num_blocks`, `num_sectors`, `bytes_per_sector`,
+  `cache_allocators[*].block_table` and `.bytes_per_block`) and `.max_batch_tokens`: read, for the cache's
+  pages and the share live requests hold (the endpoint picker's `kv_cache_usage_perc`)
+- `manager.batch_processor.offloading_manager.offload_requests` (wrapped) and `.scheduler.waiting_requests`
+  (read): preemptions counted
+- `manager.is_running()`, `manager.background_thread_status.fatal_error`: read, so a dead manager thread is
+  restarted
+- `AttentionInterface.register("sdpa", ...)` and `integrations.sdpa_attention.sdpa_attention_forward`:
+  re-registered and called, for per-request attention on CPU (`core/cpu_attention.py`)
+- `convert_slow_tokenizer.bytes_to_unicode`: Qwen v1's `qwen.tiktoken` read as a byte-level BPE
+
+`check_manager` names every hook a started manager lacks; the batch core calls it at start, so a transformers
+that renamed one fails there with the hook's name, never later and silently. `tests/test_hf_internals.py`
+checks them all against the installed transformers. Importing this module loads neither torch nor
+transformers: each name is imported when it is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+# Module-level names, imported on first use (`from qwen_chat.engine.hf_internals import OutputRouter`).
+_NAMES = {
+    "OutputRouter": "transformers.generation.continuous_batching.continuous_api",
+    "ContinuousBatchingManager": "transformers.generation.continuous_batching.continuous_api",
+    "RequestStatus": "transformers.generation.continuous_batching.requests",
+    "ContinuousBatchingLogitsProcessor": "transformers.generation.continuous_batching.cb_logits_processors",
+    "sdpa_attention_forward": "transformers.integrations.sdpa_attention",
+    "AttentionInterface": "transformers",
+    "bytes_to_unicode": "transformers.convert_slow_tokenizer",
+}
+# The manager's methods we wrap, with the parameters the wrappers pass on.
+WRAPPED_METHODS = {
+    "_generation_step": ["self"],
+    "_generation_loop_body": ["self", "batch_processor", "bootstrapping"],
+}
+_COUNTED = "_qwen_chat_counted"  # set on an offloading manager whose `offload_requests` we wrapped
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(name)
+
+
+def hook_manager(
+    manager: Any,
+    router: Any,
+    time_step: Callable[[Callable[[], None]], Callable[[], None]],
+    after_loop_turn: Callable[[Callable[..., Any]], Callable[..., Any]],
+    processor: Any,
+) -> None:
+    """Before `manager.start()`: our output router, our logits processor, the step timed and each loop turn
+    followed (the batch processor is built on the manager's thread from these)."""
+    processors = manager.logit_processor
+    processors.logits_processor.append(processor)
+    processors.tensors_required += 1
+    processors.do_processing = True
+    manager.output_router = router
+    manager._generation_step = time_step(manager._generation_step)
+    manager._generation_loop_body = after_loop_turn(manager._generation_loop_body)
+
+
+def batch_processor(manager: Any) -> Any | None:
+    """The manager's batch processor, once its thread has built it."""
+    return getattr(manager, "batch_processor", None)
+
+
+def cache_pages(manager: Any) -> int:
+    """The pages of the manager's KV cache (0 before its thread built it)."""
+    processor = batch_processor(manager)
+    return int(processor.cache.num_blocks) if processor is not None else 0
+
+
+def max_batch_tokens(manager: Any) -> int:
+    processor = batch_processor(manager)
+    return int(processor.max_batch_tokens) if processor is not None else 0
+
+
+def held_share(manager: Any) -> float:
+    """The share of the KV cache that live requests hold, 0 to 1, or -1 before there is a cache (read on the
+    manager's thread). The manager keeps the full pages of a finished or cancelled request as a prefix cache
+    it evicts when it needs the room; those count as free here, as in vLLM's `kv_cache_usage_perc`, or a pod
+    would look full for good after its first busy hour."""
+    processor = batch_processor(manager)
+    if processor is None:
+        return -1.0
+    cache = processor.cache
+    held = 0
+    for allocator in cache.cache_allocators.values():
+        tables = allocator.block_table.values()  # request id -> its pages; a shared page counts once
+        held += len({page for pages in tables for page in pages}) * allocator.bytes_per_block
+    total: int = cache.num_sectors * cache.bytes_per_sector
+    return min(1.0, held / total)
+
+
+def count_preemptions(manager: Any, requeued: Callable[[int], None]) -> None:
+    """Tell `requeued` how many requests each offload paused: the offloading manager requeues each one it
+    frees the cache of, so the waiting list grows by that many inside `offload_requests`. Idempotent."""
+    processor = batch_processor(manager)
+    offloading = getattr(processor, "offloading_manager", None)
+    if offloading is None or getattr(offloading, _COUNTED, False):
+        return
+    scheduler = processor.scheduler  # type: ignore[union-attr]
+    offload = offloading.offload_requests
+
+    def counted() -> bool:
+        before = len(scheduler.waiting_requests)
+        result = offload()
+        requeued(max(0, len(scheduler.waiting_requests) - before))
+        return bool(result)
+
+    offloading.offload_requests = counted
+    setattr(offloading, _COUNTED, True)
+
+
+def manager_alive(manager: Any) -> bool:
+    return bool(
+        manager is not None and manager.is_running() and manager.background_thread_status.fatal_error is None
+    )
+
+
+def register_attention(name: str, function: Callable[..., Any]) -> None:
+    """Every model of this process then runs `function` as its `name` attention."""
+    interface: Any = __getattr__("AttentionInterface")
+    interface.register(name, function)
+
+
+def check_manager(manager: Any, started: bool) -> list[str]:
+    """What `manager` lacks of the hooks above, each named: empty when all are there. Before it is started
+    (`started` False) its batch processor does not exist yet, so only the rest is checked."""
+    missing = [f"transformers.{name}" for name in _missing_names()]
+    for method, parameters in WRAPPED_METHODS.items():
+        if not _takes(getattr(type(manager), method, None), parameters):
+            missing.append(f"ContinuousBatchingManager.{method}({', '.join(parameters[1:])})")
+    paths = [
+        "output_router",
+        "logit_processor.logits_processor",
+        "logit_processor.tensors_required",
+        "logit_processor.do_processing",
+        "background_thread_status.fatal_error",
+    ]
+    if started:
+        paths += _STARTED_PATHS
+    missing += [f"manager.{path}" for path in paths if not _has_path(manager, path)]
+    processor = batch_processor(manager)
+    for allocator in getattr(getattr(processor, "cache", None), "cache_allocators", {}).values():
+        for attribute in ("block_table", "bytes_per_block"):
+            if not hasattr(allocator, attribute):
+                missing.append(f"manager.batch_processor.cache.cache_allocators[*].{attribute}")
+    return sorted(set(missing))
+
+
+# What a started manager's batch processor must have.
+_STARTED_PATHS = [
+    "batch_processor.max_batch_tokens",
+    "batch_processor.scheduler.waiting_requests",
+    "batch_processor.offloading_manager.offload_requests",
+    "batch_processor.cache.num_blocks",
+    "batch_processor.cache.num_sectors",
+    "batch_processor.cache.bytes_per_sector",
+    "batch_processor.cache.cache_allocators",
+]
+
+
+def _takes(method: Any, parameters: list[str]) -> bool:
+    """`method` takes `parameters`, and any others have defaults (our wrappers pass just those)."""
+    if method is None:
+        return False
+    found = list(inspect.signature(method).parameters.values())
+    extra = found[len(parameters) :]
+    named = [p.name for p in found[: len(parameters)]]
+    optional = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return named == parameters and all(p.default is not p.empty or p.kind in optional for p in extra)
+
+
+def _missing_names() -> list[str]:
+    missing = []
+    for name, module in _NAMES.items():
+        try:
+            getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            missing.append(f"{module.removeprefix('transformers.')}.{name}")
+    return missing
+
+
+def _has_path(root: Any, path: str) -> bool:
+    value = root
+    for part in path.split("."):
+        if not hasattr(value, part):
+            return False
+        value = getattr(value, part)
+    return True

@@ -1,0 +1,36 @@
+"""The offline tiny models: random weights in each family's real layout, tokenizers trained here, saved with
+`save_pretrained`, so tests, demos (`serve --dev`) and CI run the real transformers code path with no
+download. Their replies are gibberish, but they stream, stop and sample like a real model's.
+
+- `parts.py`: the tokenizer (a byte-level BPE with ChatML tokens and a chat template) and a random Qwen2
+- `qwen2.py`, `qwen3.py`: Qwen2.5's and Qwen3's layouts; `qwen_v1.py`: Qwen v1's own (`qwen.tiktoken`)
+
+Importing this package loads no torch; building a model does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FAMILIES = ("qwen2", "qwen3", "qwen")
+
+
+def make_tiny_model(directory: Path | str, seed: int = 0, family: str = "qwen2") -> Path:
+    """Build a tiny model of `family` (`qwen2`, `qwen3`, or `qwen` for Qwen v1's own layout) and its
+    tokenizer, and save both into `directory` (created if needed)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if family == "qwen3":
+        from qwen_chat.engine.tiny.qwen3 import make_tiny_qwen3
+
+        return make_tiny_qwen3(directory, seed)
+    if family == "qwen":
+        from qwen_chat.engine.tiny.qwen_v1 import make_tiny_qwen_v1
+
+        return make_tiny_qwen_v1(directory, seed)
+    from qwen_chat.engine.tiny.qwen2 import make_tiny_qwen2
+
+    return make_tiny_qwen2(directory, seed)
