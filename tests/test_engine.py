@@ -25,6 +25,8 @@ from qwen_chat.engine.api.interface import (
     UserAtCapacity,
 )
 from qwen_chat.engine.api.queued import QueuedEngine
+from qwen_chat.engine.model.loader import load_tokenizer
+from qwen_chat.engine.wire import ModelFacts
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 from tests.support.engine_events import collect
@@ -411,3 +413,29 @@ async def test_many_concurrent_requests_all_finish(batch: QueuedEngine) -> None:
     )
     assert all(fin.reason in ("stop", "length") for _, fin in results)
     assert batch.stats.running == 0 and batch.stats.waiting == 0
+
+
+class _ReportsThreeSlots(QueuedEngine):
+    """A worker side whose core (not run here) reports 3 slots, whatever the settings foresaw."""
+
+    async def _load(self) -> tuple[ModelFacts, Any]:
+        facts = ModelFacts(64, [0], 32, "cpu", "float32", max_running=3)
+        return facts, load_tokenizer(self._settings)
+
+    def _run(self, job: Any) -> None: ...
+    def _cancel_running(self, job: Any) -> None: ...
+    async def _shut_down(self) -> None: ...
+
+
+async def test_the_worker_admits_as_many_requests_as_its_core_decodes(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The slot count is computed once, by the core (`ModelFacts.max_running`): the worker's estimate from
+    the settings gives way to it, and so does the per-user cap derived from it."""
+    engine = _ReportsThreeSlots(make_settings(max_running=0, max_user_requests=0))
+    assert engine.max_running != 3
+    await engine.start()
+    try:
+        assert engine.max_running == 3 and engine.max_per_user == 1
+    finally:
+        await engine.close()

@@ -1,4 +1,4 @@
-"""What crosses between the API side of an engine and its core (`core.py`), in a thread or a child process.
+"""What crosses between the API side of an engine and its core (`core/`), in a thread or a child process.
 
 The API side sends a `Submit` per request and a `Cancel` when one stops early; the core answers with one
 `Step` per decode step, carrying every row that got new tokens (or finished) in that step, never one
@@ -24,22 +24,19 @@ class RowState(enum.IntEnum):
 
 
 class Submit(msgspec.Struct, array_like=True, gc=False, tag=True):
+    """One request, as the core runs it: its sampling parameters whole (a new one is a field of
+    `SamplingParams`, not a change here), `max_new_tokens` among them already within the model's context."""
+
     request_id: str
     prompt_ids: list[int]
-    max_new_tokens: int  # already within the model's context
+    sampling: SamplingParams
     stop_token_ids: list[int]
-    temperature: float
-    top_p: float
-    repetition_penalty: float
-    seed: int | None = None
     response_format: str = ""  # canonical JSON of the request's response_format; "": unconstrained
     top_logprobs: int = -1  # -1: no log-probabilities; k >= 0: the sampled token's and the k likeliest
 
     @property
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(
-            self.max_new_tokens, self.temperature, self.top_p, self.repetition_penalty, self.seed
-        )
+    def max_new_tokens(self) -> int:
+        return self.sampling.max_new_tokens
 
 
 class Cancel(msgspec.Struct, array_like=True, gc=False, tag=True):
@@ -85,6 +82,7 @@ class ModelFacts(msgspec.Struct, array_like=True, gc=False):
     kv_cache_pages: int = 0  # 0: the core has no paged cache
     kv_page_size: int = 0
     family: str = "qwen2"  # the checkpoint's model_type (engine/model/families.py)
+    max_running: int = 0  # the requests the core decodes at once; the worker admits that many
 
 
 class Ready(msgspec.Struct, array_like=True, gc=False, tag=True):

@@ -80,6 +80,7 @@ class QueuedEngine(abc.ABC):
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        # Until the core reports its own (`ModelFacts.max_running`), what it will most likely be.
         self.max_running = running_slots(settings, device_type(settings.device))
         self.max_per_user = user_request_cap(settings, self.max_running)
         self._state = EngineState.LOADING
@@ -138,6 +139,9 @@ class QueuedEngine(abc.ABC):
         started = time.monotonic()
         try:
             self._facts, tokenizer = await self._load()
+            if self._facts.max_running:  # the core's own count, which the estimate above only foresaw
+                self.max_running = self._facts.max_running
+                self.max_per_user = user_request_cap(self._settings, self.max_running)
             self._prompts = Prompts(tokenizer, self._facts.max_input_tokens, self._facts.family)
         except Exception:
             self._state = EngineState.FAILED

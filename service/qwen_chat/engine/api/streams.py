@@ -8,6 +8,7 @@ Where the core runs is the subclass's: a thread of this process (`in_thread.py`)
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,18 +68,13 @@ class StreamingEngine(QueuedEngine):
         stop_ids = self.stop_ids(request)
         stream = _Stream(job, IncrementalDetokenizer(self.prompts.tokenizer), stop_ids)
         self._streams[request.request_id] = stream
-        sampling = request.sampling
         try:
             self._submit(
                 Submit(
                     request.request_id,
                     list(request.prompt_ids),
-                    max_new,
+                    dataclasses.replace(request.sampling, max_new_tokens=max_new),
                     sorted(stop_ids),
-                    sampling.temperature,
-                    sampling.top_p,
-                    sampling.repetition_penalty,
-                    sampling.seed,
                     request.constraint or "",
                     -1 if request.top_logprobs is None else request.top_logprobs,
                 )

@@ -16,6 +16,7 @@ from typing import Protocol
 from qwen_chat.engine.model.loader import LoadedModel, input_budget
 from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
+from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 
 StepSink = Callable[[Step], None]
@@ -46,7 +47,9 @@ class EngineCore(Protocol):
     def facts(self) -> ModelFacts: ...
 
 
-def model_facts(settings: Settings, loaded: LoadedModel, pages: int = 0, page_size: int = 0) -> ModelFacts:
+def model_facts(
+    settings: Settings, loaded: LoadedModel, max_running: int, pages: int = 0, page_size: int = 0
+) -> ModelFacts:
     return ModelFacts(
         context_length=loaded.context_length,
         stop_token_ids=sorted(loaded.stop_token_ids),
@@ -56,6 +59,7 @@ def model_facts(settings: Settings, loaded: LoadedModel, pages: int = 0, page_si
         kv_cache_pages=pages,
         kv_page_size=page_size,
         family=loaded.family,
+        max_running=max_running,
     )
 
 
@@ -95,7 +99,8 @@ class WarmingSink:
         prompts = Prompts(loaded.tokenizer, input_budget(settings, loaded.context_length), loaded.family)
         ids = prompts.encode_chat([{"role": "user", "content": "hi"}])
         self._warm = warm = threading.Event()
-        core.submit(Submit(WARM_UP_ID, ids, 1, sorted(loaded.stop_token_ids), 0.0, 1.0, 1.0))
+        greedy = SamplingParams(max_new_tokens=1, temperature=0.0, top_p=1.0, repetition_penalty=1.0)
+        core.submit(Submit(WARM_UP_ID, ids, greedy, sorted(loaded.stop_token_ids)))
         finished = warm.wait(_WARM_UP_SECONDS)
         self._warm = None
         if not finished:

@@ -122,7 +122,7 @@ class BatchCore:
 
     def facts(self) -> ModelFacts:
         pages = hf_internals.cache_pages(self._manager)
-        return model_facts(self._settings, self._loaded, pages, self._geometry.page_size)
+        return model_facts(self._settings, self._loaded, self.max_running, pages, self._geometry.page_size)
 
     def healthy(self) -> bool:
         return self._manager_alive()

@@ -66,7 +66,8 @@ class SimpleCore:
         self._settings = settings
         self._loaded = loaded
         self._sink = WarmingSink(sink)
-        self._executor = ThreadPoolExecutor(running_slots(settings, "cpu"), thread_name_prefix="generate")
+        self._slots = running_slots(settings, "cpu")
+        self._executor = ThreadPoolExecutor(self._slots, thread_name_prefix="generate")
         self._cancelled: dict[str, threading.Event] = {}
         self._vocab_size = loaded.model.get_output_embeddings().out_features
         self._grammars = Grammars(loaded.tokenizer, self._vocab_size, grammar_eos(loaded))
@@ -76,7 +77,7 @@ class SimpleCore:
         self._grammars.warm_in_background()
 
     def facts(self) -> ModelFacts:
-        return model_facts(self._settings, self._loaded)
+        return model_facts(self._settings, self._loaded, self._slots)
 
     def healthy(self) -> bool:
         return True
