@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from qwen_chat.engine.model.families import UnsupportedModel, resolve
 from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.model.qwen_v1.convert import MARKER, ensure_converted
 from qwen_chat.engine.model.qwen_v1.tokenizer import PATTERN, SPECIAL_TOKENS, read_ranks
+from qwen_chat.engine.model.tokenizer import class_path, tokenizer_at
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 from tests.support.engine_events import collect
@@ -177,3 +180,40 @@ async def test_greedy_replies_are_equal_across_both_engines(
             await engine.close()
     assert replies["batch"] == replies["simple"]
     assert all(tokens > 0 for _, tokens in replies["batch"])
+
+
+TURNS: Any = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "héllo <tool_call> 世界"},
+    {"role": "assistant", "content": "hi"},
+    {"role": "user", "content": "again"},
+]
+
+
+def test_the_workers_tokenizer_is_autotokenizers_without_torch(
+    tiny_model_dir: Path, tiny_qwen3_dir: Path, converted: Path
+) -> None:
+    """The worker loads the tokenizer class the core's `AutoTokenizer` chose (`ModelFacts.tokenizer_class`)
+    directly, not through `AutoTokenizer` (whose config module imports torch): the same class, the same ids
+    for every family, its template rendered by transformers as before, and no torch."""
+    classes = {}
+    for directory in (tiny_model_dir, tiny_qwen3_dir, converted):
+        auto = AutoTokenizer.from_pretrained(directory)
+        classes[str(directory)] = class_path(auto)
+        light = tokenizer_at(str(directory), class_path(auto))
+        assert type(light) is type(auto), directory
+        for turns in (TURNS[:2], TURNS):
+            rendered = auto.apply_chat_template(turns, tokenize=True, add_generation_prompt=True)
+            assert light.apply_chat_template(turns, tokenize=True, add_generation_prompt=True) == rendered
+            ids = rendered["input_ids"]
+            assert light.decode(ids) == auto.decode(ids)
+    code = (
+        "import sys\nfrom qwen_chat.engine.model.tokenizer import tokenizer_at\n"
+        f"for directory, named in {classes!r}.items():\n"
+        "    tokenizer_at(directory, named).apply_chat_template([{'role': 'user', 'content': 'hi'}])\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "False"

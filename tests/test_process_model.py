@@ -69,6 +69,12 @@ async def test_readyz_is_503_until_both_workers_are_warm_then_200_from_all(
             '{"status": "ready", "workers_ready": 2, "workers": 2}'
         }
         assert httpx.get(live.http + "/livez").status_code == 200
+        # A worker only tokenizes: torch is loaded by its engine process alone.
+        for worker in live.workers():
+            engine = live.engine_of(worker)
+            assert engine is not None
+            assert "libtorch" not in Path(f"/proc/{worker}/maps").read_text(), "a worker loaded torch"
+            assert "libtorch" in Path(f"/proc/{engine}/maps").read_text()
     live.assert_clean_logs(ALL_KEYS)
 
 

@@ -239,7 +239,11 @@ def test_transports_service_and_runtime_load_without_torch() -> None:
         "qwen_chat.runtime.worker",
         "qwen_chat.engine.core.kv_cache",
         "qwen_chat.engine.model.prompts",
+        "qwen_chat.engine.model.tokenizer",
         "qwen_chat.engine.api.detokenizer",
+        # the worker's engine: the core in its child process, the tokenizer here
+        "qwen_chat.engine.api.process",
+        "qwen_chat.app",
     ]
     code = (
         "import importlib, sys\n"

@@ -83,6 +83,7 @@ class ModelFacts(msgspec.Struct, array_like=True, gc=False):
     kv_page_size: int = 0
     family: str = "qwen2"  # the checkpoint's model_type (engine/model/families.py)
     max_running: int = 0  # the requests the core decodes at once; the worker admits that many
+    tokenizer_class: str = ""  # `module:name` of the tokenizer class the core's AutoTokenizer loaded
 
 
 class Ready(msgspec.Struct, array_like=True, gc=False, tag=True):

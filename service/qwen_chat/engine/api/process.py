@@ -90,15 +90,17 @@ class ProcessEngine(StreamingEngine):
     # --- lifecycle ---
 
     async def _load(self) -> tuple[ModelFacts, Any]:
-        from qwen_chat.engine.model.loader import load_tokenizer
+        """The child loads the model; this process only the tokenizer, of the class the child's
+        `AutoTokenizer` chose, without torch (`model/tokenizer.py`)."""
+        from qwen_chat.engine.model import tokenizer
 
-        tokenizer = asyncio.ensure_future(asyncio.to_thread(load_tokenizer, self._settings))
+        warming = asyncio.ensure_future(asyncio.to_thread(tokenizer.warm))
         try:
             facts = await self._spawn()
-        except BaseException:
-            await asyncio.gather(tokenizer, return_exceptions=True)
-            raise
-        return facts, await tokenizer
+        finally:
+            await asyncio.gather(warming, return_exceptions=True)
+        loaded = await asyncio.to_thread(tokenizer.load_tokenizer, self._settings, facts.tokenizer_class)
+        return facts, loaded
 
     async def _spawn(self) -> ModelFacts:
         loop = asyncio.get_running_loop()

@@ -39,7 +39,6 @@ from qwen_chat.engine.api.interface import (
     UserAtCapacity,
 )
 from qwen_chat.engine.core.kv_cache import running_slots
-from qwen_chat.engine.model.loader import device_type
 from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.wire import ModelFacts
 from qwen_chat.settings import Settings
@@ -80,8 +79,9 @@ class QueuedEngine(abc.ABC):
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        # Until the core reports its own (`ModelFacts.max_running`), what it will most likely be.
-        self.max_running = running_slots(settings, device_type(settings.device))
+        # Until the core reports its own (`ModelFacts.max_running`), what it will most likely be: asking torch
+        # whether `auto` means CUDA would import it into a worker that needs only the tokenizer.
+        self.max_running = running_slots(settings, "cuda" if settings.device == "cuda" else "cpu")
         self.max_per_user = user_request_cap(settings, self.max_running)
         self._state = EngineState.LOADING
         self._stats = EngineStats()

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from qwen_chat.engine.model.loader import LoadedModel, input_budget
 from qwen_chat.engine.model.prompts import Prompts
+from qwen_chat.engine.model.tokenizer import class_path
 from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
@@ -60,6 +61,7 @@ def model_facts(
         kv_page_size=page_size,
         family=loaded.family,
         max_running=max_running,
+        tokenizer_class=class_path(loaded.tokenizer),
     )
 
 

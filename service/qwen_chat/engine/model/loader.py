@@ -10,17 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from qwen_chat.engine.model.families import Checkpoint, resolve
+from qwen_chat.engine.model.tokenizer import checkpoint
 from qwen_chat.settings import Settings
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def device_type(setting: str) -> str:
-    """`cuda` or `cpu`: where DEVICE puts the model, without failing when CUDA is asked for and missing."""
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return setting
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -48,15 +41,6 @@ class LoadedModel:
     context_length: int
     stop_token_ids: frozenset[int]
     family: str
-
-
-def checkpoint(settings: Settings) -> Checkpoint:
-    """Where MODEL loads from (a Qwen v1 checkpoint converted first); raises for a family not served."""
-    return resolve(settings.model, settings.conversion_cache_dir)
-
-
-def load_tokenizer(settings: Settings) -> Any:
-    return AutoTokenizer.from_pretrained(checkpoint(settings).path)
 
 
 def load_model(settings: Settings) -> LoadedModel:
