@@ -25,7 +25,7 @@ from qwen_chat.engine.api.interface import (
     UserAtCapacity,
 )
 from qwen_chat.engine.api.queued import QueuedEngine
-from qwen_chat.engine.model.loader import load_tokenizer
+from qwen_chat.engine.model.tokenizer import load_tokenizer
 from qwen_chat.engine.wire import ModelFacts
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
