@@ -4,8 +4,24 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
+# The locked dependency sets (docs/dependencies.md): every package but torch, pinned with its hashes.
+# $(LOCK) is what the service runs (pyproject's dependencies), which the image installs; $(DEV_LOCK) adds the
+# test and lint extras, resolved with $(LOCK) as a constraint so every package both hold has the same version
+# in both; make install reads it. `make lock` rewrites both with the uv commands below, which their headers
+# record (tests/unit/test_lock.py checks all of it).
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+LOCK_OPTIONS := --constraint constraints-cpu.txt --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--generate-hashes --no-emit-package torch
+LOCK_ARGS := pyproject.toml $(LOCK_OPTIONS) --output-file $(LOCK)
+DEV_LOCK_ARGS := pyproject.toml --extra test --extra lint --constraint $(LOCK) $(LOCK_OPTIONS) \
+	--output-file $(DEV_LOCK)
+UV_VERSION := 0.13.8
+UV := .tools/uv/bin/uv
+# Where the CPU wheel of torch lies, so the lock holds its CPU dependencies and no CUDA ones: pip's find-links here.
+TORCH_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
 
-.PHONY: install system-deps tools run test test-unit bench gpu-check dashboard lint format clean
+.PHONY: install lock system-deps tools run test test-unit bench gpu-check dashboard lint format clean
 
 install: $(STAMP)
 
@@ -22,13 +38,29 @@ system-deps:
 tools:
 	PYTHON=$(PYTHON) .ci/install-tools
 
-$(STAMP): pyproject.toml constraints-cpu.txt
+$(STAMP): pyproject.toml constraints-cpu.txt $(LOCK) $(DEV_LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	# The CPU wheel first, so nothing below can pull a multi-GB CUDA build.
-	$(PIP) install --quiet --constraint constraints-cpu.txt torch
-	$(PIP) install --quiet --constraint constraints-cpu.txt -e '.[test,lint]'
+	# Everything but torch exactly as locked (the runtime set and the test and lint extras), each file checked
+	# against its hash; nothing is resolved here.
+	$(PIP) install --quiet --require-hashes --no-deps -r $(DEV_LOCK)
+	# The CPU wheel of torch (its dependencies are in the lock), then the project, built with the locked setuptools.
+	$(PIP) install --quiet --no-deps --constraint constraints-cpu.txt torch
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(PIP) check
 	touch $(STAMP)
+
+# Rewrites $(LOCK), then $(DEV_LOCK) against it, keeping every pin that still fits; `make lock UPGRADE=1` takes
+# the newest. The order matters: the dev lock is constrained by the runtime lock just written.
+LOCK_FLAGS = $(foreach dir,$(TORCH_FIND_LINKS),--find-links $(dir)) $(if $(UPGRADE),--upgrade)
+LOCK_TRAILER = echo "\# Resolved beside $$(grep '^torch==' constraints-cpu.txt) (constraints-cpu.txt), installed unhashed." >>
+lock:
+	@[ "$$($(UV) --version 2>/dev/null | cut -d' ' -f2)" = $(UV_VERSION) ] || { \
+	  $(PYTHON) -m venv --clear .tools/uv && .tools/uv/bin/python -m pip install --quiet uv==$(UV_VERSION); }
+	$(UV) pip compile $(LOCK_ARGS) $(LOCK_FLAGS)
+	$(LOCK_TRAILER) $(LOCK)
+	$(UV) pip compile $(DEV_LOCK_ARGS) $(LOCK_FLAGS)
+	$(LOCK_TRAILER) $(DEV_LOCK)
 
 run: install
 	$(BIN)/qwen-chat serve --dev
@@ -42,7 +74,7 @@ test-unit: install
 
 # The benchmark suite (bench/suite.py): tiny model by default, `make bench ARGS="--model PATH"` for another.
 bench: install
-	$(BIN)/python bench/suite.py $(ARGS)
+	$(BIN)/python -m bench.suite $(ARGS)
 
 # On a CUDA machine, in an environment with the project installed over CUDA torch (`pip install -e '.[test]'`;
 # `make install` pins the CPU wheel): the GPU tests, then the chat workload on the 0.5B and 1.5B shapes at 1, 16

@@ -1,0 +1,255 @@
+"""The two locks agree with pyproject.toml and with each other, and each install reads the right one.
+
+requirements.lock is what the service runs (pyproject's dependencies), which the image installs;
+requirements-dev.lock adds the test and lint extras at the same versions, which `make install` installs
+(docs/dependencies.md). No network: the pins are checked against pyproject's specifiers with `packaging`,
+and the commands that write and read the locks are read from the Makefile and the Dockerfile.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import NormalizedName, canonicalize_name
+from packaging.version import Version
+
+REPO = Path(__file__).resolve().parents[2]
+LOCK = REPO / "requirements.lock"
+DEV_LOCK = REPO / "requirements-dev.lock"
+MAKEFILE = REPO / "Makefile"
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+# Per variant, never in a lock: the CPU wheel (constraints-cpu.txt) here, a CUDA build in the image.
+UNLOCKED = {"torch"}
+# What only a CUDA build of torch pulls in: in a lock, they would mean it was resolved against the wrong torch.
+CUDA_ONLY = re.compile(r"nvidia-.*|cuda-.*|triton")
+REFRESH = "run `make lock` and commit requirements.lock and requirements-dev.lock"
+# The environment the locks are resolved for (LOCK_OPTIONS in the Makefile), to evaluate pyproject's markers.
+ENVIRONMENT = {"python_version": "3.11", "sys_platform": "linux", "platform_machine": "x86_64", "extra": ""}
+# Which Makefile variable holds each lock's `uv pip compile` arguments.
+LOCK_ARGS = {LOCK.name: "LOCK_ARGS", DEV_LOCK.name: "DEV_LOCK_ARGS"}
+
+
+@dataclass
+class Entry:
+    version: Version
+    hashes: list[str] = field(default_factory=list)
+    # Who asks for it, from uv's `# via` annotations: package names, `qwen-chat (pyproject.toml)`, `-c FILE`.
+    via: list[str] = field(default_factory=list)
+
+
+Lock = dict[NormalizedName, Entry]
+
+
+def _parse(path: Path) -> Lock:
+    """Name -> entry, failing on anything but `name==version` entries or a repeated name."""
+    entries: Lock = {}
+    current: NormalizedName | None = None
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        if line.startswith((" ", "\t")):
+            assert current, f"{path.name}: a continuation line before any requirement: {line!r}"
+            entry = entries[current]
+            entry.hashes.extend(re.findall(r"--hash=(sha256:[0-9a-f]{64})", line))
+            via = re.fullmatch(r"\s*#\s+(?:via(?:\s+|$))?(.*)", line)
+            if via and via[1]:
+                entry.via.append(via[1])
+            continue
+        if line.startswith("#"):
+            current = None  # uv's closing comments belong to no entry
+            continue
+        req = Requirement(line.rstrip(" \\"))
+        specs = list(req.specifier)
+        assert len(specs) == 1 and specs[0].operator == "==", f"{path.name}: not an exact pin: {line}"
+        current = canonicalize_name(req.name)
+        assert current not in entries, f"{req.name} appears twice in {path.name}"
+        entries[current] = Entry(Version(specs[0].version))
+    return entries
+
+
+@pytest.fixture(scope="module")
+def locks() -> dict[str, Lock]:
+    return {LOCK.name: _parse(LOCK), DEV_LOCK.name: _parse(DEV_LOCK)}
+
+
+def _declared(*extras: str) -> list[Requirement]:
+    """The main dependencies and those of the given extras, as pyproject.toml declares them."""
+    project = PYPROJECT["project"]
+    groups = [project["dependencies"], *(project["optional-dependencies"][extra] for extra in extras)]
+    return [Requirement(text) for group in groups for text in group]
+
+
+def _names(requirements: list[Requirement]) -> set[NormalizedName]:
+    return {canonicalize_name(req.name) for req in requirements}
+
+
+EXTRAS = tuple(PYPROJECT["project"]["optional-dependencies"])
+
+
+def _needed_by_the_service(locked: Lock) -> set[NormalizedName]:
+    """What the service's own dependencies (torch included: its CPU dependencies are locked) ask for, directly
+    or through each other, by uv's `# via` annotations in `locked`; never what only an extra asks for."""
+    children: dict[NormalizedName, set[NormalizedName]] = {}
+    for name, entry in locked.items():
+        for parent in entry.via:
+            children.setdefault(canonicalize_name(parent), set()).add(name)
+    needed = frontier = _names(_declared())
+    while frontier:
+        frontier = set().union(*(children.get(name, set()) for name in frontier)) - needed
+        needed = needed | frontier
+    return needed & set(locked)
+
+
+def _header_command(path: Path) -> list[str]:
+    header = path.read_text().split("\n", 2)[:2]
+    assert header[0] == "# This file was autogenerated by uv via the following command:", header
+    return shlex.split(header[1].lstrip("# "))
+
+
+def _make_variable(name: str) -> str:
+    """A `NAME := value` from the Makefile, continuations joined and `$(OTHER)` expanded as make does."""
+    text = re.sub(r"\\\n\s*", " ", MAKEFILE.read_text())
+    match = re.search(rf"^{name} :?= (.*)$", text, re.MULTILINE)
+    assert match, f"the Makefile defines no {name}"
+    return re.sub(r"\$\((\w+)\)", lambda ref: _make_variable(ref[1]), match[1].strip())
+
+
+def _recipe(target: str) -> list[str]:
+    """The Makefile's recipe lines for `target`, in order."""
+    match = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)+)", MAKEFILE.read_text(), re.MULTILINE)
+    assert match, f"the Makefile has no recipe for {target}"
+    return [line.strip() for line in match[1].splitlines()]
+
+
+@pytest.mark.parametrize(("lock", "extras"), [(LOCK.name, ()), (DEV_LOCK.name, EXTRAS)])
+def test_every_declared_dependency_is_pinned_within_its_range(
+    locks: dict[str, Lock], lock: str, extras: tuple[str, ...]
+) -> None:
+    locked = locks[lock]
+    problems = []
+    for req in _declared(*extras):
+        name = canonicalize_name(req.name)
+        if name in UNLOCKED or (req.marker and not req.marker.evaluate(ENVIRONMENT)):
+            continue
+        if name not in locked:
+            problems.append(f"{req}: not in the lock")
+        elif not req.specifier.contains(locked[name].version, prereleases=True):
+            problems.append(f"{req}: the lock pins {locked[name].version}")
+    assert not problems, f"pyproject.toml and {lock} disagree ({REFRESH}):\n" + "\n".join(problems)
+
+
+def test_the_runtime_lock_holds_nothing_for_the_test_and_lint_extras(locks: dict[str, Lock]) -> None:
+    runtime, dev = locks[LOCK.name], locks[DEV_LOCK.name]
+    # The dev lock's packages that only the extras ask for: pytest and pluggy, playwright and greenlet, ruff, ...
+    extras_only = set(dev) - _needed_by_the_service(dev)
+    assert {"pytest", "pluggy", "playwright", "schemathesis", "hypothesis", "ruff", "mypy"} <= extras_only
+    assert sorted(extras_only & set(runtime)) == [], f"test or lint packages in the image's lock ({REFRESH})"
+    # And by the runtime lock's own annotations: everything in it is there for the service.
+    unneeded = sorted(set(runtime) - _needed_by_the_service(runtime))
+    assert unneeded == [], f"{LOCK.name} holds what the service does not need ({REFRESH})"
+
+
+def test_both_locks_pin_every_shared_package_alike(locks: dict[str, Lock]) -> None:
+    runtime, dev = locks[LOCK.name], locks[DEV_LOCK.name]
+    assert sorted(set(runtime) - set(dev)) == [], f"the dev lock must hold the whole runtime set ({REFRESH})"
+    versions = [
+        f"{name}: {entry.version} vs {dev[name].version}"
+        for name, entry in runtime.items()
+        if entry.version != dev[name].version
+    ]
+    assert versions == [], f"tests would run other versions than the image ({REFRESH}):\n" + "\n".join(
+        versions
+    )
+    hashes = sorted(name for name, entry in runtime.items() if set(entry.hashes) != set(dev[name].hashes))
+    assert hashes == [], (
+        f"one version, other files: the locks were not written by one `make lock` ({REFRESH})"
+    )
+
+
+@pytest.mark.parametrize("lock", [LOCK.name, DEV_LOCK.name])
+def test_every_locked_package_is_hashed_and_torch_and_cuda_stay_out(
+    locks: dict[str, Lock], lock: str
+) -> None:
+    locked = locks[lock]
+    assert len(locked) > 50, sorted(locked)
+    assert [name for name, entry in locked.items() if not entry.hashes] == []
+    assert UNLOCKED.isdisjoint(locked), "torch is installed per variant, not from a lock"
+    cuda = sorted(name for name in locked if CUDA_ONLY.fullmatch(name))
+    assert cuda == [], f"resolved against a CUDA build of torch, not the CPU wheel ({REFRESH}): {cuda}"
+    # torch's own dependencies are locked: the CPU wheel installs with --no-deps.
+    torch_needs = {"sympy", "networkx", "jinja2", "fsspec", "filelock", "typing-extensions", "setuptools"}
+    assert torch_needs <= set(locked), sorted(torch_needs - set(locked))
+
+
+@pytest.mark.parametrize("lock", [LOCK.name, DEV_LOCK.name])
+def test_the_headers_record_the_makefile_commands(lock: str) -> None:
+    path = REPO / lock
+    command = _header_command(path)
+    expected = ["uv", "pip", "compile", *_make_variable(LOCK_ARGS[lock]).split()]
+    assert command == expected, f"{lock} was written by another command ({REFRESH})"
+    flags = list(itertools.pairwise(command))
+    extras = {value for flag, value in flags if flag == "--extra"}
+    constraints = [value for flag, value in flags if flag == "--constraint"]
+    options = dict(flags)
+    if lock == LOCK.name:
+        assert extras == set(), "the image's lock holds the service's dependencies only"
+        assert constraints == ["constraints-cpu.txt"]
+    else:
+        assert extras == set(EXTRAS), "the dev lock holds every extra pyproject declares"
+        assert constraints == [LOCK.name, "constraints-cpu.txt"], "resolved at the runtime lock's versions"
+    assert options["--output-file"] == lock
+    assert options["--no-emit-package"] == "torch" and "--generate-hashes" in command
+    torch = re.search(r"^torch==\S+$", (REPO / "constraints-cpu.txt").read_text(), re.MULTILINE)
+    assert torch, "constraints-cpu.txt pins the CPU wheel"
+    trailer = path.read_text().rstrip("\n").rpartition("\n")[2]
+    assert trailer.startswith(f"# Resolved beside {torch[0]} "), (
+        f"torch moved since {lock} was written ({REFRESH})"
+    )
+    python = re.search(r"^ARG PYTHON_VERSION=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert python and options["--python-version"] == python[1], "the locks are for the image's Python"
+
+
+def test_make_lock_writes_the_runtime_lock_first() -> None:
+    recipe = _recipe("lock")
+    compiles = [line for line in recipe if line.startswith("$(UV) pip compile ")]
+    assert [line.split()[3] for line in compiles] == ["$(LOCK_ARGS)", "$(DEV_LOCK_ARGS)"], compiles
+    assert all("$(LOCK_FLAGS)" in line for line in compiles), "both get the CPU torch wheel and UPGRADE"
+    trailers = [line for line in recipe if line.startswith("$(LOCK_TRAILER) ")]
+    assert [line.split()[1] for line in trailers] == ["$(LOCK)", "$(DEV_LOCK)"], trailers
+    # Each trailer right after its compile: uv rewrites the whole file.
+    assert [recipe.index(line) for line in trailers] == [recipe.index(line) + 1 for line in compiles]
+
+
+def test_make_install_reads_the_dev_lock_and_the_image_the_runtime_lock() -> None:
+    makefile = MAKEFILE.read_text()
+    stamp = re.search(r"^\$\(STAMP\): (.*)$", makefile, re.MULTILINE)
+    assert stamp and {"$(LOCK)", "$(DEV_LOCK)"} <= set(stamp[1].split()), (
+        "a changed lock must reinstall .venv"
+    )
+    installs = [line for line in _recipe("$(STAMP)") if " install " in line]
+    assert "$(PIP) install --quiet --require-hashes --no-deps -r $(DEV_LOCK)" in installs, installs
+    assert not [line for line in installs if "-r $(LOCK)" in line], (
+        "the dev lock already holds the runtime set"
+    )
+    dockerfile = DOCKERFILE.read_text()
+    assert re.search(r"^COPY requirements\.lock ", dockerfile, re.MULTILINE)
+    assert re.search(r"uv pip install .*--require-hashes --no-deps -r requirements\.lock", dockerfile)
+    instructions = "\n".join(line for line in dockerfile.splitlines() if not line.lstrip().startswith("#"))
+    assert DEV_LOCK.name not in instructions, "the image installs no test or lint package"
+    # The build context is an allowlist: the runtime lock must be in it, the dev lock need not.
+    admitted = [
+        line[1:] for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")
+    ]
+    assert LOCK.name in admitted
+    assert not [pattern for pattern in admitted if fnmatch.fnmatch(DEV_LOCK.name, pattern)], admitted
+    uv_image = re.search(r"^FROM ghcr\.io/astral-sh/uv:(\S+) ", dockerfile, re.MULTILINE)
+    assert uv_image and uv_image[1] == _make_variable("UV_VERSION"), "`make lock` and the image use one uv"
