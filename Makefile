@@ -83,8 +83,8 @@ GPU_PYTHON ?= python3
 GPU_BENCH := --chat-clients 1,16,64 --concurrency 1,16 --chats 4
 gpu-check:
 	$(GPU_PYTHON) -m pytest -m gpu -q tests/test_gpu.py
-	$(GPU_PYTHON) bench/suite.py --shape qwen2.5-0.5b $(GPU_BENCH) --label gpu-qwen2.5-0.5b
-	$(GPU_PYTHON) bench/suite.py --shape qwen2.5-1.5b $(GPU_BENCH) --label gpu-qwen2.5-1.5b
+	$(GPU_PYTHON) -m bench.suite --shape qwen2.5-0.5b $(GPU_BENCH) --label gpu-qwen2.5-0.5b
+	$(GPU_PYTHON) -m bench.suite --shape qwen2.5-1.5b $(GPU_BENCH) --label gpu-qwen2.5-1.5b
 
 # The chart's Grafana dashboard (charts/qwen-chat/dashboards/qwen-chat.json) is generated: edit dashboards/*.py,
 # then `make dashboard`; tests/test_monitoring.py fails when the committed JSON differs (`--check`).

@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 import torch
-from serving import KEY
 from websockets.asyncio.client import connect
 
+from bench.serving import KEY
 from qwen_chat.sampling_params import DEFAULTS
 
 TURNS = 5

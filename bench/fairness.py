@@ -9,7 +9,7 @@ other user's time to first token and reply time (median of its chats), and what 
 `rate_limited`, `overloaded`, sockets closed with 1013). The server's default sampling, replies of
 --tokens tokens for everyone.
 
-    .venv/bin/python bench/fairness.py [--model PATH] [--tokens 128] [--chats 4] [--flood 60]
+    .venv/bin/python -m bench.fairness [--model PATH] [--tokens 128] [--chats 4] [--flood 60]
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from serving import KEY, OTHER_KEY, serve
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from qwen_chat.engine.tiny_model import make_tiny_model
+from bench.serving import KEY, OTHER_KEY, serve
+from qwen_chat.engine.tiny import make_tiny_model
 
 
 async def _reply(ws: ClientConnection, tokens: int) -> tuple[str, float, float]:

@@ -13,7 +13,7 @@ The last library, grammar.py, is this project's module (llguidance underneath, i
 token bytes, the batch fill `fill_masks`) as the sampler calls it. xgrammar is not a dependency: install
 it to compare (`pip install xgrammar apache-tvm-ffi --no-deps`); without it its rows are skipped.
 
-    .venv/bin/python bench/grammar_cost.py [--rows 16] [--steps 64] [--quick]
+    .venv/bin/python -m bench.grammar_cost [--rows 16] [--steps 64] [--quick]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from qwen_chat.engine.tiny_model import build_tokenizer
+from qwen_chat.engine.tiny.parts import build_tokenizer
 
 QWEN_VOCAB = 151936
 SCHEMA = {
@@ -168,7 +168,7 @@ class XGrammar:
 
 
 class Module:
-    """This project's qwen_chat.engine.grammar as the sampler uses it."""
+    """This project's qwen_chat.engine.core.grammar as the sampler uses it."""
 
     name = "grammar.py"
 
@@ -216,7 +216,7 @@ def walk(
     lib: Any, compiled: Any, tokenizer: Any, vocab: int, rows: int, steps: int, forced: bool
 ) -> dict[str, float]:
     """Seconds per step of each part, over `steps` steps with all `rows` rows live."""
-    from qwen_chat.engine.grammar import allocate_bitmask, apply_bitmask
+    from qwen_chat.engine.core.grammar import allocate_bitmask, apply_bitmask
 
     eos = tokenizer.eos_token_id
     plans = [[*tokenizer.encode(text), eos] for text in replies(rows)] if forced else []

@@ -1,15 +1,17 @@
 """The machine's limits, measured in the same run as the benchmarks, and how close the raw model forward
 pass gets to them: dense matmul GFLOP/s against prefill GFLOP/s, memory read GB/s against the weight bytes
-that batch-1 decoding streams per token.
+that batch-1 decoding streams per token. `limits_summary` is the limits' part of a `make bench` result.
 
-    .venv/bin/python bench/limits.py
+    .venv/bin/python -m bench.machine_limits
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -138,8 +140,30 @@ def fraction(value: float, limit: float) -> float:
     return round(value / limit, 3) if limit else 0.0
 
 
+def limits_summary(
+    machine: dict[str, float], forward: ForwardLimits, service_prefill: float
+) -> dict[str, Any]:
+    """The machine's limits (`matmul_gflops`, `memory_gbps`), the raw forward's figures as fractions of
+    them, and the service's prefill (seconds) against the raw forward's."""
+    return {
+        **machine,
+        "prefill_tokens": forward.prefill_tokens,
+        "prefill_seconds": round(forward.prefill_seconds, 3),
+        "prefill_gflops": round(forward.prefill_gflops, 1),
+        "prefill_fraction_of_matmul": fraction(forward.prefill_gflops, machine["matmul_gflops"]),
+        "decode_tokens_per_second": round(forward.decode_tokens_per_second, 1),
+        "decode_gbps": round(forward.decode_gbps, 2),
+        "decode_fraction_of_bandwidth": fraction(forward.decode_gbps, machine["memory_gbps"]),
+        "service_prefill_seconds": round(service_prefill, 3),
+        "service_prefill_vs_raw": fraction(forward.prefill_seconds, service_prefill),
+    }
+
+
 def main() -> None:
     """Measure a small random float32 Qwen2 on the CPU against the CPU's limits and print both."""
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     import transformers
 
     cpu = torch.device("cpu")

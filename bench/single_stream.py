@@ -5,7 +5,7 @@ All decode the same prompt greedily for the same number of tokens, so the ratio 
 overhead (gunicorn, uvicorn, the WebSocket, the engine thread, detokenisation). Prints a table and writes
 bench/results/<date>-<host>-single-stream.json.
 
-    .venv/bin/python bench/single_stream.py [--model PATH_OR_ID] [--tokens 256] [--runs 9]
+    .venv/bin/python -m bench.single_stream [--model PATH_OR_ID] [--tokens 256] [--runs 9]
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 from openai import AsyncOpenAI
-from serving import KEY, serve
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from websockets.asyncio.client import ClientConnection, connect
 
-from qwen_chat.engine.model_loader import checkpoint, resolve_device, resolve_dtype
-from qwen_chat.engine.prompts import Prompts
-from qwen_chat.engine.tiny_model import make_tiny_model
+from bench.serving import KEY, serve
+from qwen_chat.engine.model.loader import checkpoint, resolve_device, resolve_dtype
+from qwen_chat.engine.model.prompts import Prompts
+from qwen_chat.engine.tiny import make_tiny_model
 from qwen_chat.settings import Settings
 
 PROMPT = "Tell me about continuous batching in language model servers."
@@ -39,7 +39,7 @@ class RawGenerate:
 
     def __init__(self, model_dir: str, device: str = "cpu", dtype: str = "auto") -> None:
         target = resolve_device(device)
-        # Where the service loads it from: a Qwen v1 checkpoint converted to Qwen2 (engine/families.py).
+        # Where the service loads it from: a Qwen v1 checkpoint converted to Qwen2 (engine/model/families.py).
         source = checkpoint(Settings(model=model_dir))
         tokenizer = AutoTokenizer.from_pretrained(source.path)
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=resolve_dtype(dtype, target))

@@ -1,7 +1,7 @@
 """Time from `qwen-chat serve` to /readyz 200, and resident memory per worker (with its engine process),
 for 1 and 2 workers.
 
-    .venv/bin/python bench/startup.py [--model PATH_OR_ID]
+    .venv/bin/python -m bench.startup [--model PATH_OR_ID]
 
 Prints a table and writes bench/results/<date>-<host>-startup.json.
 """
@@ -15,9 +15,9 @@ import platform
 import tempfile
 from pathlib import Path
 
-from serving import serve, worker_rss_mib
-
-from qwen_chat.engine.tiny_model import make_tiny_model
+from bench.resources import worker_rss_mib
+from bench.serving import serve
+from qwen_chat.engine.tiny import make_tiny_model
 
 
 def measure(model: str, workers: int, work: Path) -> dict[str, object]:

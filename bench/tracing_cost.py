@@ -7,7 +7,7 @@ on's cost bounds off's: when on is within the run-to-run noise of off, off costs
 two servers take turns at each level, in reverse order at every other round, so that the machine's drift
 falls on both alike; each figure is the median over --rounds.
 
-    .venv/bin/python bench/tracing_cost.py [--model PATH] [--clients 1,16] [--rounds 3] [--max-reply 64]
+    .venv/bin/python -m bench.tracing_cost [--model PATH] [--clients 1,16] [--rounds 3] [--max-reply 64]
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from chat_workload import measure_chat
-from serving import serve
-
-from qwen_chat.engine.tiny_model import make_tiny_model
+from bench.chat_workload import ChatLevel, measure_chat
+from bench.serving import serve
+from qwen_chat.engine.tiny import make_tiny_model
 
 OFF, ON = "traces off (as shipped)", "traces on, every chat exported"
 
@@ -95,6 +94,11 @@ def main() -> None:
             for _ in range(args.rounds)
         ]
     print(f"the OTLP sink received {sink['requests']} exports, {sink['bytes']} bytes", flush=True)
+    print_table(rounds, levels)
+
+
+def print_table(rounds: list[list[ChatLevel]], levels: list[int]) -> None:
+    """Per level and server: the median over rounds, their spread, and on / off."""
     print("| clients | server | tokens/s (median) | runs' spread | TTFT p50 (ms) | ITL p50 (ms) | on / off |")
     print("|---|---|---|---|---|---|---|")
     for clients in levels:

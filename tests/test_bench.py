@@ -1,4 +1,5 @@
-"""`make bench` must keep working: the suite, end to end at a small size (numbers are not checked here)."""
+"""`make bench` must keep working: the suite, end to end at a small size (numbers are not checked here), and
+the other benchmarks, each run from the repository root as `python -m bench.<name>`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,34 @@ from pathlib import Path
 
 from tests.support.chart_tools import REPO
 
+# Every benchmark with a command line (the rest are modules the suite imports).
+SCRIPTS = [
+    "suite", "fairness", "tracing_cost", "prompt_encoding", "startup", "single_stream", "openai_fields",
+    "machine_limits", "grammar_cost", "sampler_cost", "shaped_model",
+]  # fmt: skip
+
+
+def test_every_benchmark_answers_help_under_its_module_name() -> None:
+    """One interpreter runs each `python -m bench.<name> --help`: the package imports as a package."""
+    code = (
+        "import runpy, sys\n"
+        f"for name in {SCRIPTS!r}:\n"
+        "    sys.argv = [name, '--help']\n"
+        "    try:\n"
+        "        runpy.run_module(f'bench.{name}', run_name='__main__', alter_sys=True)\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code in (0, None), (name, done.code)\n"
+        "    else:\n"
+        "        raise AssertionError(f'{name} ran instead of printing its help')\n"
+        "    print('helped', name, flush=True)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert [line.split()[1] for line in run.stdout.splitlines() if line.startswith("helped ")] == SCRIPTS
+    assert "usage:" in run.stdout
+
 
 def test_the_benchmark_suite_runs_end_to_end_and_reports(tmp_path: Path, tiny_model_dir: Path) -> None:
     report = tmp_path / "BENCHMARKS.md"
@@ -16,7 +45,7 @@ def test_the_benchmark_suite_runs_end_to_end_and_reports(tmp_path: Path, tiny_mo
         "# Benchmarks\n\nIntro kept.\n\n<!-- bench:other:start -->\nkept\n<!-- bench:other:end -->\n"
     )
     run = subprocess.run(
-        [sys.executable, "bench/suite.py", "--model", str(tiny_model_dir), "--concurrency", "1,2",
+        [sys.executable, "-m", "bench.suite", "--model", str(tiny_model_dir), "--concurrency", "1,2",
          "--tokens", "8", "--chat-clients", "1,2", "--turns", "2", "--max-reply", "8", "--label", "ci", "--out-dir", str(tmp_path), "--benchmarks", str(report)],
         cwd=REPO, capture_output=True, text=True, timeout=420, check=False,
     )  # fmt: skip
@@ -58,7 +87,7 @@ def test_the_benchmark_suite_runs_end_to_end_and_reports(tmp_path: Path, tiny_mo
 
 def test_the_fairness_benchmark_shows_the_caps_at_work(tiny_model_dir: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "bench/fairness.py", "--model", str(tiny_model_dir), "--flood", "20", "--chats", "1",
+        [sys.executable, "-m", "bench.fairness", "--model", str(tiny_model_dir), "--flood", "20", "--chats", "1",
          "--tokens", "16"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
@@ -74,7 +103,7 @@ def test_the_fairness_benchmark_shows_the_caps_at_work(tiny_model_dir: Path) -> 
 
 def test_the_tracing_cost_benchmark_compares_traces_off_and_on(tiny_model_dir: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "bench/tracing_cost.py", "--model", str(tiny_model_dir), "--clients", "2",
+        [sys.executable, "-m", "bench.tracing_cost", "--model", str(tiny_model_dir), "--clients", "2",
          "--rounds", "1", "--turns", "1", "--max-reply", "4"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
@@ -89,7 +118,7 @@ def test_the_tracing_cost_benchmark_compares_traces_off_and_on(tiny_model_dir: P
 
 def test_the_prompt_encoding_benchmark_agrees_with_the_template() -> None:
     run = subprocess.run(
-        [sys.executable, "bench/prompt_encoding.py", "--rounds", "1"],
+        [sys.executable, "-m", "bench.prompt_encoding", "--rounds", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]  # every round checks the three agree

@@ -73,9 +73,13 @@ async def test_readyz_is_503_until_both_workers_are_warm_then_200_from_all(
         for worker in live.workers():
             engine = live.engine_of(worker)
             assert engine is not None
-            assert "libtorch" not in Path(f"/proc/{worker}/maps").read_text(), "a worker loaded torch"
-            assert "libtorch" in Path(f"/proc/{engine}/maps").read_text()
+            assert not _maps_torch(worker), "a worker loaded torch"
+            assert _maps_torch(engine)
     live.assert_clean_logs(ALL_KEYS)
+
+
+def _maps_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
 async def test_active_connections_is_the_sum_over_workers(server: ServeProcess) -> None:

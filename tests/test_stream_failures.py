@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,18 +39,8 @@ SERVER_FAILED = "the server failed while sending the reply"
 
 
 def _errors(server: LiveServer) -> dict[str, float]:
-    families = list(text_string_to_metric_families(httpx.get(server.http + "/metrics").text))
-    return {
-        transport: sum(
-            sample.value
-            for family in families
-            for sample in family.samples
-            if sample.name == "qwen_chat_requests_total"
-            and sample.labels.get("transport") == transport
-            and sample.labels.get("outcome") == "error"
-        )
-        for transport in TRANSPORTS
-    }
+    outcomes = _outcomes(server)
+    return {transport: outcomes[(transport, "error")] for transport in TRANSPORTS}
 
 
 async def _every_transport(server: LiveServer, model: str) -> tuple[dict[str, Ending], list[list[Any]]]:
@@ -217,11 +208,11 @@ def test_a_reply_the_drain_cuts_short_says_so_on_every_transport(
     assert counted == {("openai", "cancelled"): 3, ("sse", "cancelled"): 1, ("ws", "cancelled"): 1}
 
 
-def _outcomes(server: LiveServer) -> dict[tuple[str, str], float]:
-    families = text_string_to_metric_families(httpx.get(server.http + "/metrics").text)
-    return {
-        (sample.labels["transport"], sample.labels["outcome"]): sample.value
-        for family in families
-        for sample in family.samples
-        if sample.name == "qwen_chat_requests_total"
-    }
+def _outcomes(server: LiveServer) -> Counter[tuple[str, str]]:
+    """requests_total by transport and outcome, summed over models (other tests' servers share the registry)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for family in text_string_to_metric_families(httpx.get(server.http + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == "qwen_chat_requests_total":
+                counts[(sample.labels["transport"], sample.labels["outcome"])] += sample.value
+    return counts

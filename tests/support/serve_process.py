@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager, suppress
 from pathlib import Path
@@ -14,10 +11,11 @@ from typing import Any
 
 import httpx
 import psutil
+from bench.serving import launch
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 
-from tests.support.live_server import Loopback, free_port, wait_until
+from tests.support.live_server import Loopback, wait_until
 from tests.support.secret_volume import KEYS, SecretVolume
 from tests.support.wsclient import open_socket
 
@@ -34,10 +32,10 @@ class ServeProcess(Loopback):
         return []
 
     def engine_of(self, worker: int) -> int | None:
-        """The pid of the worker's engine process (`runtime/engine_process.py`), while it has one."""
+        """The pid of the worker's engine process (`engine/core/child.py`), while it has one."""
         with suppress(psutil.NoSuchProcess):
             for child in psutil.Process(worker).children():
-                if "qwen_chat.runtime.engine_process" in " ".join(child.cmdline()):
+                if "qwen_chat.engine.core.child" in " ".join(child.cmdline()):
                     return child.pid
         return None
 
@@ -90,54 +88,29 @@ class ServeProcess(Loopback):
 def serve_process(
     tmp_path: Path, model_dir: Path, workers: int = 2, environ: dict[str, str] | None = None, **settings: str
 ) -> Iterator[ServeProcess]:
-    """Start `qwen-chat serve` on 127.0.0.1 with JSON logs into a file; SIGKILL its group if it outlives the
-    test. `environ` adds variables that are not settings (OTEL_*)."""
+    """Start `qwen-chat serve` on 127.0.0.1 with JSON logs into a file, through the one launcher
+    (bench/serving.py); SIGKILL its group if it outlives the test. `environ` adds variables that are not
+    settings (OTEL_*). It does not wait for readiness: tests call `wait_ready`, or watch it fail."""
     volume = SecretVolume(tmp_path / "credentials")
     volume.write(KEYS)
-    port = free_port()
-    ours = ("QWEN_CHAT_", "PROMETHEUS_", "OTEL_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
-    env.update(environ or {})
-    env.update(
-        {
-            "QWEN_CHAT_MODEL": str(model_dir),
-            "QWEN_CHAT_DEVICE": "cpu",
-            "QWEN_CHAT_CREDENTIALS_DIR": str(volume.root),
-            "QWEN_CHAT_HOST": "127.0.0.1",
-            "QWEN_CHAT_PORT": str(port),
-            "QWEN_CHAT_WORKERS": str(workers),
-            "QWEN_CHAT_LOG_FORMAT": "json",
-            "QWEN_CHAT_STATE_DIR": str(tmp_path / "state"),
-            "QWEN_CHAT_CONVERSION_CACHE": str(tmp_path / "converted"),
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update({f"QWEN_CHAT_{name.upper()}": value for name, value in settings.items()})
+    defaults = {
+        "device": "cpu",
+        "workers": str(workers),
+        "log_format": "json",
+        "state_dir": str(tmp_path / "state"),
+        "conversion_cache": str(tmp_path / "converted"),
+    }
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("qwen-chat")), "serve"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    server = ServeProcess(proc, port, log)
-    try:
-        yield server
-    finally:
-        if proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        # Workers are in the master's process group; none may outlive the test.
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    with launch(
+        str(model_dir),
+        volume.root,
+        {**defaults, **settings},
+        environ={**(environ or {}), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+        drop=("QWEN_CHAT_", "PROMETHEUS_", "OTEL_"),
+        log=log,
+        grace=60,
+    ) as launched:
+        yield ServeProcess(launched.proc, launched.port, log)
 
 
 async def open_on_every_worker(

@@ -1,7 +1,7 @@
 """Structured outputs: OpenAI's `response_format` as a per-row token mask for the batch sampler.
 
 The grammar library is llguidance (Microsoft's, vLLM's `guidance` backend). Measured against xgrammar with
-`.venv/bin/python bench/grammar_cost.py` (2-core CPU, 16 rows, the tiny tokenizer padded to Qwen's
+`.venv/bin/python -m bench.grammar_cost` (2-core CPU, 16 rows, the tiny tokenizer padded to Qwen's
 151,936 rows; µs per decode step for all 16 rows):
 
     library      fill 16 masks  accept 16   compile a schema
