@@ -14,6 +14,17 @@ def worker_rss_mib(master_pid: int) -> list[float]:
     ]
 
 
+def worker_and_engine_rss_mib(master_pid: int) -> list[tuple[float, float]]:
+    """Per worker, its own resident memory and its engine process's, apart."""
+    return [
+        (
+            worker.memory_info().rss / 2**20,
+            sum(engine.memory_info().rss for engine in worker.children()) / 2**20,
+        )
+        for worker in psutil.Process(master_pid).children()
+    ]
+
+
 def cpu_seconds(master_pid: int) -> dict[str, float]:
     """CPU time over the whole run, of the workers (event loops) and of their engine processes."""
 
