@@ -111,8 +111,10 @@ async def test_the_endpoint_pickers_gauges_follow_the_queue_and_the_kv_cache(
         "max_waiting": "8",
         "max_user_requests": "8",
         "max_input_tokens": "256",
-        "max_new_tokens": "512",
-        "kv_cache_tokens": "1024",  # a small cache, so two replies fill a visible share of it
+        # Long replies in a small cache: two fill a visible share of it for seconds (at 650 tokens/s, 500-token
+        # replies were over before a poll under a full test run's load saw the share).
+        "max_new_tokens": "2000",
+        "kv_cache_tokens": "4096",
     }
     with serve_process(tmp_path, tiny_model_dir, workers=1, **settings) as server:
         server.wait_ready()
@@ -126,7 +128,7 @@ async def test_the_endpoint_pickers_gauges_follow_the_queue_and_the_kv_cache(
         assert int(info["num_gpu_blocks"]) == one(fresh, "qwen_chat_kv_cache_pages") > 0
         async with AsyncExitStack() as stack:
             sockets = [await stack.enter_async_context(open_socket(server.ws)) for _ in range(5)]
-            params = {"max_new_tokens": 500, "temperature": 0}
+            params = {"max_new_tokens": 2000, "temperature": 0}
             for ws in sockets:
                 await ws.send(json.dumps({"type": "chat", "content": "a long story", "params": params}))
             positions = [(await receive(ws))["queue_position"] for ws in sockets]
@@ -137,7 +139,7 @@ async def test_the_endpoint_pickers_gauges_follow_the_queue_and_the_kv_cache(
                 seen.update(gauges(server))
                 return one(seen, "vllm:kv_cache_usage_perc") > 0.2
 
-            wait_until(loaded, timeout=60, interval=0.2)
+            wait_until(loaded, timeout=60, interval=0.05)
             assert one(seen, "vllm:num_requests_running") == 2 == one(seen, "qwen_chat_requests_running")
             assert one(seen, "vllm:num_requests_waiting") == 3 == one(seen, "qwen_chat_requests_waiting")
             assert seen["vllm:num_requests_waiting"][0][0] == {"model_name": model}
