@@ -10,6 +10,8 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from qwen_chat.engine import hf_internals
 from qwen_chat.engine.core import make_core
 from qwen_chat.engine.model.loader import load_model, unload
@@ -58,3 +60,16 @@ def test_a_missing_hook_is_named() -> None:
     cache = SimpleNamespace(cache_allocators={"full": allocator})
     found = hf_internals.check_manager(SimpleNamespace(batch_processor=SimpleNamespace(cache=cache)), True)
     assert "manager.batch_processor.cache.cache_allocators[*].bytes_per_block" in found
+
+
+def test_a_renamed_override_or_request_field_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What our subclasses override, and the fields they read of the manager's requests, are checked too:
+    the manager would call a renamed method on the base class and never ours."""
+    assert hf_internals._missing_overrides() == []
+    overrides = {"OutputRouter": {"deliver_many": ["self", "outputs"]}}
+    monkeypatch.setattr(hf_internals, "OVERRIDDEN_METHODS", overrides)
+    monkeypatch.setattr(hf_internals, "REQUEST_FIELDS", {"RequestState": ["generated_ids"]})
+    assert hf_internals._missing_overrides() == [
+        "OutputRouter.deliver_many(outputs)",
+        "RequestState.generated_ids",
+    ]

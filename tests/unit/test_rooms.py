@@ -176,7 +176,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 # transformers' internals: the modules, and the attributes of its batching manager, that only
 # `engine/hf_internals.py` may name.
 INTERNAL_MODULES = re.compile(
-    r"transformers\.(generation\.continuous_batching|integrations|convert_slow_tokenizer)"
+    r"transformers\.(generation\.continuous_batching|integrations|convert_slow_tokenizer|tokenization_utils)"
 )
 INTERNAL_NAMES = re.compile(
     r"\.(_generation_step|_generation_loop_body|output_router|logit_processor|batch_processor|offloading_manager"

@@ -1,16 +1,21 @@
-"""transformers' private and internal names: the only module that reaches them. Everything else in the
-service uses transformers' public API (`AutoTokenizer`, `from_pretrained`, `generate`,
-`init_continuous_batching`, `ContinuousBatchingConfig`, `GenerationConfig`).
+"""transformers' private and internal names: the only module that names them. Elsewhere the service uses
+transformers' public API (`AutoTokenizer`, `from_pretrained`, `generate`, `init_continuous_batching`,
+`ContinuousBatchingConfig`, `GenerationConfig`), and two subclasses of the classes below, whose overridden
+methods and the request fields they read are listed here and checked like the rest.
 
 What is hooked, and why:
-- `continuous_api.OutputRouter`: subclassed and set as `manager.output_router`: one `Step` per decode step,
-  the tokens of cancelled requests dropped (`core/batch.py`)
+- `continuous_api.OutputRouter`: subclassed (`deliver`, `deliver_batch` overridden) and set as
+  `manager.output_router`: one `Step` per decode step, the tokens of cancelled requests dropped
+  (`core/batch.py`); it reads each `requests.GenerationOutput`'s `request_id`, `generated_tokens`, `status`,
+  `error` and `is_finished()`
 - `ContinuousBatchingManager._generation_step`: wrapped, to time each forward (`decode_step_seconds`)
 - `ContinuousBatchingManager._generation_loop_body`: wrapped, to measure the KV cache after a cancel frees
   its pages
 - `manager.logit_processor` (`.logits_processor`, `.tensors_required`, `.do_processing`): our processor
-  appended; `cb_logits_processors.ContinuousBatchingLogitsProcessor`: its type (`core/batch_sampler.py`),
-  so every row of a step is sampled at once with its own parameters
+  appended; `cb_logits_processors.ContinuousBatchingLogitsProcessor`: its type (`core/batch_sampler.py`:
+  `fill_defaults`, `prepare_tensor_args` and `__call__` overridden; it reads each
+  `requests.FutureRequestState`'s `state`, and that `RequestState`'s `request_id`, `initial_tokens` and
+  `generated_tokens`), so every row of a step is sampled at once with its own parameters
 - `requests.RequestStatus`: compared, to find a failed request's rows
 - `manager.batch_processor.cache` (`num_blocks`, `num_sectors`, `bytes_per_sector`,
   `cache_allocators[*].block_table` and `.bytes_per_block`) and `.max_batch_tokens`: read, for the cache's
@@ -31,6 +36,7 @@ transformers: each name is imported when it is first used.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable
@@ -45,6 +51,24 @@ _NAMES = {
     "sdpa_attention_forward": "transformers.integrations.sdpa_attention",
     "AttentionInterface": "transformers",
     "bytes_to_unicode": "transformers.convert_slow_tokenizer",
+    "GenerationOutput": "transformers.generation.continuous_batching.requests",
+    "FutureRequestState": "transformers.generation.continuous_batching.requests",
+    "RequestState": "transformers.generation.continuous_batching.requests",
+}
+# Methods of transformers' classes that ours override (the manager calls them), with their parameters.
+OVERRIDDEN_METHODS = {
+    "OutputRouter": {"deliver": ["self", "output"], "deliver_batch": ["self", "outputs"]},
+    "ContinuousBatchingLogitsProcessor": {
+        "fill_defaults": ["self", "int32_tensor"],
+        "prepare_tensor_args": ["self", "requests_with_new_token"],
+        "__call__": ["self", "scores", "tensor_arg"],
+    },
+}
+# The fields our router and sampler read of the requests the manager hands them.
+REQUEST_FIELDS = {
+    "GenerationOutput": ["request_id", "generated_tokens", "status", "error", "is_finished"],
+    "FutureRequestState": ["state"],
+    "RequestState": ["request_id", "initial_tokens", "generated_tokens"],
 }
 # The manager's methods we wrap, with the parameters the wrappers pass on.
 WRAPPED_METHODS = {
@@ -147,6 +171,7 @@ def check_manager(manager: Any, started: bool) -> list[str]:
     """What `manager` lacks of the hooks above, each named: empty when all are there. Before it is started
     (`started` False) its batch processor does not exist yet, so only the rest is checked."""
     missing = [f"transformers.{name}" for name in _missing_names()]
+    missing += _missing_overrides()
     for method, parameters in WRAPPED_METHODS.items():
         if not _takes(getattr(type(manager), method, None), parameters):
             missing.append(f"ContinuousBatchingManager.{method}({', '.join(parameters[1:])})")
@@ -156,6 +181,7 @@ def check_manager(manager: Any, started: bool) -> list[str]:
         "logit_processor.tensors_required",
         "logit_processor.do_processing",
         "background_thread_status.fatal_error",
+        "is_running",
     ]
     if started:
         paths += _STARTED_PATHS
@@ -189,6 +215,40 @@ def _takes(method: Any, parameters: list[str]) -> bool:
     named = [p.name for p in found[: len(parameters)]]
     optional = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     return named == parameters and all(p.default is not p.empty or p.kind in optional for p in extra)
+
+
+def _missing_overrides() -> list[str]:
+    """The overridden methods and the request fields above that this transformers lacks."""
+    missing = []
+    for owner, methods in OVERRIDDEN_METHODS.items():
+        cls = _imported(owner)
+        for method, parameters in methods.items():
+            if cls is None or not _takes(getattr(cls, method, None), parameters):
+                missing.append(f"{owner}.{method}({', '.join(parameters[1:])})")
+    for owner, fields in REQUEST_FIELDS.items():
+        cls = _imported(owner)
+        known = _fields(cls)
+        missing += [f"{owner}.{field}" for field in fields if field not in known]
+    return missing
+
+
+def _imported(name: str) -> Any:
+    try:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _fields(cls: Any) -> set[str]:
+    """What an instance of `cls` has: its dataclass fields, slots, annotations and attributes."""
+    if cls is None:
+        return set()
+    found = set(dir(cls)) | set(getattr(cls, "__slots__", ()))
+    if dataclasses.is_dataclass(cls):
+        found |= {field.name for field in dataclasses.fields(cls)}
+    for klass in cls.__mro__:
+        found |= set(getattr(klass, "__annotations__", {}))
+    return found
 
 
 def _missing_names() -> list[str]:

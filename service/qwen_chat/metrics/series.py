@@ -28,6 +28,40 @@ from prometheus_client import (
 
 from qwen_chat.metrics.model_server_protocol import WithAliases
 
+__all__ = [
+    "ACTIVE_CONNECTIONS",
+    "AUTH_FAILURES",
+    "AUTH_FAILURE_KINDS",
+    "CLIENT_DISCONNECTS",
+    "DISCONNECT_TRANSPORTS",
+    "DRAINING",
+    "GENERATION_TOKENS",
+    "INTER_TOKEN_LATENCY",
+    "MODEL_LOADED",
+    "MODEL_LOAD_SECONDS",
+    "MULTIPROC_ENV",
+    "NAMESPACE",
+    "OUTCOMES",
+    "PROMPT_TOKENS",
+    "REFUSALS",
+    "REFUSAL_REASONS",
+    "REQUESTS",
+    "REQUESTS_RUNNING",
+    "REQUESTS_WAITING",
+    "REQUEST_DURATION",
+    "REQUEST_QUEUE",
+    "TIME_TO_FIRST_TOKEN",
+    "TOKENS_PER_SECOND",
+    "USER_CONNECTIONS",
+    "USER_REQUESTS",
+    "WORKER_EXITS",
+    "Transport",
+    "auth_failed",
+    "mark_worker_dead",
+    "publish_request_zeros",
+    "render",
+]
+
 NAMESPACE = "qwen_chat"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -91,14 +91,21 @@ class ProcessEngine(StreamingEngine):
 
     async def _load(self) -> tuple[ModelFacts, Any]:
         """The child loads the model; this process only the tokenizer, of the class the child's
-        `AutoTokenizer` chose, without torch (`model/tokenizer.py`)."""
+        `AutoTokenizer` chose, without torch (`model/tokenizer.py`). The class the checkpoint names is loaded
+        meanwhile, and kept when it is the child's (as on Qwen's own checkpoints)."""
         from qwen_chat.engine.model import tokenizer
 
-        warming = asyncio.ensure_future(asyncio.to_thread(tokenizer.warm))
+        def ahead() -> tuple[str, Any]:  # the class the checkpoint names, while the child loads
+            named = tokenizer.named_class(self._settings)
+            return named, tokenizer.load_tokenizer(self._settings, named) if named else None
+
+        guess = asyncio.ensure_future(asyncio.to_thread(ahead))
         try:
             facts = await self._spawn()
         finally:
-            await asyncio.gather(warming, return_exceptions=True)
+            await asyncio.gather(guess, return_exceptions=True)
+        if not guess.exception() and guess.result()[0] == facts.tokenizer_class:
+            return facts, guess.result()[1]
         loaded = await asyncio.to_thread(tokenizer.load_tokenizer, self._settings, facts.tokenizer_class)
         return facts, loaded
 

@@ -2,7 +2,7 @@
 becomes text deltas and finished events, detokenized here, on the event loop.
 
 Where the core runs is the subclass's: a thread of this process (`in_thread.py`) or a child process
-(`process/client.py`). Either way one step arrives as one call of `_on_step`, however many rows it holds.
+(`process.py`). Either way one step arrives as one call of `_on_step`, however many rows it holds.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from qwen_chat.settings import Settings
 if TYPE_CHECKING:
     from qwen_chat.engine.core.base import EngineCore
 
-log = structlog.get_logger("qwen_chat.engine.api.process")
+log = structlog.get_logger("qwen_chat.engine.process")  # the name its lines had before the move
 
 
 class _Outbox:

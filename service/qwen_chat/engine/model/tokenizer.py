@@ -9,10 +9,15 @@ imports without torch. `tests/test_model_families.py` holds the two to the same 
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import structlog
 
 from qwen_chat.engine.model.families import Checkpoint, resolve
 from qwen_chat.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 def checkpoint(settings: Settings) -> Checkpoint:
@@ -36,14 +41,31 @@ def tokenizer_at(path: str, tokenizer_class: str = "") -> Any:
         found = getattr(importlib.import_module(module), name, None)
         if isinstance(found, type) and issubclass(found, transformers.PreTrainedTokenizerBase):
             return found.from_pretrained(path)
+    log.warning(
+        "tokenizer_through_autotokenizer", tokenizer_class=tokenizer_class or None, effect="imports torch"
+    )
     return transformers.AutoTokenizer.from_pretrained(path)
+
+
+def named_class(settings: Settings) -> str:
+    """The tokenizer class the checkpoint's `tokenizer_config.json` names, as `module:name`, when it is one of
+    transformers' own (`Qwen2Tokenizer` on Qwen's checkpoints; `AutoTokenizer` may still pick another by
+    the model's type, so this is a guess to load ahead, checked against the engine process's answer)."""
+    import importlib
+
+    from transformers.utils.hub import cached_file
+
+    config = cached_file(
+        checkpoint(settings).path, "tokenizer_config.json", _raise_exceptions_for_missing_entries=False
+    )
+    if config is None:
+        return ""
+    with open(config, encoding="utf-8") as file:
+        named = json.load(file).get("tokenizer_class")
+    found = getattr(importlib.import_module("transformers"), named, None) if isinstance(named, str) else None
+    return f"{found.__module__}:{found.__qualname__}" if isinstance(found, type) else ""
 
 
 def class_path(tokenizer: Any) -> str:
     """`module:name` of a tokenizer's class, as `load_tokenizer` takes it."""
     return f"{type(tokenizer).__module__}:{type(tokenizer).__qualname__}"
-
-
-def warm() -> None:
-    """Import what loading a tokenizer imports, ahead of knowing its class (while the core loads)."""
-    import transformers.tokenization_utils_tokenizers  # noqa: F401
