@@ -4,6 +4,7 @@ with its thinking apart from its answer, and a family that is not served."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import tiktoken
 import torch
+from prometheus_client import REGISTRY
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qwen_chat.app import create_engine
@@ -24,6 +26,7 @@ from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.model.qwen_v1.convert import MARKER, ensure_converted
 from qwen_chat.engine.model.qwen_v1.tokenizer import PATTERN, SPECIAL_TOKENS, read_ranks
 from qwen_chat.engine.model.tokenizer import class_path, tokenizer_at
+from qwen_chat.engine.tiny import make_tiny_model
 from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 from tests.support.engine_events import collect
@@ -156,6 +159,25 @@ def test_a_family_that_is_not_served_is_named(tiny_model_dir: Path, tmp_path: Pa
         resolve(str(llama), tmp_path / "cache")
 
 
+def test_a_qwen3_checkpoint_that_is_not_a_chat_model_is_refused_with_the_reason(
+    tiny_qwen3_dir: Path, tmp_path: Path
+) -> None:
+    """Qwen3-Embedding ships as `qwen3` with sentence-transformers' pooling files; a bare `Qwen3Model` has no
+    language-model head. Neither can chat: both stop the start saying so."""
+    embedding = tmp_path / "embedding"
+    shutil.copytree(tiny_qwen3_dir, embedding)
+    (embedding / "modules.json").write_text('[{"idx": 0, "name": "0", "path": "", "type": "Transformer"}]')
+    with pytest.raises(UnsupportedModel, match=r"is an embedding model .*not a chat model"):
+        resolve(str(embedding), tmp_path / "cache")
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_qwen3_dir, bare)
+    config = json.loads((bare / "config.json").read_text())
+    (bare / "config.json").write_text(json.dumps(config | {"architectures": ["Qwen3Model"]}))
+    with pytest.raises(UnsupportedModel, match=r"without a language-model head \(Qwen3Model\)"):
+        resolve(str(bare), tmp_path / "cache")
+    assert resolve(str(tiny_qwen3_dir), tmp_path / "cache").family == "qwen3", "a chat model still loads"
+
+
 GREEDY = SamplingParams(max_new_tokens=16, temperature=0.0, top_p=1.0, repetition_penalty=1.0)
 
 
@@ -180,6 +202,60 @@ async def test_greedy_replies_are_equal_across_both_engines(
             await engine.close()
     assert replies["batch"] == replies["simple"]
     assert all(tokens > 0 for _, tokens in replies["batch"])
+
+
+@pytest.fixture(scope="module")
+def tiny_moe_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Qwen3-MoE's and Qwen2-MoE's layouts: 4 experts, 2 routed per token (Qwen2-MoE with its shared expert)."""
+    return {family: make_tiny_model(tmp_path_factory.mktemp(family), family=family) for family in MOE}
+
+
+MOE = ("qwen3_moe", "qwen2_moe")
+MOE_CHATS = ["hello there", "你好 <|im_end|> 😀", "tell me a long story about the sea"]
+
+
+def _batch_sizes() -> tuple[float, float]:
+    total = REGISTRY.get_sample_value("qwen_chat_engine_batch_size_sum", {"model": "m"}) or 0.0
+    steps = REGISTRY.get_sample_value("qwen_chat_engine_batch_size_count", {"model": "m"}) or 0.0
+    return total, steps
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("family", MOE)
+async def test_moe_replies_batched_together_equal_generate_alone(
+    family: str, make_settings: Callable[..., Settings], tiny_moe_dirs: dict[str, Path]
+) -> None:
+    """The batch core serves Qwen's MoE families as they are: three greedy chats decoded in one batch give
+    each the reply `model.generate` gives it alone (the simple engine, one request at a time)."""
+    model = str(tiny_moe_dirs[family])
+    alone: list[Any] = []
+    engine = create_engine(make_settings(model=model, engine="simple", served_model_name="m"))
+    await engine.start()
+    try:
+        assert engine.prompts.family == family
+        for n, content in enumerate(MOE_CHATS):
+            ids = engine.prompts.encode_chat([{"role": "user", "content": content}])
+            alone.append(await collect(engine, GenerationRequest(f"a{n}", ids, GREEDY)))
+    finally:
+        await engine.close()
+    engine = create_engine(make_settings(model=model, engine="batch", served_model_name="m"))
+    await engine.start()
+    try:
+        before = _batch_sizes()
+        requests = [
+            GenerationRequest(f"b{n}", engine.prompts.encode_chat([{"role": "user", "content": c}]), GREEDY)
+            for n, c in enumerate(MOE_CHATS)
+        ]
+        together = await asyncio.gather(*(collect(engine, request) for request in requests))
+        after = _batch_sizes()
+    finally:
+        await engine.close()
+    assert [(text, f.completion_tokens) for text, f in together] == [
+        (t, f.completion_tokens) for t, f in alone
+    ]
+    assert all(f.completion_tokens > 0 for _, f in alone)
+    rows, steps = after[0] - before[0], after[1] - before[1]
+    assert steps and rows / steps > 1.5, "the three replies were decoded in shared steps"
 
 
 TURNS: Any = [

@@ -1,6 +1,7 @@
 """The model families the service serves, and where each checkpoint is loaded from.
 
-Qwen2/2.5 (`qwen2`) and Qwen3 (`qwen3`) load as they are. Qwen v1 (`qwen`) is converted to Qwen2 once, into
+Qwen2/2.5 (`qwen2`), Qwen3 (`qwen3`) and their mixture-of-experts kin (`qwen2_moe`, `qwen3_moe`: the same
+attention, a sparse MLP) load as they are. Qwen v1 (`qwen`) is converted to Qwen2 once, into
 the conversion cache (`qwen_v1/`), and loads from there: no remote code runs. Anything else stops the start
 with the reason, before any weights are read.
 """
@@ -16,6 +17,8 @@ SERVED = {
     "qwen": "Qwen v1 (Qwen-1_8B-Chat, Qwen-7B-Chat)",
     "qwen2": "Qwen2 and Qwen2.5",
     "qwen3": "Qwen3",
+    "qwen2_moe": "Qwen2-MoE (Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B)",
+    "qwen3_moe": "Qwen3-MoE (Qwen3-30B-A3B, Qwen3-235B-A22B, Qwen3-Coder)",
 }
 # What a hub download of a Qwen v1 checkpoint needs (its remote code is not among it).
 _QWEN_V1_FILES = ["*.json", "qwen.tiktoken", "*.safetensors"]
@@ -59,6 +62,26 @@ def _local_copy(model: str) -> Path:
     return folder
 
 
+# What sentence-transformers writes beside an embedding model (Qwen3-Embedding): its pooling, no LM head used.
+_EMBEDDING_FILES = ("modules.json", "config_sentence_transformers.json")
+
+
+def _refuse_if_not_a_chat_model(model: str, config: dict[str, object], family: str) -> None:
+    """A checkpoint of a served family that is not a causal LM (a bare `Qwen3Model`, an embedding model with
+    its pooling config) has no reply to give: say so at start instead of serving nonsense."""
+    architectures = [str(name) for name in config.get("architectures") or []]  # type: ignore[attr-defined]
+    if architectures and not any(name.endswith("ForCausalLM") for name in architectures):
+        raise UnsupportedModel(
+            f"{model} is a {family} checkpoint without a language-model head ({', '.join(architectures)}): "
+            "an embedding or classification model, not a chat model"
+        )
+    if is_local(model) and any((Path(model).expanduser() / name).exists() for name in _EMBEDDING_FILES):
+        raise UnsupportedModel(
+            f"{model} is an embedding model (its sentence-transformers pooling config is there), not a chat "
+            "model; serve it with an embedding server"
+        )
+
+
 @lru_cache
 def resolve(model: str, conversion_cache: Path) -> Checkpoint:
     """Where `model` loads from, converting a Qwen v1 checkpoint first; raises `UnsupportedModel`."""
@@ -71,6 +94,7 @@ def resolve(model: str, conversion_cache: Path) -> Checkpoint:
             f"model_type {family!r} ({architectures}) is not served; qwen-chat serves {served}"
         )
     if family != "qwen":
+        _refuse_if_not_a_chat_model(model, config, family)
         return Checkpoint(model, family)
     from qwen_chat.engine.model.qwen_v1.convert import ensure_converted
 

@@ -3,7 +3,8 @@
 download. Their replies are gibberish, but they stream, stop and sample like a real model's.
 
 - `parts.py`: the tokenizer (a byte-level BPE with ChatML tokens and a chat template) and a random Qwen2
-- `qwen2.py`, `qwen3.py`: Qwen2.5's and Qwen3's layouts; `qwen_v1.py`: Qwen v1's own (`qwen.tiktoken`)
+- `qwen2.py`, `qwen3.py`: Qwen2.5's and Qwen3's layouts; `qwen_v1.py`: Qwen v1's own (`qwen.tiktoken`);
+  `moe.py`: Qwen3-MoE's and Qwen2-MoE's
 
 Importing this package loads no torch; building a model does.
 """
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FAMILIES = ("qwen2", "qwen3", "qwen")
+FAMILIES = ("qwen2", "qwen3", "qwen", "qwen3_moe", "qwen2_moe")
 
 
 def make_tiny_model(directory: Path | str, seed: int = 0, family: str = "qwen2") -> Path:
-    """Build a tiny model of `family` (`qwen2`, `qwen3`, or `qwen` for Qwen v1's own layout) and its
-    tokenizer, and save both into `directory` (created if needed)."""
+    """Build a tiny model of `family` (`qwen2`, `qwen3`, `qwen` for Qwen v1's own layout, or the MoE
+    `qwen3_moe` and `qwen2_moe`) and its tokenizer, and save both into `directory` (created if needed)."""
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
@@ -31,6 +32,14 @@ def make_tiny_model(directory: Path | str, seed: int = 0, family: str = "qwen2")
         from qwen_chat.engine.tiny.qwen_v1 import make_tiny_qwen_v1
 
         return make_tiny_qwen_v1(directory, seed)
+    if family in ("qwen3_moe", "qwen2_moe"):
+        from qwen_chat.engine.tiny import moe
+
+        return (
+            moe.make_tiny_qwen3_moe(directory, seed)
+            if family == "qwen3_moe"
+            else moe.make_tiny_qwen2_moe(directory, seed)
+        )
     from qwen_chat.engine.tiny.qwen2 import make_tiny_qwen2
 
     return make_tiny_qwen2(directory, seed)
