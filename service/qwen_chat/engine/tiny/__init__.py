@@ -4,7 +4,8 @@ download. Their replies are gibberish, but they stream, stop and sample like a r
 
 - `parts.py`: the tokenizer (a byte-level BPE with ChatML tokens and a chat template) and a random Qwen2
 - `qwen2.py`, `qwen3.py`: Qwen2.5's and Qwen3's layouts; `qwen_v1.py`: Qwen v1's own (`qwen.tiktoken`);
-  `moe.py`: Qwen3-MoE's and Qwen2-MoE's
+  `moe.py`: Qwen3-MoE's and Qwen2-MoE's; `hybrid.py`: Qwen3.5's (its released multimodal layout) and
+  Qwen3-Next's, not served yet
 
 Importing this package loads no torch; building a model does.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 FAMILIES = ("qwen2", "qwen3", "qwen", "qwen3_moe", "qwen2_moe")
+HYBRID = ("qwen3_5", "qwen3_next")  # built for the hybrid core to come, not served yet
 
 
 def make_tiny_model(directory: Path | str, seed: int = 0, family: str = "qwen2") -> Path:
@@ -32,6 +34,11 @@ def make_tiny_model(directory: Path | str, seed: int = 0, family: str = "qwen2")
         from qwen_chat.engine.tiny.qwen_v1 import make_tiny_qwen_v1
 
         return make_tiny_qwen_v1(directory, seed)
+    if family in HYBRID:
+        from qwen_chat.engine.tiny import hybrid
+
+        build = hybrid.make_tiny_qwen3_5 if family == "qwen3_5" else hybrid.make_tiny_qwen3_next
+        return build(directory, seed)
     if family in ("qwen3_moe", "qwen2_moe"):
         from qwen_chat.engine.tiny import moe
 
