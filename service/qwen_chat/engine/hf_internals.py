@@ -252,13 +252,11 @@ def _fields(cls: Any) -> set[str]:
 
 
 def _missing_names() -> list[str]:
-    missing = []
-    for name, module in _NAMES.items():
-        try:
-            getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            missing.append(f"{module.removeprefix('transformers.')}.{name}")
-    return missing
+    return [
+        f"{module.removeprefix('transformers.')}.{name}"
+        for name, module in _NAMES.items()
+        if _imported(name) is None
+    ]
 
 
 def _has_path(root: Any, path: str) -> bool:
