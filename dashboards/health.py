@@ -188,4 +188,17 @@ def engine() -> list[Panel]:
             unit="short",
             thresholds=steps("green", (1, "red")),
         ),
+        timeseries_panel(
+            "Prompt tokens resumed from kept conversations",
+            "Per second, prompt tokens the hybrid engine (Qwen3.5/3.6, Qwen3-Next) resumed from a "
+            "conversation's kept state instead of prefilling them again "
+            "(qwen_chat_prompt_tokens_cached_total), "
+            "and the conversation states it keeps per pod (qwen_chat_kept_conversation_states; the least "
+            "recently used go first when requests need the memory). Other engines keep none.",
+            [
+                rate_by("prompt_tokens_cached_total", "pod"),
+                target(f"sum by (pod) ({series('kept_conversation_states')})", "{{pod}} kept states"),
+            ],
+            unit="short",
+        ),
     ]

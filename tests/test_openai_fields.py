@@ -226,3 +226,11 @@ def test_unsupported_fields_are_400_naming_them(server: LiveServer) -> None:
         error = answer.json()["error"]
         # A rule between two fields names them in the message.
         assert error["param"] == field or (error["param"] is None and field in error["message"]), error
+    # An image part (OpenAI's vision input) is a 400 naming it: the language model alone is served.
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    content = [{"type": "text", "text": "what is this?"}, image]
+    body = {"model": server.service.settings.model_name, "messages": [{"role": "user", "content": content}]}
+    answer = httpx.post(server.http + "/v1/chat/completions", json=body, headers=AUTH, timeout=30)
+    assert answer.status_code == 400 and "'image_url' content part is not supported" in answer.text, (
+        answer.text
+    )

@@ -91,10 +91,12 @@ def test_bad_frames_are_refused_with_bad_request_naming_the_field(
 def test_server_frames_have_the_contract_shape() -> None:
     assert start("i", 2) == {"type": "start", "id": "i", "queue_position": 2}
     assert token("i", "Hi") == {"type": "token", "id": "i", "text": "Hi"}
-    assert done("i", "length", 21, 64, 8.6049, 362.0012) == {
+    # The contract's usage, plus OpenAI's `prompt_tokens_details.cached_tokens`: the prompt tokens resumed
+    # from the conversation's kept state (the hybrid core), not prefilled again.
+    assert done("i", "length", 21, 64, 8.6049, 362.0012, 16) == {
         "type": "done",
         "id": "i",
         "finish_reason": "length",
-        "usage": {"prompt_tokens": 21, "completion_tokens": 64},
+        "usage": {"prompt_tokens": 21, "completion_tokens": 64, "prompt_tokens_details": {"cached_tokens": 16}},
         "timing": {"ttft_ms": 8.6, "tokens_per_second": 362.0},
     }

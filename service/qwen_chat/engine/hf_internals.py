@@ -26,10 +26,14 @@ What is hooked, and why:
   restarted
 - `AttentionInterface.register("sdpa", ...)` and `integrations.sdpa_attention.sdpa_attention_forward`:
   re-registered and called, for per-request attention on CPU (`core/cpu_attention.py`)
+- the methods a hybrid model's layers call on their cache (`CACHE_PROTOCOL`, those of transformers' `Cache`):
+  answered by the hybrid core's own cache object (`core/hybrid_cache.py`), passed as the forward's `cache`;
+  `AttentionInterface.register` again, for its per-request attention
 - `convert_slow_tokenizer.bytes_to_unicode`: Qwen v1's `qwen.tiktoken` read as a byte-level BPE
 
-`check_manager` names every hook a started manager lacks; the batch core calls it at start, so a transformers
-that renamed one fails there with the hook's name, never later and silently. `tests/test_hf_internals.py`
+`check_manager` names every hook a started manager lacks, `check_hybrid` what the hybrid core relies on; each
+core calls its check at start, so a transformers that renamed one fails there with the hook's name, never
+later and silently. `tests/test_hf_internals.py`
 checks them all against the installed transformers. Importing this module loads neither torch nor
 transformers: each name is imported when it is first used.
 """
@@ -74,6 +78,19 @@ REQUEST_FIELDS = {
 WRAPPED_METHODS = {
     "_generation_step": ["self"],
     "_generation_loop_body": ["self", "batch_processor", "bootstrapping"],
+}
+# What Gated DeltaNet and attention layers call on the cache they are handed (transformers' `Cache`), with the
+# parameters the hybrid core's cache takes.
+CACHE_PROTOCOL = {
+    "get_seq_length": ["self", "layer_idx"],
+    "is_recording_past": ["self", "layer_idx"],
+    "increase_count": ["self", "layer_idx", "state_idx"],
+    "get_recurrent_states_to_keep": ["self", "layer_idx"],
+    "get_conv_state": ["self", "layer_idx", "state_idx"],
+    "get_recurrent_state": ["self", "layer_idx", "state_idx"],
+    "update_conv_state": ["self", "conv_states", "layer_idx", "state_idx"],
+    "update_recurrent_state": ["self", "recurrent_states", "layer_idx", "state_idx"],
+    "update": ["self", "key_states", "value_states", "layer_idx"],
 }
 _COUNTED = "_qwen_chat_counted"  # set on an offloading manager whose `offload_requests` we wrapped
 
@@ -165,6 +182,21 @@ def register_attention(name: str, function: Callable[..., Any]) -> None:
     """Every model of this process then runs `function` as its `name` attention."""
     interface: Any = __getattr__("AttentionInterface")
     interface.register(name, function)
+
+
+def check_hybrid(model: Any) -> list[str]:
+    """What this transformers lacks of what the hybrid core relies on: `Cache`'s methods in `CACHE_PROTOCOL`
+    (the layers call them) and the forward's `cache` argument; empty when all are there."""
+    from transformers import Cache
+
+    missing = [
+        f"transformers.Cache.{method}({', '.join(parameters[1:])})"
+        for method, parameters in CACHE_PROTOCOL.items()
+        if not _takes(getattr(Cache, method, None), parameters)
+    ]
+    if "cache" not in inspect.signature(model.forward).parameters:
+        missing.append(f"{type(model).__name__}.forward(cache=...)")
+    return missing
 
 
 def check_manager(manager: Any, started: bool) -> list[str]:

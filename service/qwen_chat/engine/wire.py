@@ -62,6 +62,9 @@ class Row(msgspec.Struct, array_like=True, gc=False):
     state: RowState = RowState.RUNNING
     error: str = ""
     logprobs: list[TokenLogprob] = msgspec.field(default_factory=list)  # one per token, when asked for
+    cached_tokens: int = (
+        0  # on a request's first row: its prompt tokens taken from a kept state, not prefilled
+    )
 
 
 class Step(msgspec.Struct, array_like=True, gc=False, tag=True):
@@ -69,6 +72,7 @@ class Step(msgspec.Struct, array_like=True, gc=False, tag=True):
     seconds: float = 0.0  # the forward pass and sampling of this step; 0: the core does not time steps
     preempted: int = 0  # requests paused (their cache freed) since the last step
     cache_usage: float = -1.0  # 0..1 of the KV cache in use; negative: not measured this step
+    kept_states: int = -1  # conversation states the core keeps for a next turn; negative: it keeps none
 
 
 class ModelFacts(msgspec.Struct, array_like=True, gc=False):

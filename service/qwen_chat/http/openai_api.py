@@ -65,12 +65,14 @@ def cut_response(refusal: Refusal) -> JSONResponse:
     return refusal.openai_response(openai_api=True)
 
 
-def usage(event: Finished) -> dict[str, int]:
+def usage(event: Finished) -> dict[str, Any]:
     total = event.prompt_tokens + event.completion_tokens
     return {
         "prompt_tokens": event.prompt_tokens,
         "completion_tokens": event.completion_tokens,
         "total_tokens": total,
+        # Prompt tokens resumed from a kept conversation state rather than prefilled (OpenAI's field).
+        "prompt_tokens_details": {"cached_tokens": event.cached_tokens},
     }
 
 

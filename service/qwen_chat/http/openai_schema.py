@@ -41,10 +41,25 @@ class _Body(BaseModel):
         return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
+# Content parts of OpenAI's vision and audio input: named in the 400, since the service serves text.
+_MEDIA_PARTS = ("image_url", "input_image", "image", "video", "video_url", "input_audio", "file")
+
+
 class TextPart(BaseModel):
     model_config = _FORBID
     type: Literal["text"]
     text: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind in _MEDIA_PARTS:
+            raise ValueError(
+                f"a {kind!r} content part is not supported: qwen-chat serves the language model only "
+                "(Qwen3.5's vision tower is not loaded), so message content is text"
+            )
+        return data
 
 
 Content = Text | list[TextPart]

@@ -1,4 +1,5 @@
-"""The engine's metrics: its KV cache, its decode steps, its preemptions and the engine processes replaced.
+"""The engine's metrics: its KV cache, its decode steps, its preemptions, the conversation states it keeps
+and the prompt tokens they saved, and the engine processes replaced.
 
 Recorded by the worker that owns the engine, from the steps its core sends (`EngineStepMetrics`), wherever
 the core runs: an engine process writes no metric files, so the multiprocess rules of `__init__.py` hold.
@@ -57,6 +58,19 @@ ENGINE_PREEMPTIONS = Counter(
     ["model"],
     namespace=NAMESPACE,
 )
+PROMPT_TOKENS_CACHED = Counter(
+    "prompt_tokens_cached",
+    "Prompt tokens resumed from a conversation state the engine kept, not prefilled again (the hybrid core).",
+    ["model"],
+    namespace=NAMESPACE,
+)
+KEPT_STATES = Gauge(
+    "kept_conversation_states",
+    "Conversation states the hybrid engine keeps for a next turn, over all workers.",
+    ["model"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
 ENGINE_RESTARTS = Counter(
     "engine_restarts",
     "Engine processes that stopped unexpectedly (killed, out of memory, a device error) and were replaced.",
@@ -74,6 +88,7 @@ class EngineStepMetrics:
         self._seconds = ENGINE_STEP_SECONDS.labels(model)
         self._batch = ENGINE_BATCH_SIZE.labels(model)
         self._preemptions = ENGINE_PREEMPTIONS.labels(model)
+        self._cached = PROMPT_TOKENS_CACHED.labels(model)
 
     def observe(self, step: Any) -> None:
         if step.seconds > 0:  # cores that do not time steps (the simple one) send one row per token
@@ -83,6 +98,11 @@ class EngineStepMetrics:
             self._preemptions.inc(step.preempted)
         if step.cache_usage >= 0:
             KV_CACHE_USAGE.labels(self._model).set(step.cache_usage)
+        cached = sum(row.cached_tokens for row in step.rows)
+        if cached:
+            self._cached.inc(cached)
+        if step.kept_states >= 0:
+            KEPT_STATES.labels(self._model).set(step.kept_states)
 
 
 def publish_kv_cache(model: str, usage: float, pages: int, page_size: int) -> None:
@@ -96,5 +116,6 @@ def publish_zeros(model: str) -> None:
     ENGINE_BATCH_SIZE.labels(model)
     ENGINE_PREEMPTIONS.labels(model)
     ENGINE_RESTARTS.labels(model)
-    for gauge in (KV_CACHE_USAGE, KV_CACHE_PAGES, KV_CACHE_PAGE_SIZE):
+    PROMPT_TOKENS_CACHED.labels(model)
+    for gauge in (KV_CACHE_USAGE, KV_CACHE_PAGES, KV_CACHE_PAGE_SIZE, KEPT_STATES):
         gauge.labels(model).set(0)

@@ -168,11 +168,19 @@ def done(
     completion_tokens: int,
     ttft_ms: float,
     tokens_per_second: float,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
+    """`usage.prompt_tokens_details.cached_tokens`: the prompt tokens resumed from the conversation's kept
+    state instead of prefilled (OpenAI's field)."""
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
     return {
         "type": "done",
         "id": message_id,
         "finish_reason": finish_reason,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+        "usage": usage,
         "timing": {"ttft_ms": round(ttft_ms, 2), "tokens_per_second": round(tokens_per_second, 2)},
     }

@@ -204,7 +204,9 @@ class ChatSession:
         if epoch == self._epoch:
             self._remember(stream.messages, reply, calls)
         reason = "tool_calls" if calls and event.reason != "length" else event.reason
-        frame = wire.done(mid, reason, event.prompt_tokens, event.completion_tokens, ttft * 1000, speed)
+        frame = wire.done(
+            mid, reason, event.prompt_tokens, event.completion_tokens, ttft * 1000, speed, event.cached_tokens
+        )
         await self._send(frame)
         self._log.info(
             "chat_done",

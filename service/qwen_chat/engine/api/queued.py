@@ -55,7 +55,9 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: bool = False
 
-    def finished_event(self, reason: FinishReason, completion_tokens: int) -> Finished:
+    def finished_event(
+        self, reason: FinishReason, completion_tokens: int, cached_tokens: int = 0
+    ) -> Finished:
         prompt_tokens = len(self.request.prompt_ids)
         if self.started_at is None:  # never left the queue
             return Finished(reason, prompt_tokens, completion_tokens, 0.0, 0.0)
@@ -65,6 +67,7 @@ class Job:
             completion_tokens,
             queue_seconds=self.started_at - self.accepted_at,
             generation_seconds=time.monotonic() - self.started_at,
+            cached_tokens=cached_tokens,
         )
 
 

@@ -34,6 +34,7 @@ class _Stream:
     stop_ids: frozenset[int]
     generated: list[int] = field(default_factory=list)
     logprobs: list[tuple[int, TokenLogprob]] = field(default_factory=list)  # not yet handed out
+    cached_tokens: int = 0  # prompt tokens the core resumed from a kept state
 
     def delta(self, text: str) -> TextDelta:
         logprobs, self.logprobs = tuple(self.logprobs), []
@@ -100,6 +101,7 @@ class StreamingEngine(QueuedEngine):
             stream = self._streams.get(row.request_id)
             if stream is None:  # cancelled meanwhile: a late token from the step in flight
                 continue
+            stream.cached_tokens += row.cached_tokens
             if row.token_ids:
                 stream.generated.extend(row.token_ids)
                 if row.logprobs:  # the end-of-turn token is not part of the reply's text
@@ -116,7 +118,8 @@ class StreamingEngine(QueuedEngine):
                 if tail or stream.logprobs:
                     stream.job.events.put_nowait(stream.delta(tail))
                 reason = self.finish_reason(stream.job, stream.generated)
-                self._end(stream, stream.job.finished_event(reason, len(stream.generated)))
+                finished = stream.job.finished_event(reason, len(stream.generated), stream.cached_tokens)
+                self._end(stream, finished)
 
     def _end(self, stream: _Stream, event: Any) -> None:
         self._streams.pop(stream.job.request.request_id, None)

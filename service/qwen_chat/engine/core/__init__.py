@@ -5,6 +5,9 @@ rows on as one `Step`; it holds no queue, no text and no client.
 - `base.py`: what every core is (`EngineCore`), its facts, and the warm-up it runs before it reports ready
 - `batch.py`: continuous batching on transformers' manager (the default); `kv_cache.py` sizes its slots and
   cache, `batch_sampler.py` samples every row of a step at once, `cpu_attention.py` attends per request on CPU
+- `hybrid.py`: continuous batching of our own for the hybrid families (Qwen3.5/3.6, Qwen3-Next), which the
+  manager refuses; `hybrid_cache.py` is the cache their layers run on, `kept_states.py` the conversation
+  states kept between turns
 - `simple.py`: one `model.generate` per request, in threads (QWEN_CHAT_ENGINE=simple), with
   `generate_processors.py`
 - `sampling.py`: the seeded per-request draw both cores share; `logprobs.py`: a row's log-probabilities;
@@ -30,6 +33,12 @@ def make_core(settings: Settings, loaded: LoadedModel, sink: StepSink) -> Engine
         from qwen_chat.engine.core.simple import SimpleCore
 
         return SimpleCore(settings, loaded, sink)
+    from qwen_chat.engine.model.families import HYBRID
+
+    if loaded.family in HYBRID:
+        from qwen_chat.engine.core.hybrid import HybridCore
+
+        return HybridCore(settings, loaded, sink)
     from qwen_chat.engine.core.batch import BatchCore
 
     return BatchCore(settings, loaded, sink)

@@ -19,7 +19,14 @@ SERVED = {
     "qwen3": "Qwen3",
     "qwen2_moe": "Qwen2-MoE (Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B)",
     "qwen3_moe": "Qwen3-MoE (Qwen3-30B-A3B, Qwen3-235B-A22B, Qwen3-Coder)",
+    "qwen3_5": "Qwen3.5 and Qwen3.6 dense (Qwen3.5-0.8B to 27B; the released checkpoints' language model)",
+    "qwen3_5_moe": "Qwen3.5 and Qwen3.6 MoE (Qwen3.5-35B-A3B, 122B-A10B, 397B-A17B, Qwen3.6-35B-A3B)",
+    "qwen3_next": "Qwen3-Next (Qwen3-Next-80B-A3B)",
 }
+# Hybrids (Gated DeltaNet linear attention with full attention among it): served by the hybrid core.
+HYBRID = frozenset({"qwen3_5", "qwen3_5_moe", "qwen3_next"})
+# Released Qwen3.5/3.6 checkpoints are image-text models: their language model is what is served.
+_LANGUAGE_MODEL_OF = ("ForCausalLM", "ForConditionalGeneration")
 # What a hub download of a Qwen v1 checkpoint needs (its remote code is not among it).
 _QWEN_V1_FILES = ["*.json", "qwen.tiktoken", "*.safetensors"]
 
@@ -70,7 +77,7 @@ def _refuse_if_not_a_chat_model(model: str, config: dict[str, object], family: s
     """A checkpoint of a served family that is not a causal LM (a bare `Qwen3Model`, an embedding model with
     its pooling config) has no reply to give: say so at start instead of serving nonsense."""
     architectures = [str(name) for name in config.get("architectures") or []]  # type: ignore[attr-defined]
-    if architectures and not any(name.endswith("ForCausalLM") for name in architectures):
+    if architectures and not any(name.endswith(_LANGUAGE_MODEL_OF) for name in architectures):
         raise UnsupportedModel(
             f"{model} is a {family} checkpoint without a language-model head ({', '.join(architectures)}): "
             "an embedding or classification model, not a chat model"

@@ -1,5 +1,5 @@
 """Tiny random hybrid chat models (Gated DeltaNet linear attention with one full-attention layer in four), in
-the layouts Qwen ships them, for the hybrid batch core to come (they are not served yet):
+the layouts Qwen ships them, served by the hybrid core:
 
 - `qwen3_5`: Qwen3.5's released multimodal layout (`Qwen3_5ForConditionalGeneration`, a vision tower beside
   the language model), so a loader proves it takes the language model alone (`AutoModelForCausalLM` gives a
