@@ -72,9 +72,11 @@ test: install system-deps tools
 test-unit: install
 	$(BIN)/python -m pytest tests/unit -q
 
-# The benchmark suite (bench/suite.py): tiny model by default, `make bench ARGS="--model PATH"` for another.
+# The benchmark suite (bench/suite.py): tiny model by default, `make bench ARGS="--model PATH"` for another;
+# then the hybrid section (bench/hybrid.py: Qwen3.5-0.8B's shape, `HYBRID_ARGS="--model PATH"` for another).
 bench: install
 	$(BIN)/python -m bench.suite $(ARGS)
+	$(BIN)/python -m bench.hybrid $(HYBRID_ARGS)
 
 # On a CUDA machine, in an environment with the project installed over CUDA torch (`pip install -e '.[test]'`;
 # `make install` pins the CPU wheel): the GPU tests, then the chat workload on the 0.5B and 1.5B shapes at 1, 16

@@ -13,7 +13,7 @@ from tests.support.chart_tools import REPO
 # Every benchmark with a command line (the rest are modules the suite imports).
 SCRIPTS = [
     "suite", "fairness", "tracing_cost", "prompt_encoding", "startup", "single_stream", "openai_fields",
-    "machine_limits", "grammar_cost", "sampler_cost", "shaped_model",
+    "machine_limits", "grammar_cost", "sampler_cost", "shaped_model", "hybrid",
 ]  # fmt: skip
 
 
@@ -99,6 +99,34 @@ def test_the_fairness_benchmark_shows_the_caps_at_work(tiny_model_dir: Path) -> 
     assert "{'done': 1}" in rows["alone"] and "{'done': 1}" in rows["flood, default caps"], run.stdout
     assert "closed 1013 4" in rows["flood, default caps"], "20 sockets, 16 allowed"
     assert "1013" not in rows["flood, caps lifted"], run.stdout
+
+
+def test_the_hybrid_benchmark_reports_its_targets_and_the_prefilled_tokens(tmp_path: Path) -> None:
+    """`python -m bench.hybrid` at a small size, on the tiny Qwen3.5 (the real run builds Qwen3.5-0.8B's shape):
+    its section lands in BENCHMARKS.md with every target row, and a conversation's later turns prefill less
+    than their prompt (kept states)."""
+    from qwen_chat.engine.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model", family="qwen3_5")
+    report = tmp_path / "BENCHMARKS.md"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.hybrid", "--model", str(model), "--clients", "2", "--turns", "3",
+         "--max-reply", "24", "--tokens", "8", "--out-dir", str(tmp_path), "--benchmarks", str(report)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    section = report.read_text()
+    for row in (
+        "one request at a time",
+        "on 2 rows",
+        "turn 5's time to first token",
+        "history resent",
+        "16 streams",
+    ):
+        assert row in section, section
+    result = json.loads(next(tmp_path.glob("*-hybrid.json")).read_text())
+    last = result["v1_alone"][-1]
+    assert last["turn"] == 3 and last["prefilled"] < last["prompt_tokens"], result["v1_alone"]
 
 
 def test_the_tracing_cost_benchmark_compares_traces_off_and_on(tiny_model_dir: Path) -> None:

@@ -19,7 +19,7 @@ from qwen_chat.sampling_params import SamplingParams
 from qwen_chat.settings import Settings
 from tests.support.engine_events import collect
 
-HYBRID = ("qwen3_5", "qwen3_next")
+HYBRID = ("qwen3_5", "qwen3_5_moe", "qwen3_next")
 GREEDY = SamplingParams(max_new_tokens=16, temperature=0.0, top_p=1.0, repetition_penalty=1.0)
 SEEDED = SamplingParams(max_new_tokens=16, temperature=0.7, top_p=0.8, repetition_penalty=1.05, seed=7)
 CHATS = [

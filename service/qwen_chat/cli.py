@@ -29,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument(
         "--family",
-        choices=["qwen2", "qwen3", "qwen", "qwen3_moe", "qwen2_moe", "qwen3_5", "qwen3_next"],
+        choices=["qwen2", "qwen3", "qwen", "qwen3_moe", "qwen2_moe", "qwen3_5", "qwen3_5_moe", "qwen3_next"],
         default="qwen2",
         help="qwen2 (Qwen2.5's layout, the default), qwen3, qwen (Qwen v1's own layout, qwen.tiktoken), "
-        "qwen3_moe, qwen2_moe, qwen3_5 (Qwen3.5's released image-text layout) or qwen3_next",
+        "qwen3_moe, qwen2_moe, qwen3_5 or qwen3_5_moe (Qwen3.5's released image-text layouts) or qwen3_next",
     )
 
     smoke = commands.add_parser(

@@ -97,6 +97,10 @@ def test_server_frames_have_the_contract_shape() -> None:
         "type": "done",
         "id": "i",
         "finish_reason": "length",
-        "usage": {"prompt_tokens": 21, "completion_tokens": 64, "prompt_tokens_details": {"cached_tokens": 16}},
+        "usage": {
+            "prompt_tokens": 21,
+            "completion_tokens": 64,
+            "prompt_tokens_details": {"cached_tokens": 16},
+        },
         "timing": {"ttft_ms": 8.6, "tokens_per_second": 362.0},
     }

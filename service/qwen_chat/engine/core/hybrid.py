@@ -35,7 +35,7 @@ from qwen_chat.engine.core.base import WARM_UP_ID, StepSink, WarmingSink, gramma
 from qwen_chat.engine.core.batch_sampler import BatchSampler
 from qwen_chat.engine.core.grammar import GrammarError, Grammars
 from qwen_chat.engine.core.hybrid_cache import HybridCache, RequestKV
-from qwen_chat.engine.core.hybrid_requests import Request, SamplerRow, cache_tokens
+from qwen_chat.engine.core.hybrid_requests import Request, SamplerRow, cache_tokens, cache_usage
 from qwen_chat.engine.core.kept_states import KeptStates, generation_marker
 from qwen_chat.engine.core.kv_cache import running_slots
 from qwen_chat.engine.model.loader import LoadedModel, input_budget
@@ -293,6 +293,7 @@ class HybridCore:
             any(row.state is not RowState.RUNNING for row in rows)
             or now - self._cache_measured > _CACHE_USAGE_SECONDS
         ):
-            usage = self._reserved / self._budget_tokens
+            admitted = len(self._decoding) + (self._prefilling is not None)
+            usage = cache_usage(self._layout, self._reserved, admitted, self._budget_tokens, self.max_running)
             self._cache_measured = now
         self._sink(Step(rows, seconds, 0, usage, kept_states=len(self._kept)))

@@ -67,3 +67,10 @@ def cache_tokens(
             "KV_CACHE_MEMORY_FRACTION or KV_CACHE_TOKENS"
         )
     return tokens
+
+
+def cache_usage(layout: HybridLayout, reserved: int, requests: int, tokens: int, rows: int) -> float:
+    """The share of the cache's memory that `requests` admitted requests hold: the keys and values reserved
+    for their prompts and replies (`reserved` tokens of `tokens`) and their linear states (of `rows`)."""
+    held = reserved * layout.token_bytes + requests * layout.state_bytes
+    return held / (tokens * layout.token_bytes + rows * layout.state_bytes)

@@ -22,9 +22,11 @@ SERVED = {
     "qwen3_5": "Qwen3.5 and Qwen3.6 dense (Qwen3.5-0.8B to 27B; the released checkpoints' language model)",
     "qwen3_5_moe": "Qwen3.5 and Qwen3.6 MoE (Qwen3.5-35B-A3B, 122B-A10B, 397B-A17B, Qwen3.6-35B-A3B)",
     "qwen3_next": "Qwen3-Next (Qwen3-Next-80B-A3B)",
+    "qwen3_5_text": "a Qwen3.5 language model saved alone",
+    "qwen3_5_moe_text": "a Qwen3.5-MoE language model saved alone",
 }
 # Hybrids (Gated DeltaNet linear attention with full attention among it): served by the hybrid core.
-HYBRID = frozenset({"qwen3_5", "qwen3_5_moe", "qwen3_next"})
+HYBRID = frozenset({"qwen3_5", "qwen3_5_moe", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"})
 # Released Qwen3.5/3.6 checkpoints are image-text models: their language model is what is served.
 _LANGUAGE_MODEL_OF = ("ForCausalLM", "ForConditionalGeneration")
 # What a hub download of a Qwen v1 checkpoint needs (its remote code is not among it).

@@ -4,6 +4,7 @@ the layouts Qwen ships them, served by the hybrid core:
 - `qwen3_5`: Qwen3.5's released multimodal layout (`Qwen3_5ForConditionalGeneration`, a vision tower beside
   the language model), so a loader proves it takes the language model alone (`AutoModelForCausalLM` gives a
   `Qwen3_5ForCausalLM` of type `qwen3_5_text`);
+- `qwen3_5_moe`: Qwen3.5-MoE's, the same image-text layout with routed experts and a shared one;
 - `qwen3_next`: Qwen3-Next (`Qwen3NextForCausalLM`), mixture-of-experts with a shared expert.
 
 Both carry the tiny Qwen3's tokenizer and thinking template. The sizes are the smallest that keep each
@@ -17,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3NextConfig, Qwen3NextForCausalLM
+from transformers import (
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
+    Qwen3NextConfig,
+    Qwen3NextForCausalLM,
+)
 
 from qwen_chat.engine.tiny.parts import SPECIAL_TOKENS, build_tokenizer
 from qwen_chat.engine.tiny.qwen3 import CHAT_TEMPLATE, THINK_TOKENS
@@ -43,6 +51,12 @@ _TEXT: dict[str, Any] = {
     "eos_token_id": 2,  # <|im_end|>
     "pad_token_id": 0,
 }
+_EXPERTS: dict[str, Any] = {
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 64,
+    "shared_expert_intermediate_size": 64,
+}
 _VISION: dict[str, Any] = {
     "depth": 1,
     "hidden_size": 32,
@@ -64,13 +78,18 @@ def make_tiny_qwen3_5(directory: Path, seed: int = 0) -> Path:
     return _save(Qwen3_5ForConditionalGeneration(config), tokenizer, directory)
 
 
+def make_tiny_qwen3_5_moe(directory: Path, seed: int = 0) -> Path:
+    tokenizer = build_tokenizer(seed=seed, added=THINK_TOKENS, chat_template=CHAT_TEMPLATE)
+    torch.manual_seed(seed)
+    text = {**_TEXT, **_EXPERTS, "vocab_size": len(tokenizer)}
+    config = Qwen3_5MoeConfig(text_config=text, vision_config=_VISION, tie_word_embeddings=False)
+    return _save(Qwen3_5MoeForConditionalGeneration(config), tokenizer, directory)
+
+
 def make_tiny_qwen3_next(directory: Path, seed: int = 0) -> Path:
     tokenizer = build_tokenizer(seed=seed, added=THINK_TOKENS, chat_template=CHAT_TEMPLATE)
     torch.manual_seed(seed)
-    experts: dict[str, Any] = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64}
-    config = Qwen3NextConfig(
-        **_TEXT, **experts, shared_expert_intermediate_size=64, vocab_size=len(tokenizer), dtype="float32"
-    )
+    config = Qwen3NextConfig(**_TEXT, **_EXPERTS, vocab_size=len(tokenizer), dtype="float32")
     return _save(Qwen3NextForCausalLM(config), tokenizer, directory)
 
 
