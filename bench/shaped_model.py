@@ -2,10 +2,13 @@
 
 The work per token is the real model's: the same layers, widths, attention heads and a 151,936-row output
 layer. The tokenizer is the tiny model's locally trained one, its vocabulary padded (`<w123>`) to the full
-size, so every id the model can pick prints. The output layer is scaled so its logits spread
-like a trained model's (standard deviation `LOGIT_SPREAD`): at the server's default sampling (temperature
-0.7, top_p 0.8) the nucleus is about 150 tokens, where a random model's near-flat logits would make it most
-of the vocabulary. Replies are gibberish; only speed and memory mean anything.
+size. Only the trained tokens are ever picked: the padding rows of the output layer are zero (logit 0, far
+below the trained tokens' top logits), so a reply's text tokenizes again to about as many tokens as were
+generated and a conversation's history grows as a real one does (a padding token's text would come back as
+five). The trained rows are scaled so their logits spread like a trained model's (standard deviation
+`LOGIT_SPREAD`): at the server's default sampling (temperature 0.7, top_p 0.8) the nucleus is about 6
+tokens, where a random model's near-flat logits would make it most of the vocabulary. Replies are gibberish;
+only speed and memory mean anything.
 
 The Qwen3.5 shape is the language model of the released checkpoint (`Qwen3_5ForCausalLM`, what the service
 loads of it): three Gated DeltaNet layers to one full-attention layer, its 248,320-row vocabulary.
@@ -83,7 +86,8 @@ def make_shaped_model(directory: Path | str, shape: str, seed: int = 0) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     hybrid = HYBRID_SHAPES.get(shape)
     vocab_size = int(hybrid["vocab_size"]) if hybrid else VOCAB_SIZE  # type: ignore[call-overload]
-    tokenizer = _padded(build_tokenizer(seed=seed), vocab_size)
+    trained = build_tokenizer(seed=seed)
+    tokenizer = _padded(trained, vocab_size)
     torch.manual_seed(seed)
     if hybrid is not None:
         text = Qwen3_5TextConfig(
@@ -94,7 +98,7 @@ def make_shaped_model(directory: Path | str, shape: str, seed: int = 0) -> Path:
             dtype="bfloat16",
             **hybrid,
         )
-        return _save(Qwen3_5ForCausalLM(text), tokenizer, directory)
+        return _save(Qwen3_5ForCausalLM(text), tokenizer, len(trained), directory)
     config = Qwen2Config(
         vocab_size=VOCAB_SIZE,
         max_position_embeddings=32768,
@@ -108,7 +112,7 @@ def make_shaped_model(directory: Path | str, shape: str, seed: int = 0) -> Path:
         dtype="bfloat16",
         **SHAPES[shape],
     )
-    return _save(Qwen2ForCausalLM(config), tokenizer, directory)
+    return _save(Qwen2ForCausalLM(config), tokenizer, len(trained), directory)
 
 
 def _padded(tokenizer: Any, size: int) -> Any:
@@ -131,10 +135,12 @@ def _padded(tokenizer: Any, size: int) -> Any:
     return padded
 
 
-def _save(model: Any, tokenizer: Any, directory: Path) -> Path:
+def _save(model: Any, tokenizer: Any, trained: int, directory: Path) -> Path:
+    """Save `model` in bf16 with `tokenizer`, only its first `trained` tokens ever picked."""
     model = model.to(torch.bfloat16)
     with torch.no_grad():
         model.lm_head.weight.normal_(0.0, LOGIT_SPREAD / model.config.hidden_size**0.5)
+        model.lm_head.weight[trained:] = 0.0  # the vocabulary's padding is never picked
     model.generation_config.eos_token_id = [2, 0]
     model.generation_config.pad_token_id = 0
     model.save_pretrained(directory)

@@ -145,3 +145,35 @@ async def test_hybrid_replies_equal_generate_alone_batched_after_cancels_and_res
             conversation += [{"role": "assistant", "content": reply}, {"role": "user", "content": content}]
     finally:
         await engine.close()
+
+
+@pytest.mark.anyio
+async def test_a_failed_forward_fails_its_requests_and_the_engine_goes_on(
+    make_settings: Callable[..., Settings], tiny_hybrid_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forward that raises (a device error, a bug) ends the requests it held with the error; the loop goes
+    on, and the next request gets its reply."""
+    from qwen_chat.engine.api.interface import EngineError
+    from qwen_chat.engine.core.hybrid_cache import HybridCache
+
+    engine = create_engine(make_settings(model=str(tiny_hybrid_dirs["qwen3_5"]), served_model_name="m"))
+    await engine.start()
+    try:
+        ids = engine.prompts.encode_chat([{"role": "user", "content": CHATS[3]}])
+        forward = HybridCache.forward
+        calls = 0
+
+        def failing_once(self: HybridCache, *args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 3:  # the prompt's prefill, the first decode step, then this one
+                raise RuntimeError("simulated device error")
+            return forward(self, *args)
+
+        monkeypatch.setattr(HybridCache, "forward", failing_once)
+        with pytest.raises(EngineError, match="simulated device error"):
+            await collect(engine, GenerationRequest("f", ids, GREEDY))
+        text, finished = await collect(engine, GenerationRequest("g", ids, GREEDY))
+        assert finished.completion_tokens > 0 and finished.reason in ("stop", "length")
+    finally:
+        await engine.close()

@@ -245,13 +245,13 @@ class HybridCore:
             return self._admit()
         self._sampler.register(request.request_id, submit.sampling, matcher, submit.top_logprobs)
         self._reserved += request.reserved
+        self._prefilling = request  # from here on, a failure is this request's
         kv = request.kv = RequestKV(self._layout, request.reserved, self._loaded.device)
         if kept is not None and self._kept.resume(kept, kv):
             self._cache.restore(self._cache.staging, kept.states)
             request.prefilled = request.reused = kv.length
         if request.request_id != WARM_UP_ID:  # the warm-up leaves nothing behind
             request.keep_at = self._kept.keep_point(prompt, request.prefilled)
-        self._prefilling = request
         return request
 
     def _sample(self, requests: list[Request], logits: torch.Tensor) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -52,11 +53,14 @@ def cache_tokens(
 ) -> int:
     """The tokens of full-attention cache the core gives its requests and kept states: KV_CACHE_TOKENS,
     else on CUDA what KV_CACHE_MEMORY_FRACTION of the free memory holds beside every row's linear state
-    (raises when that is less than one request of the longest size, `longest`), else `CPU_CACHE_TOKENS`."""
+    (raises when that is less than one request of the longest size, `longest`), else `CPU_CACHE_TOKENS` and
+    room for a kept conversation state per row."""
     if settings.kv_cache_tokens:
         return max(settings.kv_cache_tokens, longest)
     if device.type != "cuda":
-        return max(CPU_CACHE_TOKENS, longest)
+        # As the batch core's, plus a kept conversation state per row (in tokens of the same memory).
+        kept = rows * math.ceil(layout.state_bytes / layout.token_bytes)
+        return max(CPU_CACHE_TOKENS, longest) + kept
     free, _ = torch.cuda.mem_get_info(device)
     states = (rows + 1) * layout.state_bytes
     tokens = int((free * settings.kv_cache_memory_fraction - states) // layout.token_bytes)
