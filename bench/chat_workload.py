@@ -260,8 +260,14 @@ def raw_turn_tokens_per_second(model: Any, prompts: Any, plans: list[Conversatio
     lengths = [len(prompts.encode_chat([{"role": "user", "content": p.message(0)}])) for p in plans]
     prompt_tokens = round(statistics.mean(lengths))
     new_tokens = round(statistics.mean(cap for p in plans for cap in p.reply_caps))
+    return len(plans) * new_tokens / generate_seconds(model, len(plans), prompt_tokens, new_tokens)
+
+
+def generate_seconds(model: Any, rows: int, prompt_tokens: int, new_tokens: int) -> float:
+    """How long `model.generate` (greedy) takes to write exactly `new_tokens` after `rows` random prompts of
+    `prompt_tokens`."""
     device = next(model.parameters()).device
-    ids = torch.randint(10, min(600, model.config.vocab_size), (len(plans), prompt_tokens), device=device)
+    ids = torch.randint(10, min(600, model.config.vocab_size), (rows, max(1, prompt_tokens)), device=device)
     started = time.perf_counter()
     with torch.inference_mode():
         model.generate(
@@ -271,4 +277,4 @@ def raw_turn_tokens_per_second(model: Any, prompts: Any, plans: list[Conversatio
             min_new_tokens=new_tokens,
             do_sample=False,
         )
-    return len(plans) * new_tokens / (time.perf_counter() - started)
+    return time.perf_counter() - started

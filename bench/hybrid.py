@@ -14,7 +14,7 @@ another:
       client resends the history): each turn's time to first token and the prompt tokens it prefilled
       (`prompt_tokens - usage.prompt_tokens_details.cached_tokens`);
   (c) on the tiny Qwen3.5 (`make-tiny-model --family qwen3_5`): 16 streams against one, each a /ws
-      connection, the server's default sampling.
+      connection asking 4 chats in turn, the server's default sampling.
 It prints the tables, writes bench/results/<date>-<host>-hybrid.json and rewrites its section of
 BENCHMARKS.md.
 
@@ -42,6 +42,7 @@ from bench.chat_workload import (
     TURNS,
     Conversation,
     conversations,
+    generate_seconds,
     percentile,
     sse_data,
 )
@@ -181,22 +182,27 @@ async def chat(url: str, base: str, plans: list[Conversation]) -> dict[str, Any]
     }
 
 
-async def streams(url: str, count: int, tokens: int) -> float:
-    """Aggregate tokens/s of `count` /ws streams of up to `tokens` tokens at once (the tiny model's random
-    weights make an end of turn rare; the tokens counted are those generated)."""
+async def streams(url: str, count: int, tokens: int, chats: int = 4) -> float:
+    """Aggregate tokens/s of `count` /ws connections at once, each asking `chats` stateless chats in turn of up
+    to `tokens` tokens (the tiny model's random weights make an end of turn rare; the tokens counted are
+    those generated)."""
 
     async def one(client: int) -> int:
+        done = 0
         async with connect(url, additional_headers=AUTH, max_size=None) as ws:
-            message = {"role": "user", "content": f"Tell me about the sea, {client}."}
-            await ws.send(
-                json.dumps({"type": "chat", "messages": [message], "params": {"max_new_tokens": tokens}})
-            )
-            while True:
-                frame = json.loads(await ws.recv())
-                if frame["type"] == "done":
-                    return int(frame["usage"]["completion_tokens"])
-                if frame["type"] == "error":
-                    raise RuntimeError(frame)
+            for chat in range(chats):
+                message = {"role": "user", "content": f"Tell me about the sea, {client}.{chat}."}
+                await ws.send(
+                    json.dumps({"type": "chat", "messages": [message], "params": {"max_new_tokens": tokens}})
+                )
+                while True:
+                    frame = json.loads(await ws.recv())
+                    if frame["type"] == "done":
+                        done += int(frame["usage"]["completion_tokens"])
+                        break
+                    if frame["type"] == "error":
+                        raise RuntimeError(frame)
+        return done
 
     started = time.perf_counter()
     done = await asyncio.gather(*(one(client) for client in range(count)))
@@ -209,22 +215,11 @@ def raw_baselines(model_dir: str, chat_run: dict[str, Any]) -> dict[str, Any]:
     the service prefilled per turn, the mean reply); the machine's matmul and memory limits."""
     raw = RawGenerate(model_dir)
     model = raw.model
-    device = next(model.parameters()).device
     turns = chat_run["by_turn"]
     reply = max(1, round(chat_run["tokens"] / (chat_run["clients"] * len(turns))))
 
     def seconds(rows: int, prompt: int) -> float:
-        ids = torch.randint(10, 600, (rows, max(1, prompt)), device=device)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=reply,
-                min_new_tokens=reply,
-                do_sample=False,
-            )
-        return time.perf_counter() - started
+        return generate_seconds(model, rows, prompt, reply)
 
     alone = sum(seconds(1, turn["prompt_tokens"]) for turn in turns)
     prefilled = round(statistics.mean(turn["prefilled"] for turn in turns))
@@ -265,7 +260,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result["raw"] = raw_baselines(model, result["chat"])
     tiny = str(make_tiny_model(work / "tiny-qwen3_5", family="qwen3_5"))
     with serve(tiny, work, **_settings(16)) as served:
-        asyncio.run(streams(served.ws, 1, 4))  # warm
+        asyncio.run(streams(served.ws, 1, 4, chats=1))  # warm
         one = asyncio.run(streams(served.ws, 1, args.tokens))
         many = asyncio.run(streams(served.ws, 16, args.tokens))
     result["tiny_streams"] = {

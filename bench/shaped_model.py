@@ -77,6 +77,15 @@ HYBRID_SHAPES: dict[str, dict[str, object]] = {
 }
 # Standard deviation of the output logits (the final norm's output has unit scale per dimension).
 LOGIT_SPREAD = 3.0
+# Every shape: untied (the real small models tie them), so the output layer can be scaled alone; the tiny
+# tokenizer's end of turn and padding; bf16.
+_SAVED_AS: dict[str, Any] = {
+    "tie_word_embeddings": False,
+    "bos_token_id": None,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+    "dtype": "bfloat16",
+}
 
 
 def make_shaped_model(directory: Path | str, shape: str, seed: int = 0) -> Path:
@@ -90,26 +99,14 @@ def make_shaped_model(directory: Path | str, shape: str, seed: int = 0) -> Path:
     tokenizer = _padded(trained, vocab_size)
     torch.manual_seed(seed)
     if hybrid is not None:
-        text = Qwen3_5TextConfig(
-            tie_word_embeddings=False,
-            bos_token_id=None,
-            eos_token_id=2,
-            pad_token_id=0,
-            dtype="bfloat16",
-            **hybrid,
-        )
+        text = Qwen3_5TextConfig(**_SAVED_AS, **hybrid)
         return _save(Qwen3_5ForCausalLM(text), tokenizer, len(trained), directory)
     config = Qwen2Config(
         vocab_size=VOCAB_SIZE,
         max_position_embeddings=32768,
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
-        # Untied (the real 0.5B ties them), so the output layer can be scaled alone.
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=2,
-        pad_token_id=0,
-        dtype="bfloat16",
+        **_SAVED_AS,
         **SHAPES[shape],
     )
     return _save(Qwen2ForCausalLM(config), tokenizer, len(trained), directory)

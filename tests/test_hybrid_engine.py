@@ -173,7 +173,39 @@ async def test_a_failed_forward_fails_its_requests_and_the_engine_goes_on(
         monkeypatch.setattr(HybridCache, "forward", failing_once)
         with pytest.raises(EngineError, match="simulated device error"):
             await collect(engine, GenerationRequest("f", ids, GREEDY))
-        text, finished = await collect(engine, GenerationRequest("g", ids, GREEDY))
+        _, finished = await collect(engine, GenerationRequest("g", ids, GREEDY))
         assert finished.completion_tokens > 0 and finished.reason in ("stop", "length")
     finally:
         await engine.close()
+
+
+def test_kept_states_are_bounded_least_recently_used_first_and_replaced_by_their_conversations_next() -> None:
+    """A state is kept within the room it is given, the least recently used dropped first; a conversation's
+    newer state replaces its older one; `free` drops states at once for an admitted request."""
+    import torch
+
+    from qwen_chat.engine.core.hybrid_cache import HybridLayout, RequestKV
+    from qwen_chat.engine.core.kept_states import KeptStates
+
+    layout = HybridLayout((0,), (1,), 8, 4, 1, 4, 4, 1, 4, torch.float32)  # a state is 6 tokens' worth
+    kept = KeptStates(layout, marker=1)
+    assert kept.cost(20) == 26
+
+    def keep(tokens: list[int], room: int = 100) -> None:
+        kv = RequestKV(layout, len(tokens), torch.device("cpu"))
+        kv.length = len(tokens)
+        kept.keep(tokens, {0: (torch.zeros(8, 4), torch.zeros(1, 4, 4))}, kv, room)
+
+    a, b, c = [5] * 20, [6] * 20, [7] * 20
+    keep(a), keep(b), keep(c)  # 78 of 100
+    assert len(kept) == 3 and kept.tokens == 78
+    assert kept.find([*a, 9]) is not None  # a is now the most recently used
+    keep([8] * 20)  # no room for a fourth: b, the least recently used, goes
+    assert kept.find([*b, 9]) is None and kept.find([*a, 9]) is not None and kept.find([*c, 9]) is not None
+    keep([*a, 3, 3])  # a's conversation, one turn on: its older state goes
+    assert len(kept) == 3 and kept.find([*a, 9]) is None and kept.find([*a, 3, 3, 9]) is not None
+    assert kept.find(a) is None, "a state as long as the prompt leaves nothing to prefill: not resumed"
+    assert kept.free(45) and kept.tokens <= 100 - 45
+    assert not kept.free(1000) and len(kept) == 0
+    assert kept.keep_point([1, *[5] * 20, 1, 5, 5], 0) == 21  # before the last generation prompt
+    assert kept.keep_point([1, *[5] * 10, 1, 5], 0) == 0  # too short to be worth keeping
