@@ -183,8 +183,8 @@ async def chat(url: str, base: str, plans: list[Conversation]) -> dict[str, Any]
 
 
 async def streams(url: str, count: int, tokens: int, chats: int = 4) -> float:
-    """Aggregate tokens/s of `count` /ws connections at once, each asking `chats` stateless chats in turn of up
-    to `tokens` tokens (the tiny model's random weights make an end of turn rare; the tokens counted are
+    """Aggregate tokens/s of `count` /ws connections at once, each asking `chats` stateless chats in turn of
+    up to `tokens` tokens (the tiny model's random weights make an end of turn rare; the tokens counted are
     those generated)."""
 
     async def one(client: int) -> int:
