@@ -60,7 +60,12 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 def _settings(clients: int) -> dict[str, object]:
     # Out of the box but for the per-user limits: one bench key stands for every client.
-    return {"max_user_requests": clients, "max_user_connections": clients + 4, "max_waiting": clients * 2}
+    return {
+        "rate_limit": "1000000/minute",
+        "max_user_requests": clients,
+        "max_user_connections": clients + 4,
+        "max_waiting": clients * 2,
+    }
 
 
 class Turns:

@@ -151,8 +151,8 @@ async def test_hybrid_replies_equal_generate_alone_batched_after_cancels_and_res
 async def test_a_failed_forward_fails_its_requests_and_the_engine_goes_on(
     make_settings: Callable[..., Settings], tiny_hybrid_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A forward that raises (a device error, a bug) ends the requests it held with the error; the loop goes
-    on, and the next request gets its reply."""
+    """A forward that raises (a device error, a bug) ends the requests it held with an error (the client is
+    told the model failed; the cause is logged); the loop goes on, and the next request gets its reply."""
     from qwen_chat.engine.api.interface import EngineError
     from qwen_chat.engine.core.hybrid_cache import HybridCache
 
@@ -171,7 +171,7 @@ async def test_a_failed_forward_fails_its_requests_and_the_engine_goes_on(
             return forward(self, *args)
 
         monkeypatch.setattr(HybridCache, "forward", failing_once)
-        with pytest.raises(EngineError, match="simulated device error"):
+        with pytest.raises(EngineError):
             await collect(engine, GenerationRequest("f", ids, GREEDY))
         _, finished = await collect(engine, GenerationRequest("g", ids, GREEDY))
         assert finished.completion_tokens > 0 and finished.reason in ("stop", "length")
