@@ -119,6 +119,7 @@ class HybridCache:
         self._rows = slice(0, 0)
         self._fresh = False  # a prompt's first chunk: no state to resume from
         self._kvs: list[RequestKV] = []
+        self._written = 0  # tokens this forward wrote to each request's keys and values
 
     # --- set up by the core before each forward ---
 
@@ -150,8 +151,6 @@ class HybridCache:
             for kv in self._kvs:
                 kv.length += self._written
             self._written = 0
-
-    _written = 0
 
     # --- slots ---
 
