@@ -209,3 +209,27 @@ def test_kept_states_are_bounded_least_recently_used_first_and_replaced_by_their
     assert not kept.free(1000) and len(kept) == 0
     assert kept.keep_point([1, *[5] * 20, 1, 5, 5], 0) == 21  # before the last generation prompt
     assert kept.keep_point([1, *[5] * 10, 1, 5], 0) == 0  # too short to be worth keeping
+
+
+@pytest.mark.anyio
+async def test_requests_that_do_not_fit_the_cache_wait_and_get_their_replies(
+    make_settings: Callable[..., Settings], tiny_hybrid_dirs: dict[str, Path]
+) -> None:
+    """A cache of 200 tokens holds two of these requests at a time (prompt and reply reserved, the kept states
+    besides): eight sent at once wait their turn, none fails, and each gets the reply it gets alone."""
+    settings = make_settings(
+        model=str(tiny_hybrid_dirs["qwen3_5"]), max_new_tokens=64, max_input_tokens=128, kv_cache_tokens=200
+    )
+    engine = create_engine(settings)
+    await engine.start()
+    try:
+        prompts = [engine.prompts.encode_chat([{"role": "user", "content": chat}]) for chat in CHATS]
+        alone = [
+            await collect(engine, GenerationRequest(f"a{n}", ids, GREEDY)) for n, ids in enumerate(prompts)
+        ]
+        together = await asyncio.gather(
+            *(collect(engine, GenerationRequest(f"b{n}", ids, GREEDY)) for n, ids in enumerate(prompts))
+        )
+        assert [(t, f.completion_tokens) for t, f in together] == [(t, f.completion_tokens) for t, f in alone]
+    finally:
+        await engine.close()

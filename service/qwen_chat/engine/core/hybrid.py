@@ -1,21 +1,10 @@
-"""The hybrid core: continuous batching for models whose layers are mostly linear attention (Gated DeltaNet)
-with a full-attention layer among them (Qwen3.5, Qwen3.6, Qwen3-Next), which transformers' batching manager
-refuses. Our own loop drives transformers' own model classes through a cache of ours (`hybrid_cache.py`).
-
-Each turn of the loop:
-1. takes the requests and cancels that came in; a cancelled request is gone before the next forward;
-2. admits the oldest waiting request when a row is free and the cache holds its prompt and reply (it waits,
-   never fails, while they do not fit: kept conversation states are dropped first, least recently used);
-3. decodes one token for every running request in one forward, sampled by `BatchSampler` (each request's
-   own temperature, top_p, penalty, seed, grammar and log-probabilities, all rows at once);
-4. prefills up to MAX_BATCH_TOKENS of waiting prompts, alone and in chunks, so a long prompt holds the
-   running streams back by one chunk per turn; a prompt whose prefill ends samples its first token and
-   joins the decoding rows.
-Every token of a turn leaves in one `Step`.
-
-A chat prompt's state is kept where its generation prompt starts (its last `<|im_start|>`), and a later prompt
-that extends it (the next turn of the conversation, on `/ws` or an OpenAI client resending the history)
-resumes from there: only the last reply and the new message are prefilled (`kept_states.py`).
+"""The hybrid core: continuous batching of our own for Qwen3.5/3.6 and Qwen3-Next (Gated DeltaNet layers with
+full attention among them), which transformers' batching manager refuses; transformers' own model classes run
+on a cache of ours (`hybrid_cache.py`). docs/engines.md has the design. Each turn of the loop takes the
+requests and cancels that came in; decodes one token for every running request in one forward, sampled by
+`BatchSampler`; then prefills up to MAX_BATCH_TOKENS of prompts, one prompt at a time, admitting the oldest
+waiting request when a row and its cache are free (resuming from a kept conversation state, `kept_states.py`,
+where its prompt extends one). Every token of a turn leaves in one `Step`.
 """
 
 from __future__ import annotations
@@ -90,13 +79,10 @@ class HybridCore:
         self._thread.start()
         self._sink.warm_up(self, self._loaded, self._settings)
         self._grammars.warm_in_background()
+        layout = self._layout
+        facts = {"kv_bytes_per_token": layout.token_bytes, "state_bytes_per_request": layout.state_bytes}
         log.info(
-            "hybrid_engine_ready",
-            cache_tokens=self._budget_tokens,
-            state_bytes_per_request=self._layout.state_bytes,
-            kv_bytes_per_token=self._layout.token_bytes,
-            max_batch_tokens=self._chunk,
-            max_running=self.max_running,
+            "hybrid_engine_ready", cache_tokens=self._budget_tokens, max_running=self.max_running, **facts
         )
 
     def facts(self) -> ModelFacts:
@@ -115,7 +101,13 @@ class HybridCore:
     # --- requests (any thread) ---
 
     def submit(self, request: Submit) -> None:
-        self._commands.put(request)
+        # The grammar is compiled here, on the caller's thread, not in the loop that decodes everyone.
+        try:
+            matcher = self._grammars.for_request(request.response_format)
+        except GrammarError as exc:
+            self._sink(Step([Row(request.request_id, [], RowState.FAILED, f"response_format: {exc}")]))
+            return
+        self._commands.put(Request.of(request, self._loaded.context_length, matcher))
 
     def cancel(self, request_id: str) -> None:
         self._commands.put(request_id)
@@ -124,16 +116,19 @@ class HybridCore:
 
     def _loop(self) -> None:
         while not self._stopping:
-            idle = not (self._waiting or self._prefilling or self._decoding)
-            if not self._take_commands(block=idle):
-                return
             rows: list[Row] = []
-            started = time.perf_counter()
-            with torch.inference_mode():
-                if self._decoding:
-                    self._step(self._decode, rows)
-                seconds = time.perf_counter() - started
-                self._step(self._prefill, rows)
+            seconds = 0.0
+            try:
+                if not self._take_commands(block=not (self._waiting or self._prefilling or self._decoding)):
+                    return
+                started = time.perf_counter()
+                with torch.inference_mode():
+                    if self._decoding:
+                        self._step(self._decode, rows)
+                    seconds = time.perf_counter() - started
+                    self._step(self._prefill, rows)
+            except Exception as exc:  # outside a forward (a cancel's row move): fail what is held, go on
+                self._fail(exc, [*self._decoding, self._prefilling], rows)
             if rows:
                 self._emit(rows, seconds)
 
@@ -147,8 +142,8 @@ class HybridCore:
             block = False
             if command is _STOP:
                 return False
-            if isinstance(command, Submit):
-                self._waiting.append(Request.of(command, self._loaded.context_length))
+            if isinstance(command, Request):
+                self._waiting.append(command)
             else:
                 self._drop(command)
 
@@ -172,12 +167,14 @@ class HybridCore:
         try:
             work(rows)
         except Exception as exc:
-            log.exception("hybrid_step_failed")
-            held = list(self._decoding) if work == self._decode else [self._prefilling]
-            for request in held:
-                if request is not None:
-                    rows.append(Row(request.request_id, [], RowState.FAILED, f"{type(exc).__name__}: {exc}"))
-                    self._drop(request.request_id)
+            self._fail(exc, list(self._decoding) if work == self._decode else [self._prefilling], rows)
+
+    def _fail(self, exc: Exception, held: list[Request | None], rows: list[Row]) -> None:
+        log.exception("hybrid_step_failed")
+        for request in held:
+            if request is not None:
+                rows.append(Row(request.request_id, [], RowState.FAILED, f"{type(exc).__name__}: {exc}"))
+                self._drop(request.request_id)
 
     def _decode(self, rows: list[Row]) -> None:
         requests = self._decoding
@@ -213,18 +210,25 @@ class HybridCore:
         logits = self._cache.forward(self._loaded.model, ids, positions)
         request.prefilled = end
         if end == request.keep_at:
-            room = self._budget_tokens - self._reserved
-            self._kept.keep(prompt[:end], self._cache.save(self._cache.staging), kv, room)
+            self._keep(prompt[:end], kv)
         if end < len(prompt):
             return end - start
         token = self._sample([request], logits)[0]
-        self._prefilling = None
         if self._advance(request, token, rows):
             self._release(request)
         else:
             self._cache.move(self._cache.staging, len(self._decoding))
             self._decoding.append(request)
+        self._prefilling = None  # only now: until here a failure is this request's
         return end - start
+
+    def _keep(self, tokens: list[int], kv: RequestKV) -> None:
+        """Keep the staging row's state for a later turn; a failure (out of memory) only costs the reuse."""
+        room = self._budget_tokens - self._reserved
+        try:
+            self._kept.keep(tokens, self._cache.save(self._cache.staging), kv, room)
+        except Exception:
+            log.exception("conversation_state_not_kept")
 
     def _admit(self) -> Request | None:
         """The oldest waiting request, into the staging row, if a decoding row and its cache are free."""
@@ -234,18 +238,15 @@ class HybridCore:
         prompt = request.tokens.initial_tokens
         kept = self._kept.find(prompt)  # found first: the state it resumes from is the last one dropped
         room = self._budget_tokens - self._reserved - self._kept.tokens
-        if request.reserved > room and not self._kept.free(request.reserved - room):
-            return None
+        if request.reserved > room + self._kept.tokens:
+            return None  # running requests hold the room: kept states stay until they can make it
+        if request.reserved > room:
+            self._kept.free(request.reserved - room)
         self._waiting.popleft()
-        submit = request.submit
-        try:
-            matcher = self._grammars.for_request(submit.response_format)
-        except GrammarError as exc:
-            self._emit([Row(request.request_id, [], RowState.FAILED, f"response_format: {exc}")], 0.0)
-            return self._admit()
-        self._sampler.register(request.request_id, submit.sampling, matcher, submit.top_logprobs)
         self._reserved += request.reserved
         self._prefilling = request  # from here on, a failure is this request's
+        submit = request.submit
+        self._sampler.register(request.request_id, submit.sampling, request.matcher, submit.top_logprobs)
         kv = request.kv = RequestKV(self._layout, request.reserved, self._loaded.device)
         if kept is not None and self._kept.resume(kept, kv):
             self._cache.restore(self._cache.staging, kept.states)

@@ -151,6 +151,7 @@ class HybridCache:
             for kv in self._kvs:
                 kv.length += self._written
             self._written = 0
+            self._kvs = []  # a request that ends frees its keys and values at once
 
     # --- slots ---
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from qwen_chat.engine.core.grammar import Matcher
 from qwen_chat.engine.core.hybrid_cache import HybridLayout, RequestKV
 from qwen_chat.engine.core.kv_cache import CPU_CACHE_TOKENS
 from qwen_chat.engine.wire import Submit
@@ -36,12 +37,13 @@ class Request:
     prefilled: int = 0  # prompt tokens in the cache
     reused: int = 0  # of those, taken from a kept state
     keep_at: int = 0  # where its state is kept (0: nowhere)
+    matcher: Matcher | None = None  # its response_format's grammar, compiled on the submitting thread
 
     @classmethod
-    def of(cls, submit: Submit, context_length: int) -> Request:
+    def of(cls, submit: Submit, context_length: int, matcher: Matcher | None) -> Request:
         prompt = list(submit.prompt_ids)
         reserved = min(len(prompt) + submit.max_new_tokens, context_length)
-        return cls(submit, Tokens(submit.request_id, prompt), reserved)
+        return cls(submit, Tokens(submit.request_id, prompt), reserved, matcher=matcher)
 
     @property
     def request_id(self) -> str:

@@ -77,12 +77,14 @@ class KeptStates:
         """Keep a copy of the state after `tokens` (the first len(tokens) of `kv`), within `room` tokens of
         budget beside the states kept already; older states of the same conversation are dropped."""
         key = tuple(tokens)
-        for older in [k for k in self._kept if len(k) < len(key) and key[: len(k)] == k]:
-            self._drop(older)
         if key in self._kept:
             self._kept.move_to_end(key)
             return
         cost = self.cost(len(key))
+        if cost > room:
+            return  # it would not fit even alone: the states kept stay
+        for older in [k for k in self._kept if len(k) < len(key) and key[: len(k)] == k]:
+            self._drop(older)
         while self._kept and cost > room - self.tokens:
             self._drop(next(iter(self._kept)))
         if cost > room - self.tokens:
