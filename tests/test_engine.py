@@ -288,14 +288,19 @@ async def test_mixed_sampling_in_one_batch_matches_each_request_alone(batch: Que
         SamplingParams(24, 0.9, 0.95, 1.0, seed=7),  # sampled
         SamplingParams(24, 0.0, 1.0, 1.5),  # greedy with a repetition penalty
         SamplingParams(24, 1.3, 0.6, 1.2, seed=11),  # everything at once
+        SamplingParams(24, 0.0, 1.0, 1.0, presence_penalty=2.0, frequency_penalty=1.0),  # generated only
+        SamplingParams(24, 0.7, 1.0, 1.0, seed=5, top_k=3, min_p=0.2),  # top_k and min_p
     ]
-    alone = [await collect(batch, chat_request(batch, f"a{i}", PROMPTS[i], p)) for i, p in enumerate(mixed)]
+    alone = [
+        await collect(batch, chat_request(batch, f"a{i}", PROMPTS[i % 4], p)) for i, p in enumerate(mixed)
+    ]
     together = await run_together(
-        batch, [chat_request(batch, f"t{i}", PROMPTS[i], p) for i, p in enumerate(mixed)]
+        batch, [chat_request(batch, f"t{i}", PROMPTS[i % 4], p) for i, p in enumerate(mixed)]
     )
     assert [text for text, _ in together] == [text for text, _ in alone]
     # The settings really act: each differs from plain greedy on the same prompt.
-    greedy = [await collect(batch, chat_request(batch, f"g{i}", PROMPTS[i], mixed[0])) for i in (1, 2, 3)]
+    others = range(1, len(mixed))
+    greedy = [await collect(batch, chat_request(batch, f"g{i}", PROMPTS[i % 4], mixed[0])) for i in others]
     assert all(g[0] != a[0] for g, a in zip(greedy, alone[1:], strict=True))
 
 
@@ -337,7 +342,9 @@ async def test_both_engines_give_the_same_reply_for_the_same_seed(
     simple = make_engine(make_settings, "simple")
     await simple.start()
     try:
-        for params in (SamplingParams(20, 0.8, 0.9, 1.1, seed=3), SamplingParams(20, 0.0, 1.0, 1.3)):
+        card = SamplingParams(20, 0.6, 0.95, 1.0, 3, top_k=20, min_p=0.05, presence_penalty=1.5)
+        greedy_penalised = SamplingParams(20, 0.0, 1.0, 1.3, frequency_penalty=0.7)
+        for params in (SamplingParams(20, 0.8, 0.9, 1.1, seed=3), card, greedy_penalised):
             ours = await collect(batch, chat_request(batch, "b", PROMPTS[1], params))
             theirs = await collect(simple, chat_request(simple, "s", PROMPTS[1], params))
             assert ours[0] == theirs[0] and ours[1].completion_tokens == theirs[1].completion_tokens

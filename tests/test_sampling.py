@@ -6,11 +6,17 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from transformers import RepetitionPenaltyLogitsProcessor, TopPLogitsWarper
+from transformers import (
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from qwen_chat.engine.core import sampling
 from qwen_chat.engine.core.batch_sampler import BatchSampler
-from qwen_chat.engine.core.sampling import draw
+from qwen_chat.engine.core.sampling import OccurrencePenalty, draw
 from qwen_chat.sampling_params import SamplingParams
 
 
@@ -57,6 +63,106 @@ def test_the_candidate_path_and_the_full_vocabulary_path_pick_the_same_token(
     fast = draw(logits, temperature, top_p, uniforms)
     monkeypatch.setattr(sampling, "CANDIDATES", 1)  # every row overflows into the full path
     assert torch.equal(fast, draw(logits, temperature, top_p, uniforms))
+
+
+def _warped(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+    """What transformers samples from, in its order of warpers (as `generate` builds them): temperature, top_k,
+    top_p, min_p."""
+    scores, ids = logits.unsqueeze(0).clone(), torch.zeros(1, 1, dtype=torch.long)
+    scores = TemperatureLogitsWarper(temperature)(ids, scores)
+    if top_k > 0:
+        scores = TopKLogitsWarper(top_k)(ids, scores)
+    scores = TopPLogitsWarper(top_p)(ids, scores)
+    if min_p > 0:
+        scores = MinPLogitsWarper(min_p)(ids, scores)
+    return scores[0].softmax(-1)
+
+
+@pytest.mark.parametrize(
+    ("vocab", "temperature", "top_k", "top_p", "min_p"),
+    [
+        (300, 0.6, 20, 0.95, 0.0),  # Qwen3's card, thinking
+        (300, 0.7, 20, 0.8, 0.0),  # Qwen3's card, without
+        (300, 1.0, 0, 1.0, 0.05),  # min_p alone
+        (300, 1.3, 40, 0.7, 0.1),  # all three cutting
+        (2000, 0.9, 700, 1.0, 0.0),  # a top_k past the candidates: the full-vocabulary path
+        (2000, 2.0, 0, 0.99, 0.001),  # a flat row: the full-vocabulary path
+    ],
+)
+def test_draw_keeps_exactly_what_transformers_warpers_keep_in_proportion(
+    vocab: int, temperature: float, top_k: int, top_p: float, min_p: float
+) -> None:
+    """A uniform in the middle of each kept token's share (in vocabulary order) draws that token: so the set
+    and every probability in it are transformers' own."""
+    torch.manual_seed(vocab + top_k)
+    logits = torch.randn(vocab) * 3
+    logits[5] = logits[6] = logits.topk(max(top_k, 1)).values[-1]  # ties with the k-th are kept
+    probs = _warped(logits, temperature, top_k, top_p, min_p)
+    kept = probs.nonzero().flatten()
+    cumulative = probs[kept].double().cumsum(0)
+    middles = cumulative - probs[kept].double() / 2
+    n = len(kept)
+    chosen = draw(
+        logits.expand(n, -1),
+        torch.full((n,), temperature),
+        torch.full((n,), top_p),
+        middles / cumulative[-1],
+        top_k=torch.full((n,), top_k),
+        min_p=torch.full((n,), min_p),
+    )
+    assert torch.equal(chosen, kept)
+
+
+def test_top_k_1_is_greedy_whatever_the_temperature_and_uniform() -> None:
+    torch.manual_seed(5)
+    logits = torch.randn(32, 3000) * 2
+    chosen = draw(
+        logits,
+        torch.full((32,), 2.0),
+        torch.ones(32),
+        torch.rand(32, dtype=torch.float64),
+        top_k=torch.ones(32, dtype=torch.long),
+    )
+    assert torch.equal(chosen, logits.argmax(-1))
+
+
+def _openai_penalised(
+    row: torch.Tensor, generated: list[int], presence: float, frequency: float
+) -> torch.Tensor:
+    """OpenAI's definition, token by token: mu[j] - c[j] * frequency - (c[j] > 0) * presence."""
+    expected = row.clone()
+    for token in set(generated):
+        count = generated.count(token)
+        expected[token] -= count * frequency + presence
+    return expected
+
+
+def test_presence_and_frequency_penalties_follow_openai_over_generated_tokens_only() -> None:
+    torch.manual_seed(6)
+    scores = torch.randn(3, 50)
+    sampler = BatchSampler(slots=3, vocab_size=50, device=torch.device("cpu"))
+    sampler.register("pf", SamplingParams(8, 0.0, 1.0, 1.0, presence_penalty=1.5, frequency_penalty=0.5))
+    sampler.register("g", SamplingParams(8, 0.0, 1.0, 1.0))
+    sampler.register("neg", SamplingParams(8, 0.0, 1.0, 1.0, presence_penalty=-2.0, frequency_penalty=-0.25))
+    # The prompt's 7 and 9 are not counted; then 11 three times and 7 once are generated.
+    states = [_State("pf", [7, 9, 7]), _State("g", [4]), _State("neg", [3])]
+    for new in ([11], [7], [11]):
+        sampler.prepare_tensor_args([_Future(s) for s in states])
+        states[0].generated_tokens.extend(new)
+    states[2].generated_tokens.append(11)
+    # The manager re-queues a paused request with its generated tokens moved into its initial tokens.
+    states[0] = _State("pf", [7, 9, 7, 11, 7, 11], [11])
+    sampler.prepare_tensor_args([_Future(s) for s in states])
+    out = sampler(scores.clone(), torch.zeros(3, dtype=torch.int32))
+    assert torch.allclose(out[0], _openai_penalised(scores[0], [11, 7, 11, 11], 1.5, 0.5))
+    assert torch.equal(out[1], scores[1])
+    assert torch.allclose(out[2], _openai_penalised(scores[2], [11], -2.0, -0.25))
+    # The simple engine's processor, on the same row: the same numbers.
+    simple = OccurrencePenalty(
+        SamplingParams(8, 0.0, 1.0, 1.0, presence_penalty=1.5, frequency_penalty=0.5), 3
+    )
+    ids = torch.tensor([[7, 9, 7, 11, 7, 11, 11]])
+    assert torch.allclose(simple(ids, scores[:1].clone())[0], out[0])
 
 
 def _step(sampler: BatchSampler, scores: torch.Tensor, states: list[_State]) -> torch.Tensor:

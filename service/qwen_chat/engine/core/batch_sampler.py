@@ -1,17 +1,19 @@
-"""The batch engine's sampler: each request's own repetition penalty, temperature, top-p and seed, applied to
-every row of a step with one set of tensor operations inside transformers' batching manager.
+"""The batch engine's sampler: each request's own penalties, temperature, top_k, top_p, min_p and seed,
+applied to every row of a step with one set of tensor operations inside transformers' batching manager.
 
 It is a `ContinuousBatchingLogitsProcessor` appended to the manager's processor list; the manager itself runs
 greedy (`do_sample=False`) and takes the argmax of what it returns:
 - `prepare_tensor_args` receives the requests whose logits rows the following `__call__` gets, in row order.
-  It turns them into a small plan: per-row slot, temperature, top-p, penalty and the next uniform from each
+  It turns them into a small plan: per-row slot, sampling parameters and the next uniform from each
   request's own stream (a few numbers per row; nothing vocabulary-sized), and adds the tokens each request
-  generated since the last step to its row of the seen-token table.
-- The seen-token table holds, per slot (MAX_RUNNING slots), the ids of the request's prompt and generated
-  tokens, kept on the device and appended to in place: the prompt once when it first reaches the sampler,
-  then one token per step. Unused entries repeat the row's first id, so the repetition penalty is one
-  gather and one scatter over all penalised rows at once, its cost the tokens seen, not the vocabulary.
-- Greedy rows are left to the manager's argmax; sampled rows get `sampling.draw`'s token set to +inf.
+  generated since the last step to its rows of the token tables (`token_table.py`).
+- The seen table holds, per slot (MAX_RUNNING slots), the ids of the request's prompt and generated tokens
+  (the repetition penalty's), the generated table its generated tokens only (the presence and frequency
+  penalties', OpenAI's definition); both on the device, appended to in place: the prompt once when it first
+  reaches the sampler, then one token per step. Each penalty is one gather and one scatter over all its rows
+  at once, its cost the tokens seen, not the vocabulary.
+- Greedy rows are left to the manager's argmax; sampled rows get `sampling.draw`'s token set to +inf. The
+  order is fixed: grammar mask, repetition penalty, presence and frequency penalties, then `draw`.
 - A request with a `response_format` has a grammar matcher (engine/core/grammar.py): the plan feeds it the
   tokens generated since the last step and starts filling the rows' allowed-token bitmasks on a thread of
   its own (llguidance computes them outside the GIL), so they are computed while the forward pass runs;
@@ -37,7 +39,8 @@ import torch
 
 from qwen_chat.engine.core.grammar import Matcher, allocate_bitmask, apply_bitmask, fill_masks
 from qwen_chat.engine.core.logprobs import log_softmax_rows, token_logprobs
-from qwen_chat.engine.core.sampling import draw, uniform_stream
+from qwen_chat.engine.core.sampling import draw, penalise_occurrences, uniform_stream
+from qwen_chat.engine.core.token_table import TokenTable
 from qwen_chat.engine.hf_internals import ContinuousBatchingLogitsProcessor
 from qwen_chat.engine.wire import TokenLogprob
 from qwen_chat.sampling_params import SamplingParams
@@ -52,6 +55,7 @@ class _Request:
     params: SamplingParams
     uniforms: random.Random | None  # None: greedy
     synced: int = -1  # prompt and generated tokens already in the seen table; -1: row not started
+    counted: int = -1  # generated tokens already in the generated table; -1: row not started
     matcher: Matcher | None = None
     prompt_length: int = -1  # the prompt as first seen; -1: row not started
     accepted: int = 0  # generated tokens the matcher has taken
@@ -64,10 +68,16 @@ class _Plan:
     slots: torch.Tensor
     temperature: torch.Tensor
     top_p: torch.Tensor
+    top_k: torch.Tensor
+    min_p: torch.Tensor
     penalty: torch.Tensor
     uniform: torch.Tensor
     penalised: torch.Tensor | None  # row indices with a penalty != 1, None when no row has one
     penalised_slots: list[int]
+    occurring: torch.Tensor | None  # row indices with a presence or frequency penalty, None when none
+    occurring_slots: list[int]
+    presence: torch.Tensor  # per row of `occurring`
+    frequency: torch.Tensor
     sampled: torch.Tensor | None  # row indices with temperature > 0, None when none
     constrained: torch.Tensor | None  # row indices with a grammar, None when none
     bitmask: Future[torch.Tensor] | None  # their allowed tokens, one row each, being computed
@@ -83,8 +93,8 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         self._device = device
         self._vocab_size = vocab_size
         self._masks = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
-        self._seen = torch.zeros(slots, 1024, dtype=torch.long, device=device)
-        self._seen_length = [0] * slots
+        self._seen = TokenTable(slots, device)
+        self._generated = TokenTable(slots, device)
         self._free = list(range(slots - 1, -1, -1))
         self._requests: dict[str, _Request] = {}
         self._plan: _Plan | None = None
@@ -124,10 +134,11 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
     def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
         states = [future.state for future in requests_with_new_token]
         rows: list[_Request | None] = [self._requests.get(state.request_id) for state in states]
-        self._sync_seen(rows, states)
+        self._sync_tables(rows, states)
         params = [row.params if row is not None else _GREEDY for row in rows]
         slots = [row.slot if row is not None else 0 for row in rows]
         penalised = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
+        occurring = [i for i, p in enumerate(params) if p.penalises_occurrences]
         sampled = [i for i, p in enumerate(params) if p.temperature > 0]
         constrained = [i for i, row in enumerate(rows) if row is not None and row.matcher is not None]
         bitmask = self._fill_masks(rows, states, constrained) if constrained else None
@@ -137,6 +148,8 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
             slots=as_tensor(slots, torch.long),
             temperature=as_tensor([p.temperature for p in params], torch.float32),
             top_p=as_tensor([p.top_p for p in params], torch.float32),
+            top_k=as_tensor([p.top_k for p in params], torch.long),
+            min_p=as_tensor([p.min_p for p in params], torch.float32),
             penalty=as_tensor([p.repetition_penalty for p in params], torch.float32),
             uniform=as_tensor(
                 [row.uniforms.random() if row is not None and row.uniforms else 0.0 for row in rows],
@@ -144,6 +157,10 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
             ),
             penalised=as_tensor(penalised, torch.long) if penalised else None,
             penalised_slots=[slots[i] for i in penalised],
+            occurring=as_tensor(occurring, torch.long) if occurring else None,
+            occurring_slots=[slots[i] for i in occurring],
+            presence=as_tensor([params[i].presence_penalty for i in occurring], torch.float32),
+            frequency=as_tensor([params[i].frequency_penalty for i in occurring], torch.float32),
             sampled=as_tensor(sampled, torch.long) if sampled else None,
             constrained=as_tensor(constrained, torch.long) if constrained else None,
             bitmask=bitmask,
@@ -161,17 +178,12 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         matchers: list[Matcher] = []
         for i in constrained:
             row, state = rows[i], states[i]
-            assert row is not None and row.matcher is not None
-            initial, generated = state.initial_tokens, state.generated_tokens
-            if row.prompt_length < 0:
-                row.prompt_length = len(initial) + len(generated)
-            # A paused and re-queued request has its generated tokens moved into `initial_tokens`.
-            produced = len(initial) + len(generated) - row.prompt_length
-            if produced > row.accepted:
-                new = (list(initial) + list(generated))[row.prompt_length + row.accepted :]
-                for token in new:
-                    row.matcher.accept(token)
-                row.accepted = produced
+            assert row is not None and row.matcher is not None  # its prompt_length set by _sync_tables
+            for token in _since(
+                state.initial_tokens, state.generated_tokens, row.prompt_length + row.accepted
+            ):
+                row.matcher.accept(token)
+                row.accepted += 1
             matchers.append(row.matcher)
         device = self._device
 
@@ -181,52 +193,44 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
 
         return self._masks.submit(fill)
 
-    def _sync_seen(self, rows: list[_Request | None], states: list[Any]) -> None:
-        """Append new prompts and the tokens generated since the last step to the seen table, in place."""
-        slots: list[int] = []
-        columns: list[int] = []
-        tokens: list[int] = []
-        for row, state in zip(rows, states, strict=True):
-            if row is None or row.params.repetition_penalty == 1.0:
-                continue
-            initial, generated = state.initial_tokens, state.generated_tokens
-            if row.synced < 0:
-                self._seen_length[row.slot] = 0
-                self._grow(len(initial) + len(generated))
-                self._seen[row.slot].fill_(initial[0])
-                row.synced = 0
-            # Prompt and generated tokens in one sequence: a request the manager paused and re-queued comes
-            # back with its generated tokens moved into `initial_tokens`, the same sequence.
-            if row.synced >= len(initial):
-                new = list(generated[row.synced - len(initial) :])
-            else:
-                new = list(initial[row.synced :]) + list(generated)
-            row.synced += len(new)
-            start = self._seen_length[row.slot]
-            self._grow(start + len(new))
-            slots.extend([row.slot] * len(new))
-            columns.extend(range(start, start + len(new)))
-            tokens.extend(new)
-            self._seen_length[row.slot] = start + len(new)
-        if tokens:
-            index = torch.tensor([slots, columns, tokens], dtype=torch.long, device=self._device)
-            self._seen[index[0], index[1]] = index[2]
+    def _sync_tables(self, rows: list[_Request | None], states: list[Any]) -> None:
+        """Append new prompts and the tokens generated since the last step to the token tables, in place.
 
-    def _grow(self, length: int) -> None:
-        """Room for `length` seen ids per slot; new columns repeat each row's first id."""
-        capacity = self._seen.shape[1]
-        if length <= capacity:
-            return
-        while capacity < length:
-            capacity *= 2
-        grown = self._seen[:, :1].expand(-1, capacity).clone()
-        grown[:, : self._seen.shape[1]] = self._seen
-        self._seen = grown
+        A request the manager paused and re-queued comes back with its generated tokens moved into
+        `initial_tokens`: the sequence is the same, and what was generated starts where the prompt first
+        ended."""
+        seen: tuple[list[int], list[list[int]]] = ([], [])
+        generated: tuple[list[int], list[list[int]]] = ([], [])
+        for row, state in zip(rows, states, strict=True):
+            if row is None:
+                continue
+            initial, produced = state.initial_tokens, state.generated_tokens
+            if row.prompt_length < 0:
+                row.prompt_length = len(initial) + len(produced)
+            if row.params.repetition_penalty != 1.0:
+                if row.synced < 0:
+                    self._seen.clear(row.slot, initial[0])
+                    row.synced = 0
+                new = _since(initial, produced, row.synced)
+                row.synced += len(new)
+                seen[0].append(row.slot)
+                seen[1].append(new)
+            if row.params.penalises_occurrences:
+                if row.counted < 0:
+                    self._generated.clear(row.slot, 0)
+                    row.counted = 0
+                new = _since(initial, produced, row.prompt_length + row.counted)
+                row.counted += len(new)
+                generated[0].append(row.slot)
+                generated[1].append(new)
+        self._seen.extend(*seen)
+        self._generated.extend(*generated)
 
     def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
         plan = self._plan
         if plan is None or (
             plan.penalised is None
+            and plan.occurring is None
             and plan.sampled is None
             and plan.constrained is None
             and not plan.logprob_rows
@@ -239,12 +243,14 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
             scores.index_copy_(0, plan.constrained, masked)
         if plan.penalised is not None:
             penalised = plan.penalised
-            width = max(self._seen_length[slot] for slot in plan.penalised_slots)
-            seen = self._seen[plan.slots[penalised], :width]
+            seen, _ = self._seen.rows(plan.slots[penalised], plan.penalised_slots)
             rows = penalised.unsqueeze(-1)
             logits = scores[rows, seen]
             penalty = plan.penalty[penalised].unsqueeze(-1)
             scores[rows, seen] = torch.where(logits < 0, logits * penalty, logits / penalty)
+        if plan.occurring is not None:
+            tokens, counted = self._generated.rows(plan.slots[plan.occurring], plan.occurring_slots)
+            penalise_occurrences(scores, plan.occurring, tokens, counted, plan.presence, plan.frequency)
         logp = None
         if plan.logprob_rows:
             logp = log_softmax_rows(scores, torch.tensor(plan.logprob_rows, device=scores.device))
@@ -253,18 +259,19 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         chosen = None
         if plan.sampled is not None:
             sampled = plan.sampled
-            if len(sampled) == scores.shape[0]:
-                # Every row is sampled: the sampler may use `scores` as its scratch space (the manager needs
-                # nothing of it but the argmax, which the +inf below decides).
-                chosen = draw(scores, plan.temperature, plan.top_p, plan.uniform, in_place=True)
-            else:
-                chosen = draw(
-                    scores.index_select(0, sampled),
-                    plan.temperature[sampled],
-                    plan.top_p[sampled],
-                    plan.uniform[sampled],
-                    in_place=True,
-                )
+            # Every row sampled: the sampler may use `scores` as its scratch space (the manager needs nothing
+            # of it but the argmax, which the +inf below decides); else it works on a copy of those rows.
+            every = len(sampled) == scores.shape[0]
+            pick = (lambda t: t) if every else (lambda t: t.index_select(0, sampled))
+            chosen = draw(
+                pick(scores),
+                pick(plan.temperature),
+                pick(plan.top_p),
+                pick(plan.uniform),
+                in_place=True,
+                top_k=pick(plan.top_k),
+                min_p=pick(plan.min_p),
+            )
             scores.index_put_((sampled, chosen), torch.tensor(float("inf"), device=scores.device))
         if logp is not None:
             if chosen is not None:
@@ -277,3 +284,10 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
                 if request.logprobs is not None:
                     request.logprobs.append(entry)
         return scores
+
+
+def _since(initial: Any, generated: Any, start: int) -> list[int]:
+    """The ids of initial + generated from `start` on, without copying what comes before."""
+    if start >= len(initial):
+        return list(generated[start - len(initial) :])
+    return list(initial[start:]) + list(generated)

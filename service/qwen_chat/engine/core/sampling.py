@@ -4,15 +4,19 @@
 each request owns a seeded stream of uniform numbers (one per generated token), and `draw` turns a batch of
 logits rows plus one uniform per row into tokens with tensor operations over all rows at once:
 
-- temperature, then top-p (the smallest set of most likely tokens whose probability reaches `top_p`, the
-  same set as transformers' `TopPLogitsWarper`), then inverse-CDF sampling over that set in vocabulary order;
-- the nucleus is looked for among the `CANDIDATES` most likely tokens first (one partial `topk`, no full
-  sort); only a row whose nucleus is larger (a flat distribution, or `top_p` = 1) takes the full-vocabulary
-  path, which picks the same token for the same uniform.
+- temperature, then top_k (the k most likely tokens and any tied with the k-th, as transformers'
+  `TopKLogitsWarper`), top_p (the smallest set of most likely tokens whose probability, renormalised over what
+  top_k kept, reaches `top_p`, as `TopPLogitsWarper`) and min_p (tokens at least `min_p` times as likely as
+  the most likely one, as `MinPLogitsWarper`): transformers' order; then inverse-CDF sampling over what all
+  three keep, in vocabulary order;
+- the kept set is looked for among the `CANDIDATES` most likely tokens first (one partial `topk`, no full
+  sort); only a row whose set may be larger (a flat distribution, `top_p` = 1 without top_k) takes the
+  full-vocabulary path, which picks the same token for the same uniform.
 
-The simple engine uses it through `SeededSampler` (a logits processor for `generate`, after transformers'
-own repetition penalty); the batch engine through `BatchSampler` (`batch_sampler.py`). So a seed gives the
-same reply on both engines, whatever else is running.
+`penalise_occurrences` applies OpenAI's presence and frequency penalties to many rows at once, from each row's
+generated tokens. The simple engine uses both through `logits_processors` (processors for `generate`, after
+transformers' own repetition penalty); the batch engine through `BatchSampler` (`batch_sampler.py`). So a
+seed gives the same reply on both engines, whatever else is running.
 """
 
 from __future__ import annotations
@@ -41,8 +45,11 @@ def draw(
     top_p: torch.Tensor,
     uniform: torch.Tensor,
     in_place: bool = False,
+    top_k: torch.Tensor | None = None,
+    min_p: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Token ids [rows] for logits [rows, vocab], per-row temperature (> 0), top_p and uniform in [0, 1).
+    """Token ids [rows] for logits [rows, vocab], per-row temperature (> 0), top_p, uniform in [0, 1), and
+    top_k (0: every token) and min_p (0: off) when given.
 
     `in_place` lets it overwrite `logits` (float32) instead of copying them: one copy of a 16-row batch of
     the 151,936-token vocabulary costs about as much as the arithmetic."""
@@ -55,27 +62,72 @@ def draw(
     weights.sub_(top[:, :1]).mul_(inverse_temperature).exp_()
     total = weights.sum(-1, keepdim=True)
     probs = ((top - top[:, :1]) * inverse_temperature).exp() / total
-    cumulative = probs.cumsum(-1)
-    keep = (cumulative - probs) < top_p.unsqueeze(-1)  # the mass before a token is short of top_p
-    keep[:, 0] = True  # the most likely token always (a top_p that rounds to 0 in float32 keeps it alone)
+    rows = probs.shape[0]
+    top_k = top_k if top_k is not None else torch.zeros(rows, dtype=torch.long, device=probs.device)
+    min_p = min_p if min_p is not None else torch.zeros(rows, dtype=probs.dtype, device=probs.device)
+    keep = _keep(probs, top_p, top_k, min_p)
     chosen = _inverse_cdf(index, probs * keep, uniform)
-    # A nucleus that may reach past the candidates: every candidate kept and more mass still wanted.
-    overflow = keep[:, -1] & (cumulative[:, -1] < top_p) if k < vocab else torch.zeros_like(keep[:, -1])
+    # A set that may reach past the candidates: the last one kept, or a top_k beyond them.
+    overflow = keep[:, -1] | (top_k > k) if k < vocab else torch.zeros_like(keep[:, -1])
     if bool(overflow.any()):
-        rows = overflow.nonzero().squeeze(-1)
-        chosen[rows] = _draw_full(weights[rows] / total[rows], top_p[rows], uniform[rows])
+        over = overflow.nonzero().squeeze(-1)
+        chosen[over] = _draw_full(
+            weights[over] / total[over], top_p[over], top_k[over], min_p[over], uniform[over]
+        )
     return chosen
 
 
-def _draw_full(probs: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    if bool((top_p < 1.0).any()):
+def _keep(
+    ordered: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor, min_p: torch.Tensor
+) -> torch.Tensor:
+    """Which of `ordered` (probabilities after temperature, most likely first, normalised over the whole
+    vocabulary) top_k, then top_p, then min_p keep; the most likely always."""
+    width = ordered.shape[-1]
+    limited = (top_k > 0) & (top_k <= width)  # a top_k that these tokens cover
+    kth = ordered.gather(-1, (top_k.clamp(1, width) - 1).unsqueeze(-1))
+    keep = (ordered >= kth) | ~limited.unsqueeze(-1)  # ties with the k-th stay
+    kept = ordered * keep
+    mass = torch.where(limited, kept.sum(-1), torch.ones_like(top_p))  # top_p renormalises over top_k's set
+    keep &= (kept.cumsum(-1) - kept) < (top_p * mass).unsqueeze(-1)  # the mass before a token is short of it
+    keep &= ordered >= (min_p * ordered[:, 0]).unsqueeze(-1)
+    keep[:, 0] = True  # the most likely token always (a top_p that rounds to 0 in float32 keeps it alone)
+    return keep
+
+
+def _draw_full(
+    probs: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor, min_p: torch.Tensor, uniform: torch.Tensor
+) -> torch.Tensor:
+    if bool(((top_p < 1.0) | (top_k > 0) | (min_p > 0.0)).any()):
         ordered, order = probs.sort(dim=-1, descending=True)
-        keep_sorted = (ordered.cumsum(-1) - ordered) < top_p.unsqueeze(-1)
-        keep_sorted[:, 0] = True
-        keep = torch.empty_like(keep_sorted).scatter_(-1, order, keep_sorted)
+        keep = torch.empty_like(ordered, dtype=torch.bool).scatter_(
+            -1, order, _keep(ordered, top_p, top_k, min_p)
+        )
         probs = probs * keep
     index = torch.arange(probs.shape[-1], device=probs.device).expand_as(probs)
     return _inverse_cdf(index, probs, uniform)
+
+
+def penalise_occurrences(
+    scores: torch.Tensor,
+    rows: torch.Tensor,
+    tokens: torch.Tensor,
+    counted: torch.Tensor,
+    presence: torch.Tensor,
+    frequency: torch.Tensor,
+) -> None:
+    """OpenAI's presence and frequency penalties, in place on `scores` [R, vocab]: for each of `rows` [n],
+    logit[t] -= frequency * count(t) + presence * (count(t) > 0), count(t) being how often t is among the
+    row's `tokens` [n, width] where `counted` [n, width]. Only the rows' seen tokens are touched."""
+    ordered = torch.where(counted, tokens, -1).sort(-1).values  # uncounted entries first, as -1
+    counts = torch.searchsorted(ordered, ordered, right=True) - torch.searchsorted(ordered, ordered)
+    last = ordered[:, -1:]  # the row's largest counted id; -1 when it has none
+    valid = ordered >= 0
+    # Uncounted entries repeat the row's last counted token (same value written twice), or leave it at 0.
+    counts = torch.where(valid, counts, counts[:, -1:]) * (last >= 0)
+    ordered = torch.where(valid, ordered, last).clamp(min=0)
+    penalty = frequency.unsqueeze(-1) * counts + presence.unsqueeze(-1) * (counts > 0)
+    index = rows.unsqueeze(-1).expand_as(ordered)
+    scores[index, ordered] = scores[index, ordered] - penalty.to(scores.dtype)
 
 
 def _inverse_cdf(index: torch.Tensor, weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -97,24 +149,55 @@ class SeededSampler(LogitsProcessor):
     def __init__(self, params: SamplingParams) -> None:
         self._temperature = torch.tensor([params.temperature])
         self._top_p = torch.tensor([params.top_p])
+        self._top_k = torch.tensor([params.top_k])
+        self._min_p = torch.tensor([params.min_p])
         self._uniforms = uniform_stream(params.seed)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         device = scores.device
         uniform = torch.tensor([self._uniforms.random()], dtype=torch.float64, device=device)
-        chosen = draw(scores, self._temperature.to(device), self._top_p.to(device), uniform)
+        chosen = draw(
+            scores,
+            self._temperature.to(device),
+            self._top_p.to(device),
+            uniform,
+            top_k=self._top_k.to(device),
+            min_p=self._min_p.to(device),
+        )
         forced = torch.full_like(scores, float("-inf"))
         return forced.scatter_(-1, chosen.unsqueeze(-1), 0.0)  # type: ignore[return-value]
 
 
+class OccurrencePenalty(LogitsProcessor):
+    """For `generate` (one row): the presence and frequency penalties over the tokens after the prompt."""
+
+    def __init__(self, params: SamplingParams, prompt_length: int) -> None:
+        self._prompt_length = prompt_length
+        self._presence = torch.tensor([params.presence_penalty])
+        self._frequency = torch.tensor([params.frequency_penalty])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self._prompt_length :]
+        if generated.shape[1]:
+            device = scores.device
+            counted = torch.ones_like(generated, dtype=torch.bool)
+            rows = torch.zeros(1, dtype=torch.long, device=device)
+            penalise_occurrences(
+                scores, rows, generated, counted, self._presence.to(device), self._frequency.to(device)
+            )
+        return scores
+
+
 def logits_processors(
-    params: SamplingParams, before_sampling: tuple[LogitsProcessor, ...] = ()
+    params: SamplingParams, prompt_length: int, before_sampling: tuple[LogitsProcessor, ...] = ()
 ) -> LogitsProcessorList:
-    """Repetition penalty (if any), `before_sampling` (a grammar mask, a log-probability recorder), then
-    seeded sampling unless the request is greedy (temperature 0)."""
+    """Repetition penalty (if any), presence and frequency penalties (if any), `before_sampling` (a grammar
+    mask, a log-probability recorder), then seeded sampling unless the request is greedy (temperature 0)."""
     processors = LogitsProcessorList()
     if params.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if params.penalises_occurrences:
+        processors.append(OccurrencePenalty(params, prompt_length))
     processors.extend(before_sampling)
     if params.temperature > 0:
         processors.append(SeededSampler(params))

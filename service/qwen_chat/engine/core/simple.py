@@ -132,7 +132,7 @@ class SimpleCore:
                 input_ids=torch.tensor([request.prompt_ids], device=loaded.device),
                 attention_mask=torch.ones((1, prompt_len), dtype=torch.long, device=loaded.device),
                 generation_config=config,
-                logits_processor=logits_processors(request.sampling, tuple(extra)),
+                logits_processor=logits_processors(request.sampling, prompt_len, tuple(extra)),
                 stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]),
                 streamer=_Streamer(request.request_id, self._sink, recorder),
             )
