@@ -1,24 +1,33 @@
 """The sampling parameters a request may set: names, types, ranges and defaults, declared once.
 
 `SamplingOverrides` is what a request may send (the /ws `params` object as it is); the OpenAI and `/chat`
-bodies spell the same fields with these types; `Settings` holds the server's defaults with them; `resolve`
-turns a request's overrides into the engine's `SamplingParams`. A new parameter is added here, in the
-engine's samplers and in the docs.
+bodies spell the same fields with these types; `Settings` holds the operator's defaults with them;
+`SamplingDefaults` merges the operator's, the checkpoint's (`generation_config.json`) and the service's own;
+`resolve` turns a request's overrides into the engine's `SamplingParams`. A new parameter is added here, in
+the engine's samplers (`engine/core/sampling.py`, `batch_sampler.py`) and in the docs.
+
+The samplers apply them in one fixed order: the grammar's mask, the repetition penalty (prompt and generated
+tokens), the presence and frequency penalties (generated tokens only), then temperature, top_k, top_p and
+min_p (transformers' order of its warpers), then the draw.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from qwen_chat.errors import ErrorCode, Refusal
 
 MaxNewTokens = Annotated[int, Field(ge=1)]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]  # 0 is greedy
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+TopK = Annotated[int, Field(ge=-1)]  # 0 or -1 (vLLM's spelling): every token
+MinP = Annotated[float, Field(ge=0.0, le=1.0)]  # 0: off
 RepetitionPenalty = Annotated[float, Field(gt=0.0, le=2.0)]  # 1 is none
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]  # presence and frequency penalties: OpenAI's range
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 # Positive values below these are zero in float32: sampling would divide by them and overflow. A smaller
@@ -36,11 +45,25 @@ class SamplingParams:
     top_p: float
     repetition_penalty: float
     seed: int | None = None
+    top_k: int = 0  # 0: every token
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @property
+    def penalises_occurrences(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
-# The server's defaults, unless QWEN_CHAT_MAX_NEW_TOKENS, _TEMPERATURE, _TOP_P or _REPETITION_PENALTY
-# say otherwise.
+# The service's own defaults, where neither the operator (QWEN_CHAT_TEMPERATURE...) nor the checkpoint's
+# generation_config.json sets one.
 DEFAULTS = SamplingParams(max_new_tokens=512, temperature=0.7, top_p=0.8, repetition_penalty=1.05)
+
+# What may come from a checkpoint's generation_config.json (vLLM's list: max_new_tokens stays the operator's,
+# since it is also the cap; do_sample is not read, a request's temperature says whether it samples).
+CHECKPOINT_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+DEFAULT_FIELDS = (*CHECKPOINT_FIELDS, "presence_penalty", "frequency_penalty")
+Source = Literal["operator", "checkpoint", "service"]
 
 
 class SamplingOverrides(BaseModel):
@@ -50,21 +73,69 @@ class SamplingOverrides(BaseModel):
     max_new_tokens: MaxNewTokens | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
     repetition_penalty: RepetitionPenalty | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
     seed: Seed | None = None
 
 
-class SamplingDefaults(Protocol):
-    """Where the server's defaults come from (`Settings`); `max_new_tokens` is also the cap."""
+_CHECKED = TypeAdapter(SamplingOverrides)
 
-    @property
-    def max_new_tokens(self) -> int: ...
-    @property
-    def temperature(self) -> float: ...
-    @property
-    def top_p(self) -> float: ...
-    @property
-    def repetition_penalty(self) -> float: ...
+
+def checkpoint_values(config: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """The sampling values of a generation_config.json that the service can take, and those it cannot (out of
+    its ranges), by name."""
+    taken: dict[str, float] = {}
+    refused: dict[str, Any] = {}
+    for name in CHECKPOINT_FIELDS:
+        if config.get(name) is None:
+            continue
+        value = config[name]
+        try:
+            checked = _CHECKED.validate_python({name: value}, strict=False)
+        except ValidationError:
+            refused[name] = value
+            continue
+        taken[name] = getattr(checked, name)
+    return taken, refused
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """A request's defaults: each from the operator's setting, else the checkpoint's, else the service's.
+    `max_new_tokens` is also the cap on what a request may ask for."""
+
+    max_new_tokens: int = DEFAULTS.max_new_tokens
+    temperature: float = DEFAULTS.temperature
+    top_p: float = DEFAULTS.top_p
+    top_k: int = DEFAULTS.top_k
+    min_p: float = DEFAULTS.min_p
+    repetition_penalty: float = DEFAULTS.repetition_penalty
+    presence_penalty: float = DEFAULTS.presence_penalty
+    frequency_penalty: float = DEFAULTS.frequency_penalty
+    source: Mapping[str, Source] = field(default_factory=dict)  # per field of DEFAULT_FIELDS
+
+    @classmethod
+    def merge(cls, operator: Any, checkpoint: Mapping[str, float] | None = None) -> SamplingDefaults:
+        """`operator`: `Settings` (None where unset); `checkpoint`: `checkpoint_values`' first answer."""
+        values: dict[str, Any] = {"max_new_tokens": operator.max_new_tokens}
+        source: dict[str, Source] = {}
+        for name in DEFAULT_FIELDS:
+            chosen = getattr(operator, name)
+            if chosen is not None:
+                values[name], source[name] = chosen, "operator"
+            elif checkpoint and name in checkpoint:
+                values[name], source[name] = checkpoint[name], "checkpoint"
+            else:
+                values[name], source[name] = getattr(DEFAULTS, name), "service"
+        return cls(**values, source=source)
+
+    def shown(self) -> dict[str, Any]:
+        """For `/v1/models`: the values in force and where each comes from."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
+        return {**values, "source": dict(self.source)}
 
 
 def resolve(
@@ -75,14 +146,15 @@ def resolve(
     if overrides.max_new_tokens is not None and overrides.max_new_tokens > defaults.max_new_tokens:
         message = f"{max_tokens_field}: must be at most {defaults.max_new_tokens}"
         raise Refusal(ErrorCode.BAD_REQUEST, message, param=max_tokens_field)
-    temperature = defaults.temperature if overrides.temperature is None else overrides.temperature
-    penalty = (
-        defaults.repetition_penalty if overrides.repetition_penalty is None else overrides.repetition_penalty
-    )
+    chosen = {
+        name: getattr(defaults, name) if getattr(overrides, name) is None else getattr(overrides, name)
+        for name in DEFAULT_FIELDS
+    }
+    temperature, penalty = chosen.pop("temperature"), chosen.pop("repetition_penalty")
     return SamplingParams(
         max_new_tokens=overrides.max_new_tokens or defaults.max_new_tokens,
         temperature=temperature if temperature >= MIN_TEMPERATURE else 0.0,
-        top_p=defaults.top_p if overrides.top_p is None else overrides.top_p,
         repetition_penalty=max(penalty, MIN_REPETITION_PENALTY),
         seed=overrides.seed,
+        **{**chosen, "top_k": max(int(chosen["top_k"]), 0)},
     )

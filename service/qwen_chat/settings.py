@@ -12,7 +12,16 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from qwen_chat.sampling_params import DEFAULTS, MaxNewTokens, RepetitionPenalty, Temperature, TopP
+from qwen_chat.sampling_params import (
+    DEFAULTS,
+    MaxNewTokens,
+    MinP,
+    Penalty,
+    RepetitionPenalty,
+    Temperature,
+    TopK,
+    TopP,
+)
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 
@@ -26,11 +35,19 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_input_tokens: int | None = Field(default=None, ge=16, description="None: derived from the model")
-    # Sampling defaults (and the cap on max_new_tokens), in the ranges a request may ask for.
+    # Sampling defaults (and the cap on max_new_tokens), in the ranges a request may ask for. Unset (None),
+    # each comes from the checkpoint's generation_config.json, else the service's own (sampling_params.py).
     max_new_tokens: MaxNewTokens = DEFAULTS.max_new_tokens
-    temperature: Temperature = DEFAULTS.temperature
-    top_p: TopP = DEFAULTS.top_p
-    repetition_penalty: RepetitionPenalty = DEFAULTS.repetition_penalty
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    # Where unset sampling defaults come from, as vLLM's --generation-config: `auto`, the checkpoint's
+    # generation_config.json; `service`, the service's own only; else a folder with a generation_config.json.
+    generation_config: str = "auto"
     # CPU threads for torch in each worker; 0 shares the machine's cores among WORKERS. Oversubscribed
     # OpenMP threads spin and starve the event loops (slow probes), so the default never oversubscribes.
     torch_threads: int = Field(default=0, ge=0)

@@ -48,7 +48,8 @@ async def chat_completions(
     settings = service.settings
     check_request(settings, body.model, body.n)
     limit_field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    params = resolve(settings, body.overrides(body.max_completion_tokens or body.max_tokens), limit_field)
+    overrides = body.overrides(body.max_completion_tokens or body.max_tokens)
+    params = resolve(service.engine.sampling_defaults, overrides, limit_field)
     top_logprobs = (body.top_logprobs or 0) if body.logprobs else None
     options = reply_options(
         body.tools, body.tool_choice, body.parallel_tool_calls, body.response_format, top_logprobs

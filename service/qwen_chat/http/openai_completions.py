@@ -58,7 +58,7 @@ async def completions(
 ) -> dict[str, Any] | EventSourceResponse | JSONResponse:
     settings = service.settings
     check_request(settings, body.model, body.n)
-    params = resolve(settings, body.overrides(body.max_tokens), "max_tokens")
+    params = resolve(service.engine.sampling_defaults, body.overrides(body.max_tokens), "max_tokens")
     prompt_ids = await _prompt_ids(service, body.prompt)  # type: ignore[arg-type]
     options = ReplyOptions(top_logprobs=body.logprobs)
     stream = await service.admission.start_prompt(

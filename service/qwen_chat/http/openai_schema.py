@@ -18,10 +18,13 @@ from qwen_chat.engine.model.prompts import Message
 from qwen_chat.engine.wire import MAX_TOP_LOGPROBS
 from qwen_chat.sampling_params import (
     MaxNewTokens,
+    MinP,
+    Penalty,
     RepetitionPenalty,
     SamplingOverrides,
     Seed,
     Temperature,
+    TopK,
     TopP,
 )
 
@@ -155,6 +158,7 @@ class ChatTemplateArgs(BaseModel):
 
     model_config = _FORBID
     enable_thinking: bool | None = None  # Qwen3: false answers without a <think> block
+    preserve_thinking: bool | None = None  # Qwen3.6: earlier turns keep their reasoning in the prompt
 
 
 def _stops(value: str | list[str] | None) -> list[str] | None:
@@ -175,9 +179,11 @@ class _Request(_Body):
     n: int | None = Field(default=None, ge=1, le=128)  # only 1 is served: a refusal (check_request)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    top_k: TopK | None = None  # vLLM's extension
+    min_p: MinP | None = None  # vLLM's extension
     repetition_penalty: RepetitionPenalty | None = None  # vLLM's extension
-    frequency_penalty: float | None = Field(default=None, ge=0, le=0)
-    presence_penalty: float | None = Field(default=None, ge=0, le=0)
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
     user: str | None = None  # ignored: the key says who the user is
     metadata: dict[str, str] | None = None  # ignored
     store: bool | None = None  # ignored: nothing is stored
@@ -192,7 +198,11 @@ class _Request(_Body):
             max_new_tokens=max_new_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
             repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
             seed=self.seed,
         )
 

@@ -71,7 +71,7 @@ class SimpleChatResponse(BaseModel):
 
 
 async def _start(body: SimpleChatRequest, service: Service, user: str, transport: Transport) -> ChatStream:
-    params = resolve(service.settings, body.sampling())
+    params = resolve(service.engine.sampling_defaults, body.sampling())
     return await service.admission.start(user, transport, body.messages(), params)
 
 

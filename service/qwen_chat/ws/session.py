@@ -118,7 +118,7 @@ class ChatSession:
         stateful = message.messages is None
         try:
             messages = self._conversation(message)
-            params = resolve(self._settings, message.params, "params.max_new_tokens")
+            params = resolve(self._service.engine.sampling_defaults, message.params, "params.max_new_tokens")
             options = reply_options(
                 message.tools,
                 message.tool_choice,

@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 
 from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.wire import TokenLogprob
-from qwen_chat.sampling_params import SamplingParams  # what a GenerationRequest samples with
+from qwen_chat.sampling_params import SamplingDefaults, SamplingParams
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -122,6 +122,9 @@ class Engine(Protocol):
 
     @property
     def prompts(self) -> Prompts: ...
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
 

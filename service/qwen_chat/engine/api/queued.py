@@ -41,6 +41,7 @@ from qwen_chat.engine.api.interface import (
 from qwen_chat.engine.core.kv_cache import running_slots
 from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.wire import ModelFacts
+from qwen_chat.sampling_params import SamplingDefaults
 from qwen_chat.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -91,6 +92,7 @@ class QueuedEngine(abc.ABC):
         self._facts: ModelFacts | None = None
         self._listeners: list[StateListener] = []
         self._prompts: Prompts | None = None
+        self._sampling: SamplingDefaults | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jobs: dict[str, Job] = {}
         self._waiting: FairQueue[Job] = FairQueue()
@@ -133,6 +135,11 @@ class QueuedEngine(abc.ABC):
             raise EngineNotReady()
         return self._prompts
 
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        """The defaults a request's sampling starts from (the checkpoint's known once the model loaded)."""
+        return self._sampling or SamplingDefaults.merge(self._settings)
+
     def watch(self, listener: StateListener) -> None:
         self._listeners.append(listener)
 
@@ -146,6 +153,7 @@ class QueuedEngine(abc.ABC):
                 self.max_running = self._facts.max_running
                 self.max_per_user = user_request_cap(self._settings, self.max_running)
             self._prompts = Prompts(tokenizer, self._facts.max_input_tokens, self._facts.family)
+            self._sampling = await asyncio.to_thread(self._read_sampling_defaults)
         except Exception:
             self._state = EngineState.FAILED
             raise
@@ -162,6 +170,12 @@ class QueuedEngine(abc.ABC):
             load_seconds=round(self._stats.load_seconds, 2),
             max_input_tokens=facts.max_input_tokens,
         )
+
+    def _read_sampling_defaults(self) -> SamplingDefaults:
+        from qwen_chat.engine.model.generation_config import sampling_defaults
+        from qwen_chat.engine.model.tokenizer import checkpoint
+
+        return sampling_defaults(self._settings, checkpoint(self._settings).path)
 
     async def close(self) -> None:
         self._state = EngineState.CLOSED
