@@ -27,20 +27,33 @@ SCRIPT = [
     "all>",
 ]
 
+# What Qwen3.5 writes (its XML format, vLLM's qwen3_coder) after thinking, as the tiny qwen3_5 model's
+# template opens `<think>` for it: two calls, cut inside the markers and the values.
+XML_SCRIPT = [
+    "The user wants Rome.\n</think>\n\nLet me look",
+    " that up.\n\n<tool",
+    "_call>\n<function=get_weather>\n<parameter=city>\nRo",
+    "me\n</parameter>\n<parameter=days>\n3\n</para",
+    "meter>\n</function>\n</tool_call>\n<tool_call>\n<function=get_time>\n</function>\n</tool_c",
+    "all>",
+]
+
 
 class ScriptedEngine(ThreadEngine):
-    """Replies with `SCRIPT` to every chat; `prompts_seen` holds each request's prompt ids."""
+    """Replies with `script` (`SCRIPT` unless given) to every chat; `prompts_seen` holds each request's
+    prompt ids."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, script: list[str] | None = None) -> None:
         super().__init__(settings)
         self.prompts_seen: list[list[int]] = []
+        self.script = script or SCRIPT
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:  # type: ignore[override]
         self.prompts_seen.append(request.prompt_ids)
         yield Queued(0)
-        for n, piece in enumerate(SCRIPT, 1):
+        for n, piece in enumerate(self.script, 1):
             yield TextDelta(piece, n)
-        yield Finished("stop", len(request.prompt_ids), len(SCRIPT), 0.0, 0.01)
+        yield Finished("stop", len(request.prompt_ids), len(self.script), 0.0, 0.01)
 
 
 class FailingEngine(ThreadEngine):

@@ -75,3 +75,91 @@ def test_each_call_has_its_own_openai_id() -> None:
     calls = [p for p in parser.feed(CALL + CALL) + parser.flush() if isinstance(p, ToolCall)]
     assert len({call.id for call in calls}) == 2
     assert calls[0].openai()["type"] == "function"
+
+
+# Qwen3.5's XML format (vLLM's qwen3_coder): values typed by the tool's schema.
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "zip": {"type": "string"},
+        "days": {"type": "integer"},
+        "ratio": {"type": "number"},
+        "metric": {"type": "boolean"},
+        "where": {"type": "object"},
+        "hours": {"type": "array"},
+    },
+}
+TOOLS: list[dict[str, object]] = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": SCHEMA}}
+]
+
+
+def xml_call(name: str = "get_weather", **values: str) -> str:
+    parameters = "".join(f"<parameter={key}>\n{value}\n</parameter>\n" for key, value in values.items())
+    return f"<tool_call>\n<function={name}>\n{parameters}</function>\n</tool_call>"
+
+
+def run_xml(deltas: list[str], **options: bool) -> tuple[str, list[tuple[str, dict[str, object]]], list[str]]:
+    parser = ToolCallParser(tools=TOOLS, **options)  # type: ignore[arg-type]
+    pieces = [piece for delta in deltas for piece in parser.feed(delta)] + parser.flush()
+    texts = [piece for piece in pieces if isinstance(piece, str)]
+    calls = [(p.name, json.loads(p.arguments)) for p in pieces if isinstance(p, ToolCall)]
+    return "".join(texts), calls, texts
+
+
+XML_REPLY = (
+    "Let me check.\n\n"
+    + xml_call(city="Paris", days="3")
+    + "\n"
+    + xml_call(city="New York\nCity", zip="02134", ratio="0.5", metric="true")
+    + "\n"
+    + xml_call(where='{"lat": 1.5, "tags": ["a"]}', hours="[9, 12]")
+)
+XML_CALLS = [
+    ("get_weather", {"city": "Paris", "days": 3}),
+    ("get_weather", {"city": "New York\nCity", "zip": "02134", "ratio": 0.5, "metric": True}),
+    ("get_weather", {"where": {"lat": 1.5, "tags": ["a"]}, "hours": [9, 12]}),
+]
+
+
+def test_xml_calls_split_at_every_position_read_as_the_whole_reply() -> None:
+    whole = run_xml([XML_REPLY])
+    assert whole[:2] == ("Let me check.", XML_CALLS)  # typed by the schema; "02134" stays a string
+    for i in range(1, len(XML_REPLY)):
+        text, calls, pieces = run_xml([XML_REPLY[:i], XML_REPLY[i:]])
+        assert (text, calls) == whole[:2], i
+        assert not any("<" in piece for piece in pieces), i
+    assert run_xml(list(XML_REPLY))[:2] == whole[:2]  # one character a delta
+
+
+def test_xml_values_that_do_not_parse_and_unlisted_tools_keep_their_text() -> None:
+    odd = xml_call(days="soon", other="7") + xml_call("lookup", q="42")
+    assert run_xml([odd])[1] == [("get_weather", {"days": "soon", "other": "7"}), ("lookup", {"q": "42"})]
+    assert run_xml([xml_call()])[1] == [("get_weather", {})]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "<tool_call>\n<function=f>\n<parameter=a>\n1\n</parameter>\n</tool_call>",  # no </function>
+        "<tool_call>\n<function=f>\nstray\n</function>\n</tool_call>",  # text between the tags
+        "<tool_call>\n<function=f>\n<parameter=a>\n1\n</function>\n</tool_call>",  # unclosed parameter
+        "<tool_call>\n<function=>\n</function>\n</tool_call>",  # no name
+        "Sure: <tool_call>\n<function=f>\n<parameter=a>\n1\n</para",  # cut off
+    ],
+)
+def test_malformed_or_cut_off_xml_blocks_come_back_as_text(reply: str) -> None:
+    for deltas in [[reply], *every_split(reply)]:
+        assert run_xml(deltas)[:2] == (reply, [])
+
+
+def test_only_the_first_xml_call_when_parallel_calls_are_off() -> None:
+    assert run_xml([XML_REPLY], parallel=False)[1] == XML_CALLS[:1]
+
+
+def test_a_forced_reply_in_the_xml_format_is_read_as_blocks() -> None:
+    reply = xml_call(city="Rome") + "\n" + xml_call(days="2")
+    expected = [("get_weather", {"city": "Rome"}), ("get_weather", {"days": 2})]
+    for deltas in [[reply], *every_split(reply)]:
+        assert run_xml(deltas, whole_json=True)[:2] == ("", expected)

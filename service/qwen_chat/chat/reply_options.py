@@ -3,9 +3,10 @@
 (`ReplyOptions`): the tools the chat template lists, the parser that reads the reply's calls, and the
 grammar every token is masked to (engine/grammar_spec.py).
 
-With `tool_choice` `auto` the model decides and its `<tool_call>` blocks are parsed; with `required` or a
-named function a grammar makes the whole reply a call (a list of calls with `parallel_tool_calls`), as vLLM
-does.
+With `tool_choice` `auto` the model decides and its `<tool_call>` blocks are parsed (in either of Qwen's
+formats, chat/tool_calls.py); with `required` or a named function a grammar makes the whole reply a call
+(several with `parallel_tool_calls`), as vLLM does: the request asks for `{"type": "tool_calls"}` and the
+engine writes it in its model's own format (Hermes JSON, or Qwen3.5's XML blocks: engine/grammar_spec.py).
 """
 
 from __future__ import annotations
@@ -91,19 +92,6 @@ class ReplyOptions:
     top_logprobs: int | None = None
 
 
-def _call_schema(tool: Tool) -> dict[str, Any]:
-    function = tool.function
-    return {
-        "type": "object",
-        "properties": {
-            "name": {"const": function.name},
-            "arguments": function.parameters or {"type": "object"},
-        },
-        "required": ["name", "arguments"],
-        "additionalProperties": False,
-    }
-
-
 def _grammar(spec: dict[str, Any], field: str) -> str:
     refuse_non_text(spec, field, f"{field}: a string")
     try:
@@ -134,15 +122,15 @@ def reply_options(
         return ReplyOptions(constraint=constraint, top_logprobs=top_logprobs)
     listed = [tool.model_dump(exclude_none=True) for tool in tools]
     if choice == "auto":
-        return ReplyOptions(listed, ToolCallParser(parallel), constraint, top_logprobs)
+        return ReplyOptions(listed, ToolCallParser(parallel, tools=listed), constraint, top_logprobs)
     chosen = tools
     if isinstance(choice, NamedToolChoice):
         chosen = [tool for tool in tools if tool.function.name == choice.function.name]
         if not chosen:
             message = f"tool_choice names {choice.function.name!r}, which is not in tools"
             raise Refusal(ErrorCode.BAD_REQUEST, message, param="tool_choice", status=400)
-    call: dict[str, Any] = {"anyOf": [_call_schema(tool) for tool in chosen]}
-    if parallel and not isinstance(choice, NamedToolChoice):
-        call = {"type": "array", "items": call, "minItems": 1}
-    grammar = _grammar({"type": "json_schema", "json_schema": {"schema": call}}, "tools")
-    return ReplyOptions(listed, ToolCallParser(parallel, whole_json=True), grammar, top_logprobs)
+    functions = [{"name": tool.function.name, "parameters": tool.function.parameters} for tool in chosen]
+    several = parallel and not isinstance(choice, NamedToolChoice)
+    grammar = _grammar({"type": "tool_calls", "functions": functions, "parallel": several}, "tools")
+    parser = ToolCallParser(parallel, whole_json=True, tools=listed)
+    return ReplyOptions(listed, parser, grammar, top_logprobs)

@@ -1,14 +1,20 @@
-"""Tool calls in a reply: Qwen2.5's and Qwen3's `<tool_call>{json}</tool_call>` blocks (Hermes-style, as
-vLLM's `hermes` parser reads them), found wherever the deltas split the markers.
+"""Tool calls in a reply: `<tool_call>` ... `</tool_call>` blocks, found wherever the deltas split markers.
+A block's body is read in either of Qwen's formats, by its shape: Hermes JSON `{"name": ..., "arguments":
+{...}}` (Qwen2.5, Qwen3, Qwen3-Next; vLLM's `hermes` parser) or Qwen3.5's XML `<function=NAME>` with
+`<parameter=KEY>` values (Qwen3.5/3.6/3.8, Qwen3-Coder; vLLM's `qwen3_coder`, read in xml_tool_calls.py, its
+values typed by the tools' schemas). Which one a model writes is its template's (engine/model/prompts.py).
 
 `ToolCallParser` feeds on the answer's text and hands out plain text and whole `ToolCall`s:
 - outside a block, text is passed on except a tail that may be the start of `<tool_call>` (held back until
   the next delta says whether it was one);
-- inside a block, text is held until `</tool_call>`; a block whose body is `{"name": ..., "arguments": ...}`
-  becomes a `ToolCall`, anything else is given back as the text it was (so nothing the model said is lost);
+- inside a block, text is held until `</tool_call>`; a block whose body is a call becomes a `ToolCall`,
+  anything else is given back as the text it was (so nothing the model said is lost);
 - a reply cut off inside a block gives that block back as text too.
-With `whole_json` (tool_choice `required` or a named function, where a grammar made the whole reply JSON:
-one call or a list of calls) the reply is read at its end instead. Whitespace around calls is dropped.
+A call's name is not checked against the tools (as vLLM's parsers do not): the client sees what was called.
+With `whole_json` (tool_choice `required` or a named function, where a grammar made the reply calls only)
+a reply that opens with `{` or `[` is JSON (one call or a list of calls), read at its end; one that opens
+with `<` is `<tool_call>` blocks (the XML format's grammar), read as they come. Whitespace around calls is
+dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
+
+from qwen_chat.chat.xml_tool_calls import is_xml_body, read_xml_call
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
@@ -62,14 +71,25 @@ def read_call(text: str) -> ToolCall | None:
     return ToolCall(data["name"], json.dumps(arguments, ensure_ascii=False))
 
 
+def read_body(body: str, tools: list[dict[str, Any]] | None = None) -> ToolCall | None:
+    """A block's body as a call, in whichever format it is written; None when it is not one."""
+    if is_xml_body(body):
+        read = read_xml_call(body, tools)
+        return None if read is None else ToolCall(*read)
+    return read_call(body.strip())
+
+
 def _held_prefix(text: str, marker: str) -> int:
     return max((n for n in range(1, len(marker)) if text.endswith(marker[:n])), default=0)
 
 
 class ToolCallParser:
-    def __init__(self, parallel: bool = True, whole_json: bool = False) -> None:
+    def __init__(
+        self, parallel: bool = True, whole_json: bool = False, tools: list[dict[str, Any]] | None = None
+    ) -> None:
         self._parallel = parallel
         self._whole_json = whole_json
+        self._tools = tools  # OpenAI's tool objects: their schemas type XML parameter values
         self._inside = False
         self._buffer = ""  # held text: a possible marker start outside a block, the body inside one
         self._pending_space = ""  # trailing whitespace held back: dropped when a call follows it
@@ -78,6 +98,8 @@ class ToolCallParser:
 
     def feed(self, text: str) -> list[str | ToolCall]:
         self._buffer += text
+        if self._whole_json and self._buffer.lstrip().startswith("<"):  # the XML format's forced blocks
+            self._whole_json = False
         return [] if self._whole_json else self._scan(final=False)
 
     def flush(self) -> list[str | ToolCall]:
@@ -105,7 +127,7 @@ class ToolCallParser:
                     return out
                 body, self._buffer = self._buffer[:end], self._buffer[end + len(CLOSE) :]
                 self._inside = False
-                call = read_call(body.strip())
+                call = read_body(body, self._tools)
                 if call is None:
                     self._text(out, self._framing + OPEN + body + CLOSE)
                 else:

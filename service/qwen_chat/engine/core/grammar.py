@@ -20,7 +20,9 @@ and it installs as one wheel with no dependencies (xgrammar requires triton).
 Its tokenizer is built from the token bytes (byte-level BPE's alphabet undone) rather than from the
 tokenizer's JSON, which llguidance parses in time quadratic in the added tokens (242 s for the shaped bench
 models' 150k); special tokens are never allowed, and the only way out is `eos_token_id`, once the value is
-complete. Neither library's apply kernel is used: `apply_bitmask` adds a 0/-inf bias gathered from a
+complete. A forced tool call's grammar follows the model's own format, which its chat template shows
+(`tool_format`, engine/model/prompts.py): the API worker asks for "a call", the core knows how its model
+writes one. Neither library's apply kernel is used: `apply_bitmask` adds a 0/-inf bias gathered from a
 byte table, branch-free on any device.
 """
 
@@ -33,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from llguidance import LLExecutor, LLMatcher, LLTokenizer, TokenizerWrapper
 
-from qwen_chat.engine.grammar_spec import GrammarError, check, grammar
+from qwen_chat.engine.grammar_spec import GrammarError, ToolFormat, check, grammar
+from qwen_chat.engine.model.prompts import tool_format as format_of
 
 if TYPE_CHECKING:
     import torch
@@ -106,9 +109,13 @@ class Matcher:
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the tokens allowed next into row `row` of a bitmask from `allocate_bitmask`."""
         if self.ended or self._matcher.is_stopped():
-            bitmask[row].zero_()
-            word, bit = divmod(self._eos, 32)
-            bitmask[row, word] = (1 << bit) - (1 << 32 if bit == 31 else 0)  # int32: bit 31 is the sign
+            import torch
+
+            # A bitmask made under inference mode (a core's step) is written on the mask thread, which is not.
+            with torch.inference_mode(bitmask.is_inference()):
+                bitmask[row].zero_()
+                word, bit = divmod(self._eos, 32)
+                bitmask[row, word] = (1 << bit) - (1 << 32 if bit == 31 else 0)  # int32: bit 31 is the sign
             return
         words = bitmask.shape[1]
         pointer = bitmask.data_ptr() + row * words * 4
@@ -139,8 +146,12 @@ def fill_masks(matchers: list[Matcher], bitmask: torch.Tensor) -> None:
 class Grammars:
     """Grammars for one tokenizer; its llguidance tokenizer is built on first use (or by `warm`)."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_id: int) -> None:
+    def __init__(
+        self, tokenizer: Any, vocab_size: int, eos_token_id: int, tool_format: ToolFormat | None = None
+    ) -> None:
         self._tokenizer, self._vocab_size, self._eos = tokenizer, vocab_size, eos_token_id
+        # How a forced call is written: the template's format unless given.
+        self.tool_format = tool_format or format_of(getattr(tokenizer, "chat_template", None))
         self._lock = threading.Lock()
         self._ll: LLTokenizer | None = None
         self._grammars: OrderedDict[str, LLMatcher] = OrderedDict()  # a fresh matcher per grammar
@@ -172,7 +183,7 @@ class Grammars:
             ll = self._tokenizer_info()
             prototype = self._grammars.get(key)
             if prototype is None:
-                prototype = LLMatcher(ll, grammar(response_format))
+                prototype = LLMatcher(ll, grammar(response_format, self.tool_format))
                 if prototype.is_error():
                     raise GrammarError(prototype.get_error())
                 self._grammars[key] = prototype

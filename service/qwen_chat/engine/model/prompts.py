@@ -1,9 +1,13 @@
-"""Turn chat messages into prompt tokens, within the prompt budget."""
+"""Turn chat messages into prompt tokens, within the prompt budget; and say how the model writes tool calls
+(`tool_format`): Hermes JSON in `<tool_call>` (Qwen2.5, Qwen3, Qwen3-Next; vLLM's `hermes` parser) or
+Qwen3.5's XML `<function=NAME><parameter=KEY>` (Qwen3.5/3.6/3.8, Qwen3-Coder; vLLM's `qwen3_coder`). The chat
+template decides, as it is what teaches the model the format; the family only where it shows neither."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from qwen_chat.engine.grammar_spec import ToolFormat
 from qwen_chat.engine.model.control_tokens import ControlTokens
 
 Message = dict[str, Any]  # role, content; an assistant turn may hold tool_calls
@@ -12,6 +16,22 @@ TemplateArgs = dict[str, object]
 
 # For tokenizers without a chat template (the seeds' Qwen-1_8B-Chat): the ChatML they were trained on.
 CHATML_SYSTEM = "You are a helpful assistant."
+
+
+# Families whose released chat templates ask for XML tool calls.
+XML_TOOL_FAMILIES = frozenset({"qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text"})
+
+
+def tool_format(chat_template: object, family: str = "") -> ToolFormat:
+    """How a model with this chat template (a string, a dict of named templates, or None) writes tool
+    calls: `xml` where its tool instructions show `<function=`, `hermes` where they show `<tool_call>` alone,
+    else by the family."""
+    template = str(chat_template or "")
+    if "<function=" in template:
+        return "xml"
+    if "<tool_call>" in template:
+        return "hermes"
+    return "xml" if family in XML_TOOL_FAMILIES else "hermes"
 
 
 class PromptTooLong(ValueError):
@@ -69,6 +89,8 @@ class Prompts:
         self.has_template = bool(getattr(tokenizer, "chat_template", None)) and family != "qwen"
         # Qwen2.5 and Qwen3 templates list the tools in the system turn and render calls and results.
         self.takes_tools = self.has_template and "tools" in str(tokenizer.chat_template)
+        # How its calls are written: Hermes JSON (Qwen2.5, Qwen3) or XML (Qwen3.5 and later).
+        self.tool_format = tool_format(getattr(tokenizer, "chat_template", None), family)
         vocab = tokenizer.get_vocab()
         # Replies open with a `<think>` block where the vocabulary has one (Qwen3, QwQ): chat/reasoning.py.
         self.reasons = "<think>" in vocab and "</think>" in vocab

@@ -7,9 +7,10 @@ the layouts Qwen ships them, served by the hybrid core:
 - `qwen3_5_moe`: Qwen3.5-MoE's, the same image-text layout with routed experts and a shared one;
 - `qwen3_next`: Qwen3-Next (`Qwen3NextForCausalLM`), mixture-of-experts with a shared expert.
 
-Both carry the tiny Qwen3's tokenizer and thinking template. The sizes are the smallest that keep each
-layer kind's shape rules (key and value heads, a 4-wide causal conv); the real models' numbers are in
-transformers' configs (Qwen3.5-0.8B/2B and Qwen3-Next-80B-A3B).
+All carry the tiny Qwen3's tokenizer; qwen3_5 and qwen3_5_moe a chat template in Qwen3.5's format (XML
+tool calls, qwen3_5_template.py), qwen3_next Qwen3's thinking template (Qwen3-Next keeps Hermes calls).
+The sizes are the smallest that keep each layer kind's shape rules (key and value heads, a 4-wide causal
+conv); the real models' numbers are in transformers' configs (Qwen3.5-0.8B/2B and Qwen3-Next-80B-A3B).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from transformers import (
 
 from qwen_chat.engine.tiny.parts import SPECIAL_TOKENS, build_tokenizer
 from qwen_chat.engine.tiny.qwen3 import CHAT_TEMPLATE, THINK_TOKENS
+from qwen_chat.engine.tiny.qwen3_5_template import CHAT_TEMPLATE as QWEN3_5_TEMPLATE
 
 LAYER_TYPES = ["linear_attention", "linear_attention", "linear_attention", "full_attention"]
 _TEXT: dict[str, Any] = {
@@ -70,7 +72,7 @@ _VISION: dict[str, Any] = {
 
 
 def make_tiny_qwen3_5(directory: Path, seed: int = 0) -> Path:
-    tokenizer = build_tokenizer(seed=seed, added=THINK_TOKENS, chat_template=CHAT_TEMPLATE)
+    tokenizer = build_tokenizer(seed=seed, added=THINK_TOKENS, chat_template=QWEN3_5_TEMPLATE)
     torch.manual_seed(seed)
     config = Qwen3_5Config(
         text_config={**_TEXT, "vocab_size": len(tokenizer)}, vision_config=_VISION, tie_word_embeddings=False
@@ -79,7 +81,7 @@ def make_tiny_qwen3_5(directory: Path, seed: int = 0) -> Path:
 
 
 def make_tiny_qwen3_5_moe(directory: Path, seed: int = 0) -> Path:
-    tokenizer = build_tokenizer(seed=seed, added=THINK_TOKENS, chat_template=CHAT_TEMPLATE)
+    tokenizer = build_tokenizer(seed=seed, added=THINK_TOKENS, chat_template=QWEN3_5_TEMPLATE)
     torch.manual_seed(seed)
     text = {**_TEXT, **_EXPERTS, "vocab_size": len(tokenizer)}
     config = Qwen3_5MoeConfig(text_config=text, vision_config=_VISION, tie_word_embeddings=False)
