@@ -1,14 +1,16 @@
 """Tool calls through the official `openai` SDK and /ws.
 
 A stand-in engine replays a scripted Qwen reply (text, then a `<tool_call>` block split across deltas) so the
-parser and the streamed deltas are checked exactly; the real tiny model checks that tools reach it through
+parser and the streamed deltas are checked exactly, in Qwen2.5's Hermes JSON and in Qwen3.5's XML format (the
+tiny qwen3_5 model's template); the real tiny models check that tools reach it through
 its chat template and that `tool_choice` `required` or a named function always comes back as a call.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +20,7 @@ from openai import OpenAI
 
 from qwen_chat.app import create_app
 from tests.support.live_server import LiveServer, run_server
-from tests.support.scripted_engine import SCRIPT, FailingEngine, ScriptedEngine
+from tests.support.scripted_engine import SCRIPT, XML_SCRIPT, FailingEngine, ScriptedEngine
 from tests.support.secret_volume import KEYS
 from tests.support.wsclient import bearer, open_socket, until_end
 
@@ -203,3 +205,144 @@ def test_a_failed_whole_reply_is_a_500_in_openais_shape_without_the_engines_word
         seed = httpx.post(server.http + "/chat", json={"prompt": "hello"}, headers=bearer(), timeout=30)
         assert seed.status_code == 500 and seed.json()["error"]["code"] == "internal"
         assert "secret" not in seed.text
+
+
+WEATHER_DAYS = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "enum": ["Paris", "Rome"]},
+                "days": {"type": "integer"},
+            },
+            "required": ["city"],
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_5_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    from qwen_chat.engine.tiny import make_tiny_model
+
+    yield make_tiny_model(tmp_path_factory.mktemp("tiny-qwen3_5"), family="qwen3_5")
+
+
+def test_qwen3_5_xml_tool_calls_come_back_whole_and_streamed(
+    make_settings: Callable[..., Any], tiny_qwen3_5_dir: Path
+) -> None:
+    settings = make_settings(model=str(tiny_qwen3_5_dir))
+    engine = ScriptedEngine(settings, XML_SCRIPT)
+    messages: Any = [{"role": "user", "content": "Weather in Rome?"}]
+    expected = [("get_weather", {"city": "Rome", "days": 3}), ("get_time", {})]
+    with run_server(create_app(settings, engine=engine), settings) as server, sdk(server) as client:
+        plain = client.chat.completions.create(
+            model=settings.model_name, messages=messages, tools=[WEATHER_DAYS, TIME]
+        )
+        choice = plain.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.content == "Let me look that up."
+        assert getattr(choice.message, "reasoning_content", None) == "The user wants Rome."
+        calls = choice.message.tool_calls or []
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == expected
+        assert len({c.id for c in calls}) == 2
+
+        chunks = list(
+            client.chat.completions.create(
+                model=settings.model_name, messages=messages, tools=[WEATHER_DAYS, TIME], stream=True
+            )
+        )
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        assert "".join(d.content or "" for d in deltas) == "Let me look that up."
+        assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "The user wants Rome."
+        assert not any("<" in (d.content or "") for d in deltas), "no marker leaked"
+        parts = [p for d in deltas for p in d.tool_calls or []]
+        streamed = [
+            (
+                next(p.function.name for p in parts if p.index == i and p.function and p.function.name),
+                json.loads("".join(p.function.arguments or "" for p in parts if p.index == i and p.function)),
+            )
+            for i in sorted({p.index for p in parts})
+        ]
+        assert streamed == expected and chunks[-1].choices[0].finish_reason == "tool_calls"
+
+        # The calls go back as history in the model's own format; the tools are listed with its instructions.
+        follow_up: Any = [
+            *messages,
+            {"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in calls]},
+            {"role": "tool", "tool_call_id": calls[0].id, "content": "sunny"},
+            {"role": "tool", "tool_call_id": calls[1].id, "content": "noon"},
+        ]
+        client.chat.completions.create(model=settings.model_name, messages=follow_up, tools=[WEATHER_DAYS])
+        tokenizer = engine.prompts.tokenizer
+        rendered = tokenizer.decode(engine.prompts_seen[-1])
+        call_block = "<tool_call>\n<function=get_weather>\n<parameter=city>\nRome\n</parameter>\n"
+        assert call_block + "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>" in rendered
+        assert "<tool_response>\nsunny\n</tool_response>\n<tool_response>\nnoon" in rendered
+        assert "<function=example_function_name>" in tokenizer.decode(engine.prompts_seen[0])
+
+
+def test_forced_tool_calls_on_the_tiny_qwen3_5_are_in_its_own_format(
+    serve: Callable[..., Any], tiny_qwen3_5_dir: Path
+) -> None:
+    with serve(model=str(tiny_qwen3_5_dir)) as server, sdk(server) as client:
+        assert server.service.engine.prompts.tool_format == "xml"
+        model = server.service.settings.model_name
+        messages: Any = [{"role": "user", "content": "What is the weather?"}]
+        for seed in range(2):
+            named = client.chat.completions.create(
+                model=model,
+                messages=messages,
+                tools=[WEATHER_DAYS, TIME],
+                tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                max_tokens=200,
+                seed=seed,
+            )
+            assert named.choices[0].finish_reason == "tool_calls", named.choices[0].message
+            [call] = named.choices[0].message.tool_calls or []
+            assert call.function.name == "get_weather"
+            arguments = json.loads(call.function.arguments)
+            assert arguments["city"] in {"Paris", "Rome"} and isinstance(arguments.get("days", 0), int)
+        required = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            max_tokens=200,
+            stream=True,
+        )
+        parts = [d for c in required for d in (c.choices[0].delta.tool_calls if c.choices else None) or []]
+        assert parts and parts[0].function.name in {"get_weather", "get_time"}
+        assert isinstance(json.loads("".join(p.function.arguments or "" for p in parts)), dict)
+
+
+@pytest.mark.anyio
+async def test_ws_keeps_each_replys_thinking_where_the_template_shows_it(
+    make_settings: Callable[..., Any], tiny_qwen3_5_dir: Path
+) -> None:
+    """A Qwen3.5 tool loop on /ws: the reply's thinking is in the prompt that carries the tool results (it
+    comes after the last user turn: Qwen3's rule, so the model goes on from its own reasoning), gone at the
+    next user turn, and back for every turn with `preserve_thinking` (Qwen3.6's switch)."""
+    settings = make_settings(model=str(tiny_qwen3_5_dir))
+    engine = ScriptedEngine(settings, XML_SCRIPT)
+    tools = [WEATHER_DAYS, TIME]
+    with run_server(create_app(settings, engine=engine), settings) as server:
+        async with open_socket(server.ws) as ws:
+            await ws.send(json.dumps({"type": "chat", "content": "Weather in Rome?", "tools": tools}))
+            calls = [f["call"] for f in await until_end(ws) if f["type"] == "tool_call"]
+            results = [{"tool_call_id": call["id"], "content": "sunny"} for call in calls]
+            await ws.send(json.dumps({"type": "chat", "tool_results": results, "tools": tools}))
+            await until_end(ws)
+            await ws.send(json.dumps({"type": "chat", "content": "And tomorrow?", "tools": tools}))
+            await until_end(ws)
+            keep = {"type": "chat", "content": "And after?", "tools": tools, "preserve_thinking": True}
+            await ws.send(json.dumps(keep))
+            assert (await until_end(ws))[-1]["type"] == "done"
+    decode = engine.prompts.tokenizer.decode
+    shown = [
+        decode(prompt).count("<think>\nThe user wants Rome.\n</think>") for prompt in engine.prompts_seen
+    ]
+    assert shown == [0, 1, 0, 3]

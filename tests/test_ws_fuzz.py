@@ -79,7 +79,10 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXTS, inner, max_size=3),
     max_leaves=8,
 )
-PARAM_NAMES = ["max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed", "top_k", "stop"]
+PARAM_NAMES = [
+    "max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+    "frequency_penalty", "seed", "top_a", "stop",
+]  # fmt: skip
 VALID_PARAMS = st.fixed_dictionaries(
     {},
     optional={
@@ -87,6 +90,10 @@ VALID_PARAMS = st.fixed_dictionaries(
         "temperature": st.sampled_from([0, 0.0, 0.5, 1, 2.0]) | st.floats(0.05, 2.0),
         "top_p": st.floats(0.05, 1.0),
         "repetition_penalty": st.floats(0.5, 2.0),
+        "top_k": st.integers(-1, 200),
+        "min_p": st.floats(0.0, 1.0),
+        "presence_penalty": st.floats(-2.0, 2.0),
+        "frequency_penalty": st.floats(-2.0, 2.0),
         "seed": st.integers(0, 2**63 - 1),
     },
 )

@@ -115,7 +115,7 @@ class AssistantMessage(_Turn):
     content: Content | None = None
     tool_calls: list[ToolCallIn] | None = None
     refusal: str | None = None
-    reasoning_content: str | None = None  # echoed back by some clients; earlier thinking is not replayed
+    reasoning_content: str | None = None  # the chat template decides whether a prompt replays it
 
 
 class ToolMessage(_Turn):
@@ -133,6 +133,8 @@ def as_message(message: SystemMessage | UserMessage | AssistantMessage | ToolMes
     """The turn as the chat template reads it (tool-call arguments as objects, as Qwen's templates want)."""
     role = "system" if message.role == "developer" else message.role
     turn: Message = {"role": role, "content": _text(message.content)}
+    if isinstance(message, AssistantMessage) and message.reasoning_content:
+        turn["reasoning_content"] = message.reasoning_content
     if isinstance(message, AssistantMessage) and message.tool_calls:
         turn["tool_calls"] = [
             {

@@ -70,6 +70,8 @@ class ChatRequest(_Strict):
     params: Params = Field(default_factory=Params)
     # Qwen3: false answers without thinking first (the chat template's `enable_thinking`).
     enable_thinking: bool | None = None
+    # Qwen3.6: earlier turns keep their thinking in the prompt (the chat template's `preserve_thinking`).
+    preserve_thinking: bool | None = None
     tools: list[Tool] | None = Field(default=None, max_length=128)
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None

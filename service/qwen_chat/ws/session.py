@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -126,10 +127,11 @@ class ChatSession:
                 message.params.response_format,
             )
             admission = self._service.admission
-            thinking = message.enable_thinking
-            template_args: dict[str, object] | None = None
-            if thinking is not None:
-                template_args = {"enable_thinking": thinking}
+            switches: dict[str, object] = {
+                "enable_thinking": message.enable_thinking,
+                "preserve_thinking": message.preserve_thinking,
+            }
+            template_args = {k: v for k, v in switches.items() if v is not None} or None
             stream = await admission.start(
                 self._user,
                 Transport.WS,
@@ -163,13 +165,16 @@ class ChatSession:
 
     async def _run(self, mid: str | None, stream: ChatStream, epoch: int | None) -> None:
         reply: list[str] = []
+        reasoning: list[str] = []
         calls: list[ToolCall] = []
         try:
             await self._send(wire.start(mid, stream.queue_position))
             async for event in stream.events():
                 if isinstance(event, Finished):
-                    await self._finish(mid, stream, event, epoch, "".join(reply), calls)
-                elif isinstance(event, ReasoningDelta):  # not part of the conversation's history
+                    said = Said("".join(reply), "".join(reasoning), calls)
+                    await self._finish(mid, stream, event, epoch, said)
+                elif isinstance(event, ReasoningDelta):
+                    reasoning.append(event.text)
                     await self._send(wire.reasoning(mid, event.text))
                 elif isinstance(event, ToolCallDelta):
                     call = event.call
@@ -196,14 +201,13 @@ class ChatSession:
         stream: ChatStream,
         event: Finished,
         epoch: int | None,
-        reply: str,
-        calls: list[ToolCall],
+        said: Said,
     ) -> None:
         speed = tokens_per_second(event)
         ttft = stream.usage.ttft_seconds
         if epoch == self._epoch:
-            self._remember(stream.messages, reply, calls)
-        reason = "tool_calls" if calls and event.reason != "length" else event.reason
+            self._remember(stream.messages, said)
+        reason = "tool_calls" if said.calls and event.reason != "length" else event.reason
         frame = wire.done(
             mid, reason, event.prompt_tokens, event.completion_tokens, ttft * 1000, speed, event.cached_tokens
         )
@@ -220,15 +224,29 @@ class ChatSession:
             queue_ms=round(event.queue_seconds * 1000, 1),
         )
 
-    def _remember(self, kept: list[Message], reply: str, calls: list[ToolCall]) -> None:
-        # A reply cut short still happened from the user's point of view; an empty one did not.
-        if calls:
-            turn = {"role": "assistant", "content": reply, "tool_calls": [template_call(c) for c in calls]}
-            self.history = [*kept, turn]
-        elif reply:
-            self.history = [*kept, {"role": "assistant", "content": reply}]
-        else:  # without the turns this chat added (a user turn, or every tool result)
+    def _remember(self, kept: list[Message], said: Said) -> None:
+        """The reply joins the conversation with its thinking as `reasoning_content`: the chat template
+        decides whether a later prompt shows it (Qwen3's after the last user turn, as in a tool loop;
+        Qwen3.6's everywhere with `preserve_thinking`). A reply cut short still happened from the user's
+        point of view; an empty one did not."""
+        if not (said.reply or said.reasoning or said.calls):  # without the turns this chat added
             self.history = kept[: len(kept) - max(self._added, 1)]
+            return
+        turn: Message = {"role": "assistant", "content": said.reply}
+        if said.reasoning:
+            turn["reasoning_content"] = said.reasoning
+        if said.calls:
+            turn["tool_calls"] = [template_call(c) for c in said.calls]
+        self.history = [*kept, turn]
+
+
+@dataclass(frozen=True)
+class Said:
+    """What a reply said: its answer, its thinking and its tool calls."""
+
+    reply: str
+    reasoning: str
+    calls: list[ToolCall]
 
 
 def template_call(call: ToolCall) -> dict[str, Any]:
