@@ -39,6 +39,7 @@ from qwen_chat.engine.api.interface import (
     UserAtCapacity,
 )
 from qwen_chat.engine.core.kv_cache import running_slots
+from qwen_chat.engine.model.generation_config import sampling_defaults
 from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.wire import ModelFacts
 from qwen_chat.sampling_params import SamplingDefaults
@@ -137,7 +138,7 @@ class QueuedEngine(abc.ABC):
 
     @property
     def sampling_defaults(self) -> SamplingDefaults:
-        """The defaults a request's sampling starts from (the checkpoint's known once the model loaded)."""
+        """Where a request's sampling starts (the checkpoint's values known once the model loaded)."""
         return self._sampling or SamplingDefaults.merge(self._settings)
 
     def watch(self, listener: StateListener) -> None:
@@ -153,7 +154,7 @@ class QueuedEngine(abc.ABC):
                 self.max_running = self._facts.max_running
                 self.max_per_user = user_request_cap(self._settings, self.max_running)
             self._prompts = Prompts(tokenizer, self._facts.max_input_tokens, self._facts.family)
-            self._sampling = await asyncio.to_thread(self._read_sampling_defaults)
+            self._sampling = await asyncio.to_thread(sampling_defaults, self._settings)
         except Exception:
             self._state = EngineState.FAILED
             raise
@@ -170,12 +171,6 @@ class QueuedEngine(abc.ABC):
             load_seconds=round(self._stats.load_seconds, 2),
             max_input_tokens=facts.max_input_tokens,
         )
-
-    def _read_sampling_defaults(self) -> SamplingDefaults:
-        from qwen_chat.engine.model.generation_config import sampling_defaults
-        from qwen_chat.engine.model.tokenizer import checkpoint
-
-        return sampling_defaults(self._settings, checkpoint(self._settings).path)
 
     async def close(self) -> None:
         self._state = EngineState.CLOSED

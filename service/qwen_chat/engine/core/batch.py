@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import structlog
-from transformers import ContinuousBatchingConfig, GenerationConfig
+from transformers import ContinuousBatchingConfig
 
 from qwen_chat.engine import hf_internals
 from qwen_chat.engine.core import cpu_attention
@@ -23,7 +23,7 @@ from qwen_chat.engine.core.batch_sampler import BatchSampler
 from qwen_chat.engine.core.grammar import GrammarError, Grammars
 from qwen_chat.engine.core.kv_cache import cache_geometry, running_slots
 from qwen_chat.engine.hf_internals import OutputRouter, RequestStatus
-from qwen_chat.engine.model.loader import LoadedModel, input_budget, pad_token_id
+from qwen_chat.engine.model.loader import LoadedModel, decoding_config, input_budget
 from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
 from qwen_chat.settings import Settings
 
@@ -134,13 +134,8 @@ class BatchCore:
 
     def _start_manager(self) -> None:
         loaded = self._loaded
-        stop_ids = loaded.stop_token_ids
-        generation = GenerationConfig(
-            do_sample=False,  # BatchSampler picks sampled tokens; the manager takes the argmax
-            max_new_tokens=self._settings.max_new_tokens,
-            eos_token_id=sorted(stop_ids),
-            pad_token_id=pad_token_id(loaded.tokenizer, stop_ids),
-        )
+        # BatchSampler picks sampled tokens; the manager takes the argmax.
+        generation = decoding_config(loaded, self._settings.max_new_tokens)
         geometry = self._geometry
         config = ContinuousBatchingConfig(
             num_blocks=geometry.num_blocks,

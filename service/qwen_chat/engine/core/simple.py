@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 import torch
-from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from qwen_chat.engine.core.base import StepSink, WarmingSink, grammar_eos, model_facts
@@ -21,7 +21,7 @@ from qwen_chat.engine.core.generate_processors import GrammarMask, LogprobRecord
 from qwen_chat.engine.core.grammar import Grammars
 from qwen_chat.engine.core.kv_cache import running_slots
 from qwen_chat.engine.core.sampling import logits_processors
-from qwen_chat.engine.model.loader import LoadedModel, pad_token_id
+from qwen_chat.engine.model.loader import LoadedModel, decoding_config
 from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
 from qwen_chat.settings import Settings
 
@@ -114,12 +114,7 @@ class SimpleCore:
         loaded = self._loaded
         prompt_len = len(request.prompt_ids)
         stop_ids = frozenset(request.stop_token_ids)
-        config = GenerationConfig(
-            max_new_tokens=request.max_new_tokens,
-            do_sample=False,
-            eos_token_id=sorted(stop_ids),
-            pad_token_id=pad_token_id(loaded.tokenizer, stop_ids),
-        )
+        config = decoding_config(loaded, request.max_new_tokens, stop_ids)
         matcher = self._grammars.for_request(request.response_format)
         recorder = LogprobRecorder(request.top_logprobs) if request.top_logprobs >= 0 else None
         extra: list[LogitsProcessor] = []

@@ -32,12 +32,17 @@ def read_generation_config(folder: str) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
-def sampling_defaults(settings: Settings, checkpoint_path: str) -> SamplingDefaults:
-    """The defaults in force: the operator's settings over the checkpoint's values over the service's."""
+def sampling_defaults(settings: Settings, checkpoint_path: str | None = None) -> SamplingDefaults:
+    """The defaults in force: the operator's settings over the checkpoint's values over the service's.
+    `checkpoint_path`: where MODEL loads from (a Qwen v1 checkpoint's conversion), found when not given."""
     mode = settings.generation_config
+    if checkpoint_path is None and mode == "auto":
+        from qwen_chat.engine.model.tokenizer import checkpoint
+
+        checkpoint_path = checkpoint(settings).path
     if mode == "service":
         return SamplingDefaults.merge(settings)
-    folder = checkpoint_path if mode == "auto" else mode
+    folder = str(checkpoint_path) if mode == "auto" else mode
     taken, refused = checkpoint_values(read_generation_config(folder))
     if refused:
         log.warning("generation_config_values_ignored", folder=folder, values=refused, reason="out of range")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.utils import logging as transformers_logging
 
 from qwen_chat.engine.model.tokenizer import checkpoint
@@ -76,6 +76,26 @@ def pad_token_id(tokenizer: Any, stop_ids: frozenset[int]) -> int:
     """What `generate` and the batching manager pad with: the tokenizer's pad token, else a stop token."""
     pad = tokenizer.pad_token_id
     return int(pad) if pad is not None else min(stop_ids)
+
+
+def decoding_config(
+    loaded: LoadedModel, max_new_tokens: int, stop_ids: frozenset[int] | None = None
+) -> GenerationConfig:
+    """What `generate` and the batching manager decode with: the argmax of what our samplers return. Every
+    sampling value is set, so none of the checkpoint's generation_config.json fills it in (transformers would
+    apply its repetition penalty on top of ours): those are the server's defaults (`generation_config.py`)."""
+    stop_ids = stop_ids or loaded.stop_token_ids
+    return GenerationConfig(
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=sorted(stop_ids),
+        pad_token_id=pad_token_id(loaded.tokenizer, stop_ids),
+        repetition_penalty=1.0,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        min_p=0.0,
+    )
 
 
 def unload(loaded: LoadedModel | None) -> None:
