@@ -529,3 +529,13 @@ def test_the_readme_install_commands_match_the_chart() -> None:
     assert forward.replace("kubectl -n chat", "kubectl --namespace chat") in notes
     (secret_line,) = [line for line in section.splitlines() if "create secret generic" in line]
     assert secret_line.split("create secret generic ")[1].split()[0] in install
+
+
+def test_sampling_defaults_are_left_to_the_checkpoint_unless_a_value_sets_one() -> None:
+    sampling = ["TEMPERATURE", "TOP_P", "TOP_K", "MIN_P", "REPETITION_PENALTY", "PRESENCE_PENALTY"]
+    env = env_of(server("cpu-values.yaml"))
+    assert env["QWEN_CHAT_GENERATION_CONFIG"] == "auto"
+    assert not {f"QWEN_CHAT_{name}" for name in [*sampling, "FREQUENCY_PENALTY"]} & set(env)
+    env = env_of(server("cpu-values.yaml", "server.topK=20", "server.presencePenalty=0"))
+    assert env["QWEN_CHAT_TOP_K"] == "20" and env["QWEN_CHAT_PRESENCE_PENALTY"] == "0"  # 0 is a value
+    assert "QWEN_CHAT_TEMPERATURE" not in env

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from qwen_chat.app import create_engine
 from qwen_chat.engine.api.interface import GenerationRequest
 from qwen_chat.engine.model.families import UnsupportedModel, resolve
+from qwen_chat.engine.model.generation_config import sampling_defaults
 from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.model.qwen_v1.convert import MARKER, ensure_converted
 from qwen_chat.engine.model.qwen_v1.tokenizer import PATTERN, SPECIAL_TOKENS, read_ranks
@@ -145,6 +146,16 @@ def test_a_converted_checkpoint_is_reused_until_its_source_changes(
     assert (first / MARKER).stat().st_mtime_ns == stamp
     (source / "generation_config.json").write_text("{}")
     assert ensure_converted(source, tmp_path / "cache") != first
+
+
+def test_the_conversion_keeps_the_originals_recommended_sampling(
+    tiny_qwen_v1_dir: Path, tmp_path: Path
+) -> None:
+    converted = ensure_converted(tiny_qwen_v1_dir, tmp_path / "cache")
+    defaults = sampling_defaults(Settings(model=str(tiny_qwen_v1_dir)), str(converted))
+    assert (defaults.top_p, defaults.top_k, defaults.repetition_penalty) == (0.8, 0, 1.1)  # Qwen-7B-Chat's
+    assert defaults.source["repetition_penalty"] == "checkpoint"
+    assert defaults.temperature == 0.7 and defaults.source["temperature"] == "service"
 
 
 def test_a_family_that_is_not_served_is_named(tiny_model_dir: Path, tmp_path: Path) -> None:

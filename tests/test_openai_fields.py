@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -196,7 +198,8 @@ def _completions(server: LiveServer) -> None:
 
 UNSUPPORTED = [
     ("/v1/chat/completions", "logit_bias", {"1": 5}),
-    ("/v1/chat/completions", "frequency_penalty", 0.5),
+    ("/v1/chat/completions", "frequency_penalty", 2.5),  # past OpenAI's range
+    ("/v1/completions", "top_k", -2),
     ("/v1/chat/completions", "n", 2),
     ("/v1/chat/completions", "functions", [{"name": "f"}]),
     ("/v1/chat/completions", "top_logprobs", 2),  # without logprobs
@@ -234,3 +237,41 @@ def test_unsupported_fields_are_400_naming_them(server: LiveServer) -> None:
     assert answer.status_code == 400 and "'image_url' content part is not supported" in answer.text, (
         answer.text
     )
+
+
+def test_a_checkpoints_generation_config_sets_the_default_sampling(
+    serve: Serve, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The same seeded request, nothing else set, on the same weights: a checkpoint whose
+    generation_config.json recommends greedy decoding answers greedily; without it, the service's 0.7 samples.
+    /v1/models says which defaults are in force and where each comes from."""
+    card = tmp_path / "card"
+    shutil.copytree(tiny_model_dir, card)
+    config = json.loads((card / "generation_config.json").read_text())
+    recommended = {"temperature": 0.0, "top_k": 20, "repetition_penalty": 1.0}
+    (card / "generation_config.json").write_text(json.dumps(config | recommended))
+    messages: Any = [{"role": "user", "content": "tell me a long story about a dragon"}]
+    replies: dict[str, tuple[str, str]] = {}
+    for name, model_dir in (("card", card), ("plain", tiny_model_dir)):
+        with serve(model=str(model_dir)) as server, sdk(server) as client:
+            model = server.service.settings.model_name
+
+            def ask(client: OpenAI = client, model: str = model, **extra: Any) -> str:
+                reply = client.chat.completions.create(
+                    model=model, messages=messages, max_tokens=32, seed=5, **extra
+                )
+                return reply.choices[0].message.content or ""
+
+            replies[name] = (ask(), ask(temperature=0.0, extra_body={"repetition_penalty": 1.0}))
+            listed = httpx.get(server.http + "/v1/models", headers=AUTH).json()["data"][0]
+            shown = listed["sampling_defaults"]
+            if name == "card":
+                assert (shown["temperature"], shown["top_k"], shown["top_p"]) == (0.0, 20, 0.8)
+                assert (
+                    shown["source"]["temperature"] == "checkpoint" and shown["source"]["top_p"] == "service"
+                )
+            else:
+                assert shown["temperature"] == 0.7 and shown["source"]["temperature"] == "service"
+    assert replies["card"][0] == replies["card"][1], "the card's greedy default"
+    assert replies["plain"][0] != replies["plain"][1], "the service's sampled default"
+    assert replies["card"][1] == replies["plain"][1], "the same weights"

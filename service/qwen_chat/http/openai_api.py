@@ -31,7 +31,14 @@ DONE = format_sse_event(data_str="[DONE]")
 @router.get("/models")
 async def list_models(service: ServiceDep, _principal: PrincipalDep) -> dict[str, Any]:
     name = service.settings.model_name
-    model = {"id": name, "object": "model", "created": service.started_at, "owned_by": "qwen-chat"}
+    model = {
+        "id": name,
+        "object": "model",
+        "created": service.started_at,
+        "owned_by": "qwen-chat",
+        # qwen-chat's own: the defaults a request's sampling starts from, and where each comes from.
+        "sampling_defaults": service.engine.sampling_defaults.shown(),
+    }
     return {"object": "list", "data": [model]}
 
 

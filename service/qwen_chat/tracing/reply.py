@@ -70,6 +70,11 @@ class ReplyTrace:
             "gen_ai.request.max_tokens": params.max_new_tokens,
             "gen_ai.request.temperature": params.temperature,
             "gen_ai.request.top_p": params.top_p,
+            "gen_ai.request.top_k": params.top_k,
+            "gen_ai.request.presence_penalty": params.presence_penalty,
+            "gen_ai.request.frequency_penalty": params.frequency_penalty,
+            "qwen_chat.request.min_p": params.min_p,
+            "qwen_chat.request.repetition_penalty": params.repetition_penalty,
         }
         if params.seed is not None:
             attributes["gen_ai.request.seed"] = params.seed

@@ -73,7 +73,17 @@ def make_tiny_qwen_v1(directory: Path, seed: int = 0) -> Path:
         "tokenizer_class": "QWenTokenizer",
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2))
-    generation = {"eos_token_id": endoftext, "pad_token_id": endoftext, "top_p": 0.8, "max_window_size": 6144}
+    generation = {  # Qwen-7B-Chat's own
+        "chat_format": "chatml",
+        "eos_token_id": endoftext,
+        "pad_token_id": endoftext,
+        "max_window_size": 6144,
+        "max_new_tokens": 512,
+        "do_sample": True,
+        "top_k": 0,
+        "top_p": 0.8,
+        "repetition_penalty": 1.1,
+    }
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
     tokenizer_config = {
         "tokenizer_class": "QWenTokenizer",

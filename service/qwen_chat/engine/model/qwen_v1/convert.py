@@ -24,11 +24,12 @@ from safetensors.torch import save_file
 
 from qwen_chat.engine.model.qwen_v1.tokenizer import STOP_TOKENS, VOCAB_FILE, build_tokenizer
 from qwen_chat.engine.model.qwen_v1.weights import convert_tensors, qwen2_config
+from qwen_chat.sampling_params import CHECKPOINT_FIELDS
 
 log = structlog.get_logger(__name__)
 
 # Bumped whenever the output changes, so that older conversions are not reused.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: generation_config.json keeps the original's sampling values
 MARKER = "qwen_chat_conversion.json"
 
 
@@ -69,7 +70,12 @@ def _convert(source: Path, target: Path) -> None:
     try:
         _write_weights(source, work, values["hidden_size"], len(tokenizer))
         (work / "config.json").write_text(json.dumps(values, indent=2))
-        generation = {"eos_token_id": stop_ids, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None}
+        generation = {
+            **_sampling(source),  # what the original's card recommends: the server's defaults (auto)
+            "eos_token_id": stop_ids,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": None,
+        }
         (work / "generation_config.json").write_text(json.dumps(generation, indent=2))
         tokenizer.save_pretrained(work)
         marker = {"source": str(source.resolve()), "converter_version": CONVERTER_VERSION, "from": "qwen"}
@@ -114,3 +120,11 @@ def _write_weights(source: Path, work: Path, hidden: int, vocab_size: int) -> No
         (work / name).rename(work / "model.safetensors")
     else:
         (work / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def _sampling(source: Path) -> dict[str, object]:
+    """The original generation_config.json's sampling values (Qwen-7B-Chat's: top_p 0.8, top_k 0,
+    repetition_penalty 1.1)."""
+    original = source / "generation_config.json"
+    config = json.loads(original.read_text()) if original.exists() else {}
+    return {name: config[name] for name in CHECKPOINT_FIELDS if config.get(name) is not None}
