@@ -101,34 +101,39 @@ def test_a_scripted_tool_call_comes_back_whole_and_streamed(make_settings: Calla
 
 
 def test_forced_tool_calls_on_the_real_model(server: LiveServer) -> None:
-    model = server.service.settings.model_name
-    messages: Any = [{"role": "user", "content": "What is the weather?"}]
     with sdk(server) as client:
-        for seed in range(3):
-            named = client.chat.completions.create(
-                model=model,
-                messages=messages,
-                tools=[WEATHER, TIME],
-                tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                max_tokens=64,
-                seed=seed,
-            )
-            [call] = named.choices[0].message.tool_calls or []
-            assert named.choices[0].finish_reason == "tool_calls"
-            assert call.function.name == "get_weather"
-            assert json.loads(call.function.arguments)["city"] in {"Paris", "Rome"}
-        required = client.chat.completions.create(
+        _forced_calls_are_calls(client, server.service.settings.model_name, [WEATHER, TIME], 64, seeds=3)
+
+
+def _forced_calls_are_calls(client: OpenAI, model: str, tools: Any, max_tokens: int, seeds: int) -> None:
+    """A named function is called with arguments its schema allows, whole; `required` calls one, streamed."""
+    messages: Any = [{"role": "user", "content": "What is the weather?"}]
+    for seed in range(seeds):
+        named = client.chat.completions.create(
             model=model,
             messages=messages,
-            tools=[WEATHER, TIME],
-            tool_choice="required",
-            parallel_tool_calls=False,
-            max_tokens=64,
-            stream=True,
+            tools=tools,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            max_tokens=max_tokens,
+            seed=seed,
         )
-        parts = [d for c in required for d in (c.choices[0].delta.tool_calls if c.choices else None) or []]
-        assert parts and parts[0].function.name in {"get_weather", "get_time"}
-        assert isinstance(json.loads("".join(p.function.arguments or "" for p in parts)), dict)
+        assert named.choices[0].finish_reason == "tool_calls", named.choices[0].message
+        [call] = named.choices[0].message.tool_calls or []
+        assert call.function.name == "get_weather"
+        arguments = json.loads(call.function.arguments)
+        assert arguments["city"] in {"Paris", "Rome"} and isinstance(arguments.get("days", 0), int)
+    required = client.chat.completions.create(
+        model=model,
+        messages=messages,
+        tools=[WEATHER, TIME],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=max_tokens,
+        stream=True,
+    )
+    parts = [d for c in required for d in (c.choices[0].delta.tool_calls if c.choices else None) or []]
+    assert parts and parts[0].function.name in {"get_weather", "get_time"}
+    assert isinstance(json.loads("".join(p.function.arguments or "" for p in parts)), dict)
 
 
 @pytest.mark.anyio
@@ -230,6 +235,38 @@ def tiny_qwen3_5_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     yield make_tiny_model(tmp_path_factory.mktemp("tiny-qwen3_5"), family="qwen3_5")
 
 
+def _xml_calls_whole_and_streamed(client: OpenAI, model: str, messages: Any, expected: Any) -> Any:
+    """The scripted Qwen3.5 reply read back whole and streamed: thinking, text and both typed calls."""
+    plain = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER_DAYS, TIME])
+    choice = plain.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me look that up."
+    assert getattr(choice.message, "reasoning_content", None) == "The user wants Rome."
+    calls = choice.message.tool_calls or []
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == expected
+    assert len({c.id for c in calls}) == 2
+
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=messages, tools=[WEATHER_DAYS, TIME], stream=True
+        )
+    )
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.content or "" for d in deltas) == "Let me look that up."
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "The user wants Rome."
+    assert not any("<" in (d.content or "") for d in deltas), "no marker leaked"
+    parts = [p for d in deltas for p in d.tool_calls or []]
+    streamed = [
+        (
+            next(p.function.name for p in parts if p.index == i and p.function and p.function.name),
+            json.loads("".join(p.function.arguments or "" for p in parts if p.index == i and p.function)),
+        )
+        for i in sorted({p.index for p in parts})
+    ]
+    assert streamed == expected and chunks[-1].choices[0].finish_reason == "tool_calls"
+    return calls
+
+
 def test_qwen3_5_xml_tool_calls_come_back_whole_and_streamed(
     make_settings: Callable[..., Any], tiny_qwen3_5_dir: Path
 ) -> None:
@@ -238,36 +275,11 @@ def test_qwen3_5_xml_tool_calls_come_back_whole_and_streamed(
     messages: Any = [{"role": "user", "content": "Weather in Rome?"}]
     expected = [("get_weather", {"city": "Rome", "days": 3}), ("get_time", {})]
     with run_server(create_app(settings, engine=engine), settings) as server, sdk(server) as client:
-        plain = client.chat.completions.create(
-            model=settings.model_name, messages=messages, tools=[WEATHER_DAYS, TIME]
-        )
-        choice = plain.choices[0]
-        assert choice.finish_reason == "tool_calls"
-        assert choice.message.content == "Let me look that up."
-        assert getattr(choice.message, "reasoning_content", None) == "The user wants Rome."
-        calls = choice.message.tool_calls or []
-        assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == expected
-        assert len({c.id for c in calls}) == 2
-
-        chunks = list(
-            client.chat.completions.create(
-                model=settings.model_name, messages=messages, tools=[WEATHER_DAYS, TIME], stream=True
-            )
-        )
-        deltas = [c.choices[0].delta for c in chunks if c.choices]
-        assert "".join(d.content or "" for d in deltas) == "Let me look that up."
-        assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "The user wants Rome."
-        assert not any("<" in (d.content or "") for d in deltas), "no marker leaked"
-        parts = [p for d in deltas for p in d.tool_calls or []]
-        streamed = [
-            (
-                next(p.function.name for p in parts if p.index == i and p.function and p.function.name),
-                json.loads("".join(p.function.arguments or "" for p in parts if p.index == i and p.function)),
-            )
-            for i in sorted({p.index for p in parts})
-        ]
-        assert streamed == expected and chunks[-1].choices[0].finish_reason == "tool_calls"
-
+        # As scripted (markers and values cut inside), then one character a delta: every marker split at
+        # every position.
+        for script in (XML_SCRIPT, list("".join(XML_SCRIPT))):
+            engine.script = script
+            calls = _xml_calls_whole_and_streamed(client, settings.model_name, messages, expected)
         # The calls go back as history in the model's own format; the tools are listed with its instructions.
         follow_up: Any = [
             *messages,
@@ -289,34 +301,10 @@ def test_forced_tool_calls_on_the_tiny_qwen3_5_are_in_its_own_format(
 ) -> None:
     with serve(model=str(tiny_qwen3_5_dir)) as server, sdk(server) as client:
         assert server.service.engine.prompts.tool_format == "xml"
-        model = server.service.settings.model_name
-        messages: Any = [{"role": "user", "content": "What is the weather?"}]
-        for seed in range(2):
-            named = client.chat.completions.create(
-                model=model,
-                messages=messages,
-                tools=[WEATHER_DAYS, TIME],
-                tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                max_tokens=200,
-                seed=seed,
-            )
-            assert named.choices[0].finish_reason == "tool_calls", named.choices[0].message
-            [call] = named.choices[0].message.tool_calls or []
-            assert call.function.name == "get_weather"
-            arguments = json.loads(call.function.arguments)
-            assert arguments["city"] in {"Paris", "Rome"} and isinstance(arguments.get("days", 0), int)
-        required = client.chat.completions.create(
-            model=model,
-            messages=messages,
-            tools=[WEATHER, TIME],
-            tool_choice="required",
-            parallel_tool_calls=False,
-            max_tokens=200,
-            stream=True,
+        # Its XML call takes about 50 of the tiny model's tokens before the first value.
+        _forced_calls_are_calls(
+            client, server.service.settings.model_name, [WEATHER_DAYS, TIME], 200, seeds=2
         )
-        parts = [d for c in required for d in (c.choices[0].delta.tool_calls if c.choices else None) or []]
-        assert parts and parts[0].function.name in {"get_weather", "get_time"}
-        assert isinstance(json.loads("".join(p.function.arguments or "" for p in parts)), dict)
 
 
 @pytest.mark.anyio

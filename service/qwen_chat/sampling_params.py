@@ -66,11 +66,10 @@ DEFAULT_FIELDS = (*CHECKPOINT_FIELDS, "presence_penalty", "frequency_penalty")
 Source = Literal["operator", "checkpoint", "service"]
 
 
-class SamplingOverrides(BaseModel):
-    """What one request may set; anything left out takes the server's default."""
+class SamplingFields(BaseModel):
+    """The defaults' fields, None where unset: what a request sets (`SamplingOverrides`) and what the operator
+    does (`Settings`)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-    max_new_tokens: MaxNewTokens | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     top_k: TopK | None = None
@@ -78,6 +77,13 @@ class SamplingOverrides(BaseModel):
     repetition_penalty: RepetitionPenalty | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+
+
+class SamplingOverrides(SamplingFields):
+    """What one request may set; anything left out takes the server's default."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    max_new_tokens: MaxNewTokens | None = None
     seed: Seed | None = None
 
 

@@ -12,21 +12,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from qwen_chat.sampling_params import (
-    DEFAULTS,
-    MaxNewTokens,
-    MinP,
-    Penalty,
-    RepetitionPenalty,
-    Temperature,
-    TopK,
-    TopP,
-)
+from qwen_chat.sampling_params import DEFAULTS, MaxNewTokens, SamplingFields
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, SamplingFields):
     model_config = SettingsConfigDict(env_prefix="QWEN_CHAT_", extra="ignore")
 
     # Model and inference.
@@ -35,16 +26,10 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_input_tokens: int | None = Field(default=None, ge=16, description="None: derived from the model")
-    # Sampling defaults (and the cap on max_new_tokens), in the ranges a request may ask for. Unset (None),
+    # Sampling defaults (and the cap on max_new_tokens), in the ranges a request may ask for: TEMPERATURE,
+    # TOP_P, TOP_K, MIN_P, REPETITION_PENALTY, PRESENCE_PENALTY, FREQUENCY_PENALTY (`SamplingFields`). Unset,
     # each comes from the checkpoint's generation_config.json, else the service's own (sampling_params.py).
     max_new_tokens: MaxNewTokens = DEFAULTS.max_new_tokens
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    top_k: TopK | None = None
-    min_p: MinP | None = None
-    repetition_penalty: RepetitionPenalty | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
     # Where unset sampling defaults come from, as vLLM's --generation-config: `auto`, the checkpoint's
     # generation_config.json; `service`, the service's own only; else a folder with a generation_config.json.
     generation_config: str = "auto"

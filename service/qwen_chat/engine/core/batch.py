@@ -93,7 +93,7 @@ class BatchCore:
         self._geometry = cache_geometry(settings, loaded.context_length, budget, loaded.device.type)
         vocab_size = loaded.model.get_output_embeddings().out_features
         self._sampler = BatchSampler(self.max_running, vocab_size, loaded.device)
-        self._grammars = Grammars(loaded.tokenizer, vocab_size, grammar_eos(loaded))
+        self._grammars = Grammars(loaded.tokenizer, vocab_size, grammar_eos(loaded), loaded.family)
         self._router = _StepRouter(self._emit, self._sampler)
         self._manager: Any = None
         self._step_seconds = 0.0

@@ -146,12 +146,10 @@ def fill_masks(matchers: list[Matcher], bitmask: torch.Tensor) -> None:
 class Grammars:
     """Grammars for one tokenizer; its llguidance tokenizer is built on first use (or by `warm`)."""
 
-    def __init__(
-        self, tokenizer: Any, vocab_size: int, eos_token_id: int, tool_format: ToolFormat | None = None
-    ) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_id: int, family: str = "") -> None:
         self._tokenizer, self._vocab_size, self._eos = tokenizer, vocab_size, eos_token_id
-        # How a forced call is written: the template's format unless given.
-        self.tool_format = tool_format or format_of(getattr(tokenizer, "chat_template", None))
+        # How a forced call is written: the template's format, else the family's.
+        self.tool_format: ToolFormat = format_of(getattr(tokenizer, "chat_template", None), family)
         self._lock = threading.Lock()
         self._ll: LLTokenizer | None = None
         self._grammars: OrderedDict[str, LLMatcher] = OrderedDict()  # a fresh matcher per grammar

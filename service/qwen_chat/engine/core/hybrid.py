@@ -54,7 +54,7 @@ class HybridCore:
         self._budget_tokens = cache_tokens(settings, device, self._layout, self.max_running, self._longest)
         vocab_size = loaded.model.get_output_embeddings().out_features
         self._sampler = BatchSampler(self.max_running, vocab_size, device)
-        self._grammars = Grammars(loaded.tokenizer, vocab_size, grammar_eos(loaded))
+        self._grammars = Grammars(loaded.tokenizer, vocab_size, grammar_eos(loaded), loaded.family)
         self._cache = HybridCache(self._layout, self.max_running, device)
         self._kept = KeptStates(self._layout, generation_marker(loaded.tokenizer))
         self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()

@@ -70,7 +70,7 @@ class SimpleCore:
         self._executor = ThreadPoolExecutor(self._slots, thread_name_prefix="generate")
         self._cancelled: dict[str, threading.Event] = {}
         self._vocab_size = loaded.model.get_output_embeddings().out_features
-        self._grammars = Grammars(loaded.tokenizer, self._vocab_size, grammar_eos(loaded))
+        self._grammars = Grammars(loaded.tokenizer, self._vocab_size, grammar_eos(loaded), loaded.family)
 
     def start(self) -> None:
         self._sink.warm_up(self, self._loaded, self._settings)
