@@ -128,6 +128,13 @@ class Settings(BaseSettings, SamplingFields):
         parse(value)  # raises ValueError with the reason
         return value
 
+    @field_validator("generation_config")
+    @classmethod
+    def _check_generation_config(cls, value: str) -> str:
+        if value in ("auto", "service") or (Path(value) / "generation_config.json").is_file():
+            return value
+        raise ValueError(f"{value!r} is neither `auto`, `service` nor a folder with a generation_config.json")
+
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:

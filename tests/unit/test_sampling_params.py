@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from qwen_chat.engine.model.generation_config import sampling_defaults
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.openai_schema import ChatCompletionRequest
 from qwen_chat.http.seed_api import SimpleChatRequest
@@ -25,7 +28,9 @@ SERVICE = SamplingDefaults.merge(Settings())
 def test_a_request_without_overrides_gets_the_servers_defaults() -> None:
     assert resolve(SERVICE, SamplingOverrides()) == DEFAULTS
     configured = Settings(temperature=0.3, top_p=0.5, repetition_penalty=1.2, max_new_tokens=100, top_k=-1)
-    assert resolve(SamplingDefaults.merge(configured), SamplingOverrides()) == SamplingParams(100, 0.3, 0.5, 1.2)
+    assert resolve(SamplingDefaults.merge(configured), SamplingOverrides()) == SamplingParams(
+        100, 0.3, 0.5, 1.2
+    )
 
 
 def test_the_operator_wins_over_the_checkpoint_which_wins_over_the_service() -> None:
@@ -114,3 +119,13 @@ def test_seeds_outside_63_bits_are_refused() -> None:
     for seed in (-1, 2**63):
         with pytest.raises(ValidationError):
             SamplingOverrides(seed=seed)
+
+
+def test_generation_config_is_auto_service_or_a_folder_that_has_one(tmp_path: Path) -> None:
+    (tmp_path / "generation_config.json").write_text('{"top_k": 5, "temperature": 9.0}')
+    defaults = sampling_defaults(Settings(generation_config=str(tmp_path)), "/the/checkpoint")
+    assert defaults.top_k == 5 and defaults.source["top_k"] == "checkpoint"
+    assert defaults.temperature == 0.7, "a value out of range is left out"
+    assert sampling_defaults(Settings(generation_config="service")) == SERVICE
+    with pytest.raises(ValidationError, match="neither `auto`, `service` nor a folder"):
+        Settings(generation_config=str(tmp_path / "missing"))

@@ -81,9 +81,11 @@ def pad_token_id(tokenizer: Any, stop_ids: frozenset[int]) -> int:
 def decoding_config(
     loaded: LoadedModel, max_new_tokens: int, stop_ids: frozenset[int] | None = None
 ) -> GenerationConfig:
-    """What `generate` and the batching manager decode with: the argmax of what our samplers return. Every
-    sampling value is set, so none of the checkpoint's generation_config.json fills it in (transformers would
-    apply its repetition penalty on top of ours): those are the server's defaults (`generation_config.py`)."""
+    """What `generate` and the batching manager decode with: the argmax of what our samplers return. The
+    sampling values are set (to transformers' own defaults, which its greedy check does not warn about), so
+    none of the checkpoint's generation_config.json fills them in (transformers would apply its repetition
+    penalty on top of ours): those are the server's defaults (`generation_config.py`); min_p, a warper, is
+    never used without `do_sample`."""
     stop_ids = stop_ids or loaded.stop_token_ids
     return GenerationConfig(
         do_sample=False,
@@ -93,8 +95,7 @@ def decoding_config(
         repetition_penalty=1.0,
         temperature=1.0,
         top_p=1.0,
-        top_k=0,
-        min_p=0.0,
+        top_k=50,
     )
 
 

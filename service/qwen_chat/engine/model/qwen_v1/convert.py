@@ -124,7 +124,9 @@ def _write_weights(source: Path, work: Path, hidden: int, vocab_size: int) -> No
 
 def _sampling(source: Path) -> dict[str, object]:
     """The original generation_config.json's sampling values (Qwen-7B-Chat's: top_p 0.8, top_k 0,
-    repetition_penalty 1.1)."""
+    repetition_penalty 1.1), with its `do_sample` (without it transformers warns on every load that they are
+    unused)."""
     original = source / "generation_config.json"
     config = json.loads(original.read_text()) if original.exists() else {}
-    return {name: config[name] for name in CHECKPOINT_FIELDS if config.get(name) is not None}
+    names = (*CHECKPOINT_FIELDS, "do_sample")
+    return {name: config[name] for name in names if config.get(name) is not None}
