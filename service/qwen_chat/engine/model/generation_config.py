@@ -23,17 +23,13 @@ FILE = "generation_config.json"
 
 def read_generation_config(folder: str) -> dict[str, object]:
     """A checkpoint's generation_config.json ({} when it has none); `folder` may be a hub id in the cache."""
-    local = Path(folder) / FILE
-    if Path(folder).is_dir():
-        if not local.is_file():
-            return {}
-        found = str(local)
-    else:
+    found: str | None = str(Path(folder) / FILE)
+    if not Path(folder).is_dir():
         from transformers.utils.hub import cached_file  # a hub id: the file in the cache (or downloaded)
 
         found = cached_file(folder, FILE, _raise_exceptions_for_missing_entries=False)
-        if found is None:
-            return {}
+    if found is None or not Path(found).is_file():
+        return {}
     data = json.loads(Path(found).read_text())
     return data if isinstance(data, dict) else {}
 
