@@ -155,7 +155,8 @@ def test_the_conversion_keeps_the_originals_recommended_sampling(
     defaults = sampling_defaults(Settings(model=str(tiny_qwen_v1_dir)), str(converted))
     assert (defaults.top_p, defaults.top_k, defaults.repetition_penalty) == (0.8, 0, 1.1)  # Qwen-7B-Chat's
     assert defaults.source["repetition_penalty"] == "checkpoint"
-    assert defaults.temperature == 0.7 and defaults.source["temperature"] == "service"
+    # Its card sets no temperature: 1.0, as its own `chat()` and vLLM sample it.
+    assert defaults.temperature == 1.0 and defaults.source["temperature"] == "checkpoint"
 
 
 def test_a_family_that_is_not_served_is_named(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -58,6 +58,9 @@ class SamplingParams:
 # The service's own defaults, where neither the operator (QWEN_CHAT_TEMPERATURE...) nor the checkpoint's
 # generation_config.json sets one.
 DEFAULTS = SamplingParams(max_new_tokens=512, temperature=0.7, top_p=0.8, repetition_penalty=1.05)
+# What a value a checkpoint's generation_config.json leaves out means, when it sets others: nothing done (as
+# transformers and vLLM read it), so its card's sampling is taken whole, not mixed with the service's.
+NEUTRAL = SamplingParams(max_new_tokens=512, temperature=1.0, top_p=1.0, repetition_penalty=1.0)
 
 # What may come from a checkpoint's generation_config.json (vLLM's list: max_new_tokens stays the operator's,
 # since it is also the cap; do_sample is not read, a request's temperature says whether it samples).
@@ -110,8 +113,9 @@ def checkpoint_values(config: Mapping[str, Any]) -> tuple[dict[str, float], dict
 
 @dataclass(frozen=True)
 class SamplingDefaults:
-    """A request's defaults: each from the operator's setting, else the checkpoint's, else the service's.
-    `max_new_tokens` is also the cap on what a request may ask for."""
+    """A request's defaults: each from the operator's setting, else the checkpoint's (where its
+    generation_config.json sets any, those it leaves out are `NEUTRAL`), else the service's. `max_new_tokens`
+    is also the cap on what a request may ask for."""
 
     max_new_tokens: int = DEFAULTS.max_new_tokens
     temperature: float = DEFAULTS.temperature
@@ -132,8 +136,8 @@ class SamplingDefaults:
             chosen = getattr(operator, name)
             if chosen is not None:
                 values[name], source[name] = chosen, "operator"
-            elif checkpoint and name in checkpoint:
-                values[name], source[name] = checkpoint[name], "checkpoint"
+            elif checkpoint:
+                values[name], source[name] = checkpoint.get(name, getattr(NEUTRAL, name)), "checkpoint"
             else:
                 values[name], source[name] = getattr(DEFAULTS, name), "service"
         return cls(**values, source=source)

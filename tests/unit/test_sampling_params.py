@@ -39,9 +39,10 @@ def test_the_operator_wins_over_the_checkpoint_which_wins_over_the_service() -> 
     taken, refused = checkpoint_values(card)
     assert taken == {"temperature": 0.6, "top_p": 0.95, "top_k": 20} and refused == {}
     defaults = SamplingDefaults.merge(Settings(top_p=0.5), taken)
-    assert resolve(defaults, SamplingOverrides()) == SamplingParams(512, 0.6, 0.5, 1.05, top_k=20)
+    # The card is taken whole: the repetition penalty it does not set is none, not the service's 1.05.
+    assert resolve(defaults, SamplingOverrides()) == SamplingParams(512, 0.6, 0.5, 1.0, top_k=20)
     assert defaults.source["temperature"] == "checkpoint" and defaults.source["top_p"] == "operator"
-    assert defaults.source["repetition_penalty"] == "service"
+    assert defaults.source["repetition_penalty"] == "checkpoint"
     # A value the service cannot take is left out, named; the service's own applies.
     assert checkpoint_values({"temperature": 3.0, "top_k": 0}) == ({"top_k": 0}, {"temperature": 3.0})
 
@@ -125,7 +126,7 @@ def test_generation_config_is_auto_service_or_a_folder_that_has_one(tmp_path: Pa
     (tmp_path / "generation_config.json").write_text('{"top_k": 5, "temperature": 9.0}')
     defaults = sampling_defaults(Settings(generation_config=str(tmp_path)), "/the/checkpoint")
     assert defaults.top_k == 5 and defaults.source["top_k"] == "checkpoint"
-    assert defaults.temperature == 0.7, "a value out of range is left out"
+    assert defaults.temperature == 1.0, "a value out of range is left out: unset, as the card says"
     assert sampling_defaults(Settings(generation_config="service")) == SERVICE
     with pytest.raises(ValidationError, match="neither `auto`, `service` nor a folder"):
         Settings(generation_config=str(tmp_path / "missing"))

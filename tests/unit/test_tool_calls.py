@@ -139,6 +139,25 @@ def test_xml_values_that_do_not_parse_and_unlisted_tools_keep_their_text() -> No
     assert run_xml([xml_call()])[1] == [("get_weather", {})]
 
 
+def test_an_xml_value_keeps_its_own_whitespace_only_the_formats_newlines_go() -> None:
+    """A file's contents for a code-editing tool: its indentation and last newline are the value's."""
+    code = "    indented()\n"
+    call = xml_call("write", content=code, blank="")
+    assert run_xml([call])[1] == [("write", {"content": code, "blank": ""})]
+
+
+def test_a_value_no_parser_can_read_or_a_client_schema_it_cannot_use_give_the_block_back() -> None:
+    deep = xml_call(hours="[" * 100_000)
+    assert run_xml([deep])[:2] == (deep, [])
+    odd = [{"type": "function", "function": {"name": "f", "parameters": {"properties": {"x": {"anyOf": 5}}}}}]
+    block = xml_call("f", x="1")
+    parser = ToolCallParser(tools=odd)
+    assert parser.feed(block) + parser.flush() == [block]
+    hermes = ToolCallParser()
+    nested = "<tool_call>" + '{"name": "f", "arguments": ' + "[" * 100_000 + "</tool_call>"
+    assert "".join(str(p) for p in hermes.feed(nested) + hermes.flush()) == nested
+
+
 @pytest.mark.parametrize(
     "reply",
     [

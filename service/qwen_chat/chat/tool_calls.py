@@ -56,7 +56,7 @@ def read_call(text: str) -> ToolCall | None:
     """A `{"name": ..., "arguments": {...}}` object as a call; None when `text` is not one."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a model stuck writing `[` nests past the decoder's depth
         return None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         return None
@@ -64,7 +64,7 @@ def read_call(text: str) -> ToolCall | None:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(arguments, dict):
         return None
@@ -166,7 +166,7 @@ class ToolCallParser:
         text, self._buffer = self._buffer, ""
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return [text] if text else []
         items = data if isinstance(data, list) else [data]
         calls = [read_call(json.dumps(item)) for item in items]

@@ -15,7 +15,8 @@ The structure is checked here (`<function=NAME>`, then zero or more `<parameter=
 are read by transformers' own response parser (`transformers.utils.chat_parsing`, configured as
 `transformers serve` configures it for qwen3_5): typed by the tool's JSON schema (number, integer, boolean,
 object, array, null parsed; a string, an unknown parameter or a value that does not parse kept as text),
-around each value's whitespace trimmed, as vLLM's `qwen3_coder` parser does.
+one newline after `<parameter=KEY>` and one before `</parameter>` dropped, as vLLM's `qwen3_coder`
+parser does (the rest of the whitespace is the value's: a file's indentation, its last newline).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ _TEMPLATE: dict[str, Any] = {
             "repeats": True,
             "content": "xml-inline",
             "content_args": {
-                "tag_pattern": r"<parameter=(?P<key>[^>\n]+)>\s*(?P<value>.*?)\s*</parameter>",
+                # One newline after the opening tag and one before the closing tag are the format's (vLLM's
+                # qwen3_coder strips those alone): a file's indentation or trailing newlines are the value's.
+                "tag_pattern": r"<parameter=(?P<key>[^>\n]+)>\n?(?P<value>.*?)\n?</parameter>",
             },
             "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
         }
@@ -62,8 +65,8 @@ def read_xml_call(body: str, tools: list[Any] | None = None) -> tuple[str, str] 
     block = f"<tool_call>{body}</tool_call>"
     try:
         message = parse_response(_ANCHOR + block, _TEMPLATE, prefix=_ANCHOR, tools=tools or None)
-    except ValueError:
-        return None
+    except Exception:
+        return None  # a client's odd schema, a value nested past the decoder's depth: given back as text
     calls = message.get("tool_calls") or []
     if len(calls) != 1:
         return None

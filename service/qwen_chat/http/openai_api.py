@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from qwen_chat.chat.stream import ChatStream
-from qwen_chat.engine.api.interface import Finished
+from qwen_chat.engine.api.interface import EngineState, Finished
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.sse_reply import ended_in_band
@@ -30,14 +30,15 @@ DONE = format_sse_event(data_str="[DONE]")
 
 @router.get("/models")
 async def list_models(service: ServiceDep, _principal: PrincipalDep) -> dict[str, Any]:
-    name = service.settings.model_name
+    name, engine = service.settings.model_name, service.engine
     model = {
         "id": name,
         "object": "model",
         "created": service.started_at,
         "owned_by": "qwen-chat",
-        # qwen-chat's own: the defaults a request's sampling starts from, and where each comes from.
-        "sampling_defaults": service.engine.sampling_defaults.shown(),
+        # qwen-chat's own: the defaults a request's sampling starts from, and where each comes from (null
+        # until the model has loaded: the checkpoint's are known then).
+        "sampling_defaults": engine.sampling_defaults.shown() if engine.state is EngineState.READY else None,
     }
     return {"object": "list", "data": [model]}
 

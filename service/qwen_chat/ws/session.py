@@ -228,7 +228,8 @@ class ChatSession:
         """The reply joins the conversation with its thinking as `reasoning_content`: the chat template
         decides whether a later prompt shows it (Qwen3's after the last user turn, as in a tool loop;
         Qwen3.6's everywhere with `preserve_thinking`). A reply cut short still happened from the user's
-        point of view; an empty one did not."""
+        point of view, one cut off while it was still thinking too (the user saw the thinking); an empty one
+        did not."""
         if not (said.reply or said.reasoning or said.calls):  # without the turns this chat added
             self.history = kept[: len(kept) - max(self._added, 1)]
             return
