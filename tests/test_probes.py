@@ -14,9 +14,11 @@ from qwen_chat.app import create_app
 from qwen_chat.engine.api.in_thread import ThreadEngine
 from qwen_chat.runtime.lifecycle import WorkerLifecycle
 from tests.support.live_server import run_server, wait_until
+from tests.support.secret_volume import KEYS
 from tests.support.wsclient import open_socket, receive
 
 pytestmark = pytest.mark.anyio
+AUTH = {"Authorization": f"Bearer {KEYS['alice']}"}
 
 
 class GatedEngine(ThreadEngine):
@@ -43,6 +45,10 @@ async def test_readyz_is_503_loading_until_warm_while_livez_is_200(make_settings
             assert before.status_code == 503
             assert before.json() == {"status": "loading", "workers_ready": 0, "workers": 1}
             assert (await client.get("/livez")).status_code == 200
+            # vLLM's and TGI's /health, which benchmark clients probe first: no key, 503 until it can serve.
+            assert (await client.get("/health")).status_code == 503
+            listed = (await client.get("/v1/models", headers=AUTH)).json()["data"][0]
+            assert listed["max_model_len"] is None and listed["sampling_defaults"] is None
             # A chat before the model is ready is refused with a retry hint, not lost in a hang.
             async with open_socket(live.ws) as ws:
                 await ws.send(json.dumps({"type": "chat", "content": "hi", "id": "early"}))
@@ -59,6 +65,12 @@ async def test_readyz_is_503_loading_until_warm_while_livez_is_200(make_settings
             assert set(livez_codes) == {200}
             after = await client.get("/readyz")
             assert after.json() == {"status": "ready", "workers_ready": 1, "workers": 1}
+            health = await client.get("/health")
+            assert health.status_code == 200 and health.content == b""
+            listed = (await client.get("/v1/models", headers=AUTH)).json()["data"][0]
+            # vLLM's fields: the tiny model's context, what MODEL names, no base model.
+            assert listed["max_model_len"] == 2048 and listed["parent"] is None
+            assert listed["root"] == settings.model
     assert lifecycle.drain is None, "a stopped app offers no drain"
 
 

@@ -36,6 +36,11 @@ async def list_models(service: ServiceDep, _principal: PrincipalDep) -> dict[str
         "object": "model",
         "created": service.started_at,
         "owned_by": "qwen-chat",
+        # vLLM's: the context a prompt and its reply share (null until the model has loaded), what the id
+        # serves (MODEL), and no base model (no adapters are served).
+        "max_model_len": engine.prompts.context_length if engine.state is EngineState.READY else None,
+        "root": service.settings.model,
+        "parent": None,
         # qwen-chat's own: the defaults a request's sampling starts from, and where each comes from (null
         # until the model has loaded: the checkpoint's are known then).
         "sampling_defaults": engine.sampling_defaults.shown() if engine.state is EngineState.READY else None,

@@ -1,5 +1,7 @@
 """Kubernetes probes and Prometheus: /livez while the event loop answers, /readyz once every worker of
-the pod has loaded and warmed the model (and none is draining), /metrics aggregated over workers."""
+the pod has loaded and warmed the model (and none is draining), /health as vLLM and TGI answer it (200
+when this worker can serve: benchmark clients such as guidellm probe it first), /metrics aggregated over
+workers."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from qwen_chat import metrics
+from qwen_chat.engine.api.interface import EngineState
 from qwen_chat.service import ServiceDep
 
 router = APIRouter(tags=["probes"])
@@ -23,6 +26,13 @@ async def livez() -> dict[str, str]:
 async def readyz(service: ServiceDep) -> JSONResponse:
     pod = service.readiness.pod()
     return JSONResponse(pod.as_dict(), status_code=200 if pod.ready else 503)
+
+
+@router.get("/health")
+async def health(service: ServiceDep) -> Response:
+    """200 with an empty body when this worker's model is loaded and it is not draining, else 503."""
+    serving = service.engine.state is EngineState.READY and not service.drain.draining
+    return Response(status_code=200 if serving else 503)
 
 
 @router.get("/metrics")

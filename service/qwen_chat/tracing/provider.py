@@ -34,7 +34,7 @@ PROTOCOLS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"
 DEFAULT_SERVICE_NAME = "qwen-chat"
 # Probes, scrapes and the page's files are not requests anyone traces; /ws gets a span per chat message
 # instead of one for the whole connection (ws/router.py).
-NOT_TRACED = "/livez$,/readyz$,/metrics$,/ws$,/static/,/favicon"
+NOT_TRACED = "/livez$,/readyz$,/health$,/metrics$,/ws$,/static/,/favicon"
 # Headers that never reach a span, even when OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST asks.
 SECRET_HEADERS = ["authorization", "proxy-authorization", "cookie", "sec-websocket-protocol", "x-api-key"]
 SHUTDOWN_SECONDS = 5.0

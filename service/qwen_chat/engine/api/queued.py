@@ -149,18 +149,18 @@ class QueuedEngine(abc.ABC):
         self._loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            self._facts, tokenizer = await self._load()
-            if self._facts.max_running:  # the core's own count, which the estimate above only foresaw
-                self.max_running = self._facts.max_running
+            facts, tokenizer = await self._load()
+            self._facts = facts
+            if facts.max_running:  # the core's own count, which the estimate above only foresaw
+                self.max_running = facts.max_running
                 self.max_per_user = user_request_cap(self._settings, self.max_running)
-            self._prompts = Prompts(tokenizer, self._facts.max_input_tokens, self._facts.family)
+            self._prompts = Prompts(tokenizer, facts.max_input_tokens, facts.family, facts.context_length)
             self._sampling = await asyncio.to_thread(sampling_defaults, self._settings)
         except Exception:
             self._state = EngineState.FAILED
             raise
         self._stats.load_seconds = time.monotonic() - started
         self._state = EngineState.READY
-        facts = self._facts
         metrics.publish_kv_cache(self._settings.model_name, 0.0, facts.kv_cache_pages, facts.kv_page_size)
         log.info(
             "model_ready",

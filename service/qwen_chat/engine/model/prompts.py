@@ -82,9 +82,12 @@ class Prompts:
     is encoded as its own `make_context` does: ChatML built part by part, message text as text.
     """
 
-    def __init__(self, tokenizer: Any, max_input_tokens: int, family: str = "qwen2") -> None:
+    def __init__(
+        self, tokenizer: Any, max_input_tokens: int, family: str = "qwen2", context_length: int = 0
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_input_tokens = max_input_tokens
+        self.context_length = context_length or max_input_tokens  # a prompt and its reply together
         self.family = family
         self.has_template = bool(getattr(tokenizer, "chat_template", None)) and family != "qwen"
         # Qwen2.5 and Qwen3 templates list the tools in the system turn and render calls and results.
