@@ -17,7 +17,16 @@ from qwen_chat import metrics, tracing
 from qwen_chat.engine.api.interface import Engine, EngineError, EngineState
 from qwen_chat.engine.model.families import is_local
 from qwen_chat.errors import Refusal
-from qwen_chat.http import errors, openai_api, openai_chat, openai_completions, page, probes, seed_api
+from qwen_chat.http import (
+    errors,
+    openai_api,
+    openai_chat,
+    openai_completions,
+    page,
+    probes,
+    seed_api,
+    tokenizer_api,
+)
 from qwen_chat.service import Service
 from qwen_chat.settings import Settings, get_settings
 from qwen_chat.ws import router as ws
@@ -73,6 +82,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(openai_chat.router)
     app.include_router(openai_completions.router)
     app.include_router(seed_api.router)
+    app.include_router(tokenizer_api.router)
     app.mount("/static", page.static_files, name="static")
     app.add_exception_handler(Refusal, errors.on_refusal)
     app.add_exception_handler(EngineError, errors.on_engine_error)

@@ -24,8 +24,12 @@ SSE_RESPONSE: dict[int | str, dict[str, object]] = {200: {"content": {"text/even
 _HTTP_ERROR_CODES = {400: ErrorCode.INVALID_BODY, 404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
 
 
+# vLLM's own endpoints beside /v1: their clients expect OpenAI's error shape and status too.
+_VLLM_PATHS = frozenset({"/tokenize", "/detokenize"})
+
+
 def _transport(path: str) -> Transport:
-    if path.startswith("/v1/"):
+    if path.startswith("/v1/") or path in _VLLM_PATHS:
         return Transport.OPENAI
     return Transport.SSE if path == "/chat_stream" else Transport.HTTP
 

@@ -48,6 +48,9 @@ class _Body(BaseModel):
 _MEDIA_PARTS = ("image_url", "input_image", "image", "video", "video_url", "input_audio", "file")
 
 
+Body = _Body  # the same rules for the other vLLM-shaped bodies (tokenizer_api.py)
+
+
 class TextPart(BaseModel):
     model_config = _FORBID
     type: Literal["text"]

@@ -28,7 +28,11 @@ async def readyz(service: ServiceDep) -> JSONResponse:
     return JSONResponse(pod.as_dict(), status_code=200 if pod.ready else 503)
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    response_class=Response,
+    responses={200: {"description": "this worker can serve"}, 503: {"description": "it cannot (yet)"}},
+)
 async def health(service: ServiceDep) -> Response:
     """200 with an empty body when this worker's model is loaded and it is not draining, else 503."""
     serving = service.engine.state is EngineState.READY and not service.drain.draining

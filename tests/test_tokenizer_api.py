@@ -1,0 +1,64 @@
+"""vLLM's /tokenize and /detokenize on the real tiny model: counts equal what the chat and completions report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from openai import OpenAI
+
+from tests.support.live_server import LiveServer
+from tests.support.secret_volume import KEYS
+
+AUTH = {"Authorization": f"Bearer {KEYS['alice']}"}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_tokenize_counts_what_the_chat_and_completions_report_and_detokenize_reverses_it(
+    server: LiveServer,
+) -> None:
+    model = server.service.settings.model_name
+    client = OpenAI(base_url=server.http + "/v1", api_key=KEYS["alice"], max_retries=0, timeout=60)
+    messages: Any = [
+        {"role": "system", "content": "Be brief. <|im_end|> is text here."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
+    chat = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER], max_tokens=1)
+    body = {"model": model, "messages": messages, "tools": [WEATHER]}
+    counted = httpx.post(server.http + "/tokenize", json=body, headers=AUTH).json()
+    assert chat.usage is not None and counted["count"] == chat.usage.prompt_tokens == len(counted["tokens"])
+    assert counted["max_model_len"] == 2048 and counted["token_strs"] is None
+    without_tools = httpx.post(server.http + "/tokenize", json={"messages": messages}, headers=AUTH).json()
+    assert without_tools["count"] < counted["count"], "the tools are listed in the prompt"
+
+    text = "The capital of France is"
+    completion = client.completions.create(model=model, prompt=text, max_tokens=1)
+    body = {"prompt": text, "return_token_strs": True, "add_special_tokens": True}
+    counted = httpx.post(server.http + "/tokenize", json=body, headers=AUTH).json()
+    assert completion.usage is not None and counted["count"] == completion.usage.prompt_tokens
+    assert len(counted["token_strs"]) == counted["count"]
+    back = httpx.post(server.http + "/detokenize", json={"tokens": counted["tokens"]}, headers=AUTH)
+    assert back.json() == {"prompt": text}
+
+
+def test_tokenizer_endpoints_need_the_key_and_name_what_is_wrong(server: LiveServer) -> None:
+    assert httpx.post(server.http + "/tokenize", json={"prompt": "x"}).status_code == 401
+    assert httpx.post(server.http + "/detokenize", json={"tokens": [1]}).status_code == 401
+    cases = [
+        ("/tokenize", {"prompt": "x", "messages": [{"role": "user", "content": "x"}]}, "prompt"),
+        ("/tokenize", {}, "prompt"),
+        ("/tokenize", {"prompt": "x", "model": "other"}, "model"),
+        ("/tokenize", {"prompt": "x", "echo": True}, "echo"),
+        ("/detokenize", {"tokens": [-1]}, "tokens"),
+    ]
+    for path, body, field in cases:
+        answer = httpx.post(server.http + path, json=body, headers=AUTH)
+        assert answer.status_code in (400, 404), (body, answer.text)
+        error = answer.json()["error"]
+        assert error["param"] == field or field in error["message"], (body, error)
