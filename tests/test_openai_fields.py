@@ -274,3 +274,68 @@ def test_a_checkpoints_generation_config_sets_the_default_sampling(
     assert replies["card"][0] == replies["card"][1], "the card's greedy default"
     assert replies["plain"][0] != replies["plain"][1], "the service's sampled default"
     assert replies["card"][1] == replies["plain"][1], "the same weights"
+
+
+@pytest.fixture(scope="module")
+def stop_at_once_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with its final norm zeroed: every logit is 0, so greedy picks id 0, `<|endoftext|>`, a
+    stop token, first: every reply ends at once unless told otherwise."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qwen_chat.engine.tiny import make_tiny_model
+
+    directory = make_tiny_model(tmp_path_factory.mktemp("stop-at-once"))
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(directory).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("engine", ["batch", "simple"])
+def test_benchmark_clients_fields_ignore_eos_min_tokens_and_usage_on_every_chunk(
+    serve: Serve, stop_at_once_dir: Path, engine: str
+) -> None:
+    """What guidellm and `vllm bench serve` send: `ignore_eos` runs a reply to max_tokens through its stop
+    tokens, `min_tokens` holds them off that long, `continuous_usage_stats` puts the usage on every chunk."""
+    with serve(model=str(stop_at_once_dir), engine=engine) as server, sdk(server) as client:
+        model = server.service.settings.model_name
+
+        def ask(**extra: Any) -> Any:
+            messages: Any = [{"role": "user", "content": "count to ten"}]
+            return client.chat.completions.create(
+                model=model, messages=messages, max_tokens=12, temperature=0, extra_body=extra
+            )
+
+        plain = ask()
+        assert plain.choices[0].finish_reason == "stop" and plain.usage and plain.usage.completion_tokens <= 1
+        ignoring = ask(ignore_eos=True)
+        assert ignoring.choices[0].finish_reason == "length"
+        assert ignoring.usage and ignoring.usage.completion_tokens == 12
+        held = ask(min_tokens=5)
+        assert held.choices[0].finish_reason == "stop" and held.usage and held.usage.completion_tokens >= 5
+        too_many = httpx.post(
+            server.http + "/v1/completions",
+            json={"model": model, "prompt": "x", "max_tokens": 4, "min_tokens": 5},
+            headers=AUTH,
+        )
+        assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "min_tokens"
+
+        options = {"include_usage": True, "continuous_usage_stats": True}
+        chunks = list(
+            client.completions.create(
+                model=model,
+                prompt="one two",
+                max_tokens=6,
+                temperature=0,
+                stream=True,
+                stream_options=options,  # type: ignore[arg-type]
+                extra_body={"ignore_eos": True},
+            )
+        )
+        counts = [chunk.usage.completion_tokens for chunk in chunks if chunk.usage is not None]
+        assert len(counts) == len(chunks) and counts == sorted(counts) and counts[-1] == 6
+        assert {chunk.usage.prompt_tokens for chunk in chunks if chunk.usage} == {
+            chunks[-1].usage.prompt_tokens
+        }

@@ -29,6 +29,7 @@ MinP = Annotated[float, Field(ge=0.0, le=1.0)]  # 0: off
 RepetitionPenalty = Annotated[float, Field(gt=0.0, le=2.0)]  # 1 is none
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]  # presence and frequency penalties: OpenAI's range
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+MinTokens = Annotated[int, Field(ge=0)]
 
 # Positive values below these are zero in float32: sampling would divide by them and overflow. A smaller
 # temperature is greedy (what it tends to); a smaller repetition penalty is this one.
@@ -49,6 +50,10 @@ class SamplingParams:
     min_p: float = 0.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # vLLM's, for benchmark clients: stop tokens end nothing (the reply runs to max_new_tokens); and no stop
+    # token before `min_tokens` generated ones (a grammar's rows excepted: it decides where they end).
+    ignore_eos: bool = False
+    min_tokens: int = 0
 
     @property
     def penalises_occurrences(self) -> bool:
@@ -88,6 +93,8 @@ class SamplingOverrides(SamplingFields):
     model_config = ConfigDict(extra="forbid", strict=True)
     max_new_tokens: MaxNewTokens | None = None
     seed: Seed | None = None
+    ignore_eos: bool | None = None
+    min_tokens: MinTokens | None = None
 
 
 _CHECKED = TypeAdapter(SamplingOverrides)
@@ -161,10 +168,16 @@ def resolve(
         for name in DEFAULT_FIELDS
     }
     temperature, penalty = chosen.pop("temperature"), chosen.pop("repetition_penalty")
+    max_new_tokens = overrides.max_new_tokens or defaults.max_new_tokens
+    if (overrides.min_tokens or 0) > max_new_tokens:
+        message = f"min_tokens: must be at most the reply's token limit ({max_new_tokens})"
+        raise Refusal(ErrorCode.BAD_REQUEST, message, param="min_tokens")
     return SamplingParams(
-        max_new_tokens=overrides.max_new_tokens or defaults.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         temperature=temperature if temperature >= MIN_TEMPERATURE else 0.0,
         repetition_penalty=max(penalty, MIN_REPETITION_PENALTY),
         seed=overrides.seed,
+        ignore_eos=bool(overrides.ignore_eos),
+        min_tokens=overrides.min_tokens or 0,
         **{**chosen, "top_k": max(int(chosen["top_k"]), 0)},
     )

@@ -92,18 +92,30 @@ def usage(event: Finished) -> dict[str, Any]:
 class Envelope:
     """The id, object, created and model every response and chunk of one request carries."""
 
-    def __init__(self, prefix: str, obj: str, model: str, include_usage: bool = False) -> None:
+    def __init__(
+        self, prefix: str, obj: str, model: str, include_usage: bool = False, continuous_usage: bool = False
+    ) -> None:
         self.fields = {"id": f"{prefix}-{uuid.uuid4().hex}", "object": obj, "created": int(time.time())}
         self.fields["model"] = model
         self.include_usage = include_usage
+        # vLLM's `stream_options.continuous_usage_stats` (with include_usage, as vLLM reads it): every chunk
+        # carries the usage so far.
+        self.continuous_usage = include_usage and continuous_usage
 
     def body(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {**self.fields, "choices": choices, **extra}
 
-    def event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        """One SSE chunk; with include_usage every chunk has `usage` (null until the last)."""
+    def event(
+        self, choices: list[dict[str, Any]], progress: tuple[int, int] | None = None, **extra: Any
+    ) -> bytes:
+        """One SSE chunk; with include_usage every chunk has `usage` (null until the last, or with
+        continuous_usage the prompt and completion tokens so far, `progress`)."""
         if self.include_usage:
-            extra = {"usage": None, **extra}
+            so_far = None
+            if self.continuous_usage and progress is not None:
+                so_far = {"prompt_tokens": progress[0], "completion_tokens": progress[1]}
+                so_far["total_tokens"] = progress[0] + progress[1]
+            extra = {"usage": so_far, **extra}
         data = self.body(choices, **extra)
         return format_sse_event(data_str=json.dumps(data, ensure_ascii=False))
 

@@ -63,7 +63,9 @@ async def chat_completions(
         template_args=body.template_args(),
         options=options,
     )
-    envelope = Envelope("chatcmpl", "chat.completion", settings.model_name, body.include_usage)
+    envelope = Envelope(
+        "chatcmpl", "chat.completion", settings.model_name, body.include_usage, body.continuous_usage
+    )
     texts = TokenTexts(service.engine.prompts.tokenizer) if body.logprobs else None
     if not body.stream:
         reply = await stream.collect()
@@ -103,12 +105,14 @@ async def _chunks(stream: ChatStream, envelope: Envelope, texts: TokenTexts | No
     usage (`sse` adds [DONE]). A tool call goes out as the SDK assembles it: its id and name, then its
     arguments."""
 
-    def chunk(delta: dict[str, Any], reason: str | None = None) -> bytes:
+    prompt_tokens = len(stream.request.prompt_ids)
+
+    def chunk(delta: dict[str, Any], reason: str | None = None, completion_tokens: int = 0) -> bytes:
         logprobs = None
         if texts is not None and (entries := stream.take_logprobs()):
             logprobs = chat_logprobs(entries, texts)
         choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": logprobs}
-        return envelope.event([choice])
+        return envelope.event([choice], (prompt_tokens, completion_tokens))
 
     called = False
     yield chunk({"role": "assistant", "content": ""})
@@ -117,17 +121,18 @@ async def _chunks(stream: ChatStream, envelope: Envelope, texts: TokenTexts | No
             if (cut := cut_short(stream, event.reason)) is not None:
                 yield error_event(cut)
                 continue
-            yield chunk({}, _finish(event.reason, called))
+            yield chunk({}, _finish(event.reason, called), event.completion_tokens)
             if envelope.include_usage:
                 yield envelope.event([], usage=usage(event))
         elif isinstance(event, ReasoningDelta):
-            yield chunk({"reasoning_content": event.text})
+            yield chunk({"reasoning_content": event.text}, None, event.completion_tokens)
         elif isinstance(event, ToolCallDelta):
             called = True
             call = event.call
             head = {"index": event.index, "id": call.id, "type": "function"}
-            yield chunk({"tool_calls": [{**head, "function": {"name": call.name, "arguments": ""}}]})
+            named = {"tool_calls": [{**head, "function": {"name": call.name, "arguments": ""}}]}
+            yield chunk(named, None, event.completion_tokens)
             arguments = {"index": event.index, "function": {"arguments": call.arguments}}
-            yield chunk({"tool_calls": [arguments]})
+            yield chunk({"tool_calls": [arguments]}, None, event.completion_tokens)
         else:
-            yield chunk({"content": event.text})
+            yield chunk({"content": event.text}, None, event.completion_tokens)

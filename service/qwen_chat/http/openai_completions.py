@@ -69,7 +69,9 @@ async def completions(
         body.stop,  # type: ignore[arg-type]
         options,
     )
-    envelope = Envelope("cmpl", "text_completion", settings.model_name, body.include_usage)
+    envelope = Envelope(
+        "cmpl", "text_completion", settings.model_name, body.include_usage, body.continuous_usage
+    )
     texts = TokenTexts(service.engine.prompts.tokenizer) if body.logprobs is not None else None
     if not body.stream:
         reply = await stream.collect()
@@ -86,13 +88,14 @@ def _choice(text: str, logprobs: dict[str, Any] | None, reason: str | None) -> d
 
 
 async def _chunks(stream: ChatStream, envelope: Envelope, texts: TokenTexts | None) -> AsyncGenerator[bytes]:
-    offset = 0
+    offset, prompt_tokens = 0, len(stream.request.prompt_ids)
     async for event in stream.events():
         if isinstance(event, Finished):
             if (cut := cut_short(stream, event.reason)) is not None:
                 yield error_event(cut)
                 continue
-            yield envelope.event([_choice("", None, finish_reason(event.reason))])
+            progress = (prompt_tokens, event.completion_tokens)
+            yield envelope.event([_choice("", None, finish_reason(event.reason))], progress)
             if envelope.include_usage:
                 yield envelope.event([], usage=usage(event))
         elif isinstance(event, TextDelta):
@@ -100,4 +103,6 @@ async def _chunks(stream: ChatStream, envelope: Envelope, texts: TokenTexts | No
             if texts is not None:
                 logprobs = completion_logprobs(stream.take_logprobs(), texts, offset)
             offset += len(event.text)
-            yield envelope.event([_choice(event.text, logprobs, None)])
+            yield envelope.event(
+                [_choice(event.text, logprobs, None)], (prompt_tokens, event.completion_tokens)
+            )

@@ -19,6 +19,7 @@ from qwen_chat.engine.wire import MAX_TOP_LOGPROBS
 from qwen_chat.sampling_params import (
     MaxNewTokens,
     MinP,
+    MinTokens,
     Penalty,
     RepetitionPenalty,
     SamplingOverrides,
@@ -156,6 +157,7 @@ def as_message(message: SystemMessage | UserMessage | AssistantMessage | ToolMes
 class StreamOptions(BaseModel):
     model_config = _FORBID
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: with include_usage, usage on every chunk
 
 
 class ChatTemplateArgs(BaseModel):
@@ -189,6 +191,8 @@ class _Request(_Body):
     repetition_penalty: RepetitionPenalty | None = None  # vLLM's extension
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
+    ignore_eos: bool | None = None  # vLLM's extension (benchmark clients): run to max_tokens through stops
+    min_tokens: MinTokens | None = None  # vLLM's extension: no stop before this many tokens
     user: str | None = None  # ignored: the key says who the user is
     metadata: dict[str, str] | None = None  # ignored
     store: bool | None = None  # ignored: nothing is stored
@@ -209,11 +213,17 @@ class _Request(_Body):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             seed=self.seed,
+            ignore_eos=self.ignore_eos,
+            min_tokens=self.min_tokens,
         )
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
 
 class ChatCompletionRequest(_Request):

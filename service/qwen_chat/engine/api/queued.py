@@ -137,8 +137,7 @@ class QueuedEngine(abc.ABC):
         return self._prompts
 
     @property
-    def sampling_defaults(self) -> SamplingDefaults:
-        """Where a request's sampling starts (the checkpoint's values known once the model loaded)."""
+    def sampling_defaults(self) -> SamplingDefaults:  # the checkpoint's known once the model loaded
         return self._sampling or SamplingDefaults.merge(self._settings)
 
     def watch(self, listener: StateListener) -> None:
@@ -255,9 +254,10 @@ class QueuedEngine(abc.ABC):
         return self._facts
 
     def stop_ids(self, request: GenerationRequest) -> frozenset[int]:
-        if request.stop_token_ids is not None:
-            return request.stop_token_ids
-        return frozenset(self.facts.stop_token_ids)
+        if request.sampling.ignore_eos:  # the reply runs to its token limit
+            return frozenset()
+        own = request.stop_token_ids
+        return own if own is not None else frozenset(self.facts.stop_token_ids)
 
     def max_new_tokens(self, request: GenerationRequest) -> int:
         """The request's limit, within what the model's context leaves after the prompt."""

@@ -205,7 +205,7 @@ class BatchCore:
         except GrammarError as exc:
             self._emit([Row(request_id, [], RowState.FAILED, f"response_format: {exc}")])
             return
-        self._sampler.register(request_id, request.sampling, matcher, request.top_logprobs)
+        self._sampler.admit(request, matcher)
         self._router.track(request_id)  # before the request exists, so not even its first token is missed
         accepted = self._manager.add_request(
             request.prompt_ids,

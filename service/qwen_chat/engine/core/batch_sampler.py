@@ -13,7 +13,8 @@ greedy (`do_sample=False`) and takes the argmax of what it returns:
   reaches the sampler, then one token per step. Each penalty is one gather and one scatter over all its rows
   at once, its cost the tokens seen, not the vocabulary.
 - Greedy rows are left to the manager's argmax; sampled rows get `sampling.draw`'s token set to +inf. The
-  order is fixed: grammar mask, repetition penalty, presence and frequency penalties, then `draw`.
+  order is fixed: grammar mask, the stop tokens of rows short of their `min_tokens`, repetition penalty,
+  presence and frequency penalties, then `draw`.
 - A request with a `response_format` has a grammar matcher (engine/core/grammar.py): the plan feeds it the
   tokens generated since the last step and starts filling the rows' allowed-token bitmasks on a thread of
   its own (llguidance computes them outside the GIL), so they are computed while the forward pass runs;
@@ -30,59 +31,19 @@ runs, and a CUDA graph would replay the first plan forever. The engine forces th
 
 from __future__ import annotations
 
-import random
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from qwen_chat.engine.core.grammar import Matcher, allocate_bitmask, apply_bitmask, fill_masks
 from qwen_chat.engine.core.logprobs import log_softmax_rows, token_logprobs
+from qwen_chat.engine.core.sampler_rows import GREEDY, Plan, RowRequest, banned_stops, since
 from qwen_chat.engine.core.sampling import draw, penalise_occurrences, uniform_stream
 from qwen_chat.engine.core.token_table import TokenTable
 from qwen_chat.engine.hf_internals import ContinuousBatchingLogitsProcessor
-from qwen_chat.engine.wire import TokenLogprob
+from qwen_chat.engine.wire import Submit, TokenLogprob
 from qwen_chat.sampling_params import SamplingParams
-
-# A row the sampler has no request for (one cancelled while the step was in flight): left to the argmax.
-_GREEDY = SamplingParams(1, 0.0, 1.0, 1.0)
-
-
-@dataclass
-class _Request:
-    slot: int
-    params: SamplingParams
-    uniforms: random.Random | None  # None: greedy
-    synced: int = -1  # prompt and generated tokens already in the seen table; -1: row not started
-    counted: int = -1  # generated tokens already in the generated table; -1: row not started
-    matcher: Matcher | None = None
-    prompt_length: int = -1  # the prompt as first seen; -1: row not started
-    accepted: int = 0  # generated tokens the matcher has taken
-    top_logprobs: int = -1  # -1: none wanted
-    logprobs: list[TokenLogprob] | None = None  # computed, not yet taken by the router
-
-
-@dataclass(frozen=True)
-class _Plan:
-    slots: torch.Tensor
-    temperature: torch.Tensor
-    top_p: torch.Tensor
-    top_k: torch.Tensor
-    min_p: torch.Tensor
-    penalty: torch.Tensor
-    uniform: torch.Tensor
-    penalised: torch.Tensor | None  # row indices with a penalty != 1, None when no row has one
-    penalised_slots: list[int]
-    occurring: torch.Tensor | None  # row indices with a presence or frequency penalty, None when none
-    occurring_slots: list[int]
-    presence: torch.Tensor  # per row of `occurring`
-    frequency: torch.Tensor
-    sampled: torch.Tensor | None  # row indices with temperature > 0, None when none
-    constrained: torch.Tensor | None  # row indices with a grammar, None when none
-    bitmask: Future[torch.Tensor] | None  # their allowed tokens, one row each, being computed
-    logprob_rows: list[int]  # row indices that want log-probabilities
-    logprob_requests: list[_Request]
 
 
 class BatchSampler(ContinuousBatchingLogitsProcessor):
@@ -96,8 +57,8 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         self._seen = TokenTable(slots, device)
         self._generated = TokenTable(slots, device)
         self._free = list(range(slots - 1, -1, -1))
-        self._requests: dict[str, _Request] = {}
-        self._plan: _Plan | None = None
+        self._requests: dict[str, RowRequest] = {}
+        self._plan: Plan | None = None
 
     @property
     def active(self) -> int:
@@ -108,10 +69,15 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
     ) -> None:
         """Before the request reaches the manager; raises IndexError when every slot is taken."""
         uniforms = uniform_stream(params.seed) if params.temperature > 0 else None
-        request = _Request(self._free.pop(), params, uniforms, matcher=matcher, top_logprobs=top_logprobs)
+        request = RowRequest(self._free.pop(), params, uniforms, matcher=matcher, top_logprobs=top_logprobs)
         if top_logprobs >= 0:
             request.logprobs = []
         self._requests[request_id] = request
+
+    def admit(self, submit: Submit, matcher: Matcher | None = None) -> None:
+        """`register` for a core's request."""
+        self.register(submit.request_id, submit.sampling, matcher, submit.top_logprobs)
+        self._requests[submit.request_id].stop_ids = tuple(submit.stop_token_ids)
 
     def take_logprobs(self, request_id: str, count: int) -> list[TokenLogprob]:
         """The router's: the log-probabilities of the request's next `count` tokens ([] if not wanted)."""
@@ -133,9 +99,9 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
 
     def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
         states = [future.state for future in requests_with_new_token]
-        rows: list[_Request | None] = [self._requests.get(state.request_id) for state in states]
+        rows: list[RowRequest | None] = [self._requests.get(state.request_id) for state in states]
         self._sync_tables(rows, states)
-        params = [row.params if row is not None else _GREEDY for row in rows]
+        params = [row.params if row is not None else GREEDY for row in rows]
         slots = [row.slot if row is not None else 0 for row in rows]
         penalised = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
         occurring = [i for i, p in enumerate(params) if p.penalises_occurrences]
@@ -143,8 +109,10 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         constrained = [i for i, row in enumerate(rows) if row is not None and row.matcher is not None]
         bitmask = self._fill_masks(rows, states, constrained) if constrained else None
         wanting = [i for i, row in enumerate(rows) if row is not None and row.top_logprobs >= 0]
+        pairs = enumerate(zip(rows, states, strict=True))
+        banned = [(i, stop) for i, (row, state) in pairs for stop in banned_stops(row, state)]
         as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=self._device)  # noqa: E731
-        self._plan = _Plan(
+        self._plan = Plan(
             slots=as_tensor(slots, torch.long),
             temperature=as_tensor([p.temperature for p in params], torch.float32),
             top_p=as_tensor([p.top_p for p in params], torch.float32),
@@ -164,13 +132,14 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
             sampled=as_tensor(sampled, torch.long) if sampled else None,
             constrained=as_tensor(constrained, torch.long) if constrained else None,
             bitmask=bitmask,
+            banned=as_tensor(banned, torch.long).T if banned else None,
             logprob_rows=wanting,
             logprob_requests=[row for i in wanting if (row := rows[i]) is not None],
         )
         return torch.zeros(len(rows), dtype=torch.int32)
 
     def _fill_masks(
-        self, rows: list[_Request | None], states: list[Any], constrained: list[int]
+        self, rows: list[RowRequest | None], states: list[Any], constrained: list[int]
     ) -> Future[torch.Tensor]:
         """Feed each constrained row's matcher the tokens generated since the last step, then start its
         mask."""
@@ -179,7 +148,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         for i in constrained:
             row, state = rows[i], states[i]
             assert row is not None and row.matcher is not None  # its prompt_length set by _sync_tables
-            for token in _since(
+            for token in since(
                 state.initial_tokens, state.generated_tokens, row.prompt_length + row.accepted
             ):
                 row.matcher.accept(token)
@@ -193,7 +162,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
 
         return self._masks.submit(fill)
 
-    def _sync_tables(self, rows: list[_Request | None], states: list[Any]) -> None:
+    def _sync_tables(self, rows: list[RowRequest | None], states: list[Any]) -> None:
         """Append new prompts and the tokens generated since the last step to the token tables, in place.
 
         A request the manager paused and re-queued comes back with its generated tokens moved into
@@ -211,7 +180,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
                 if row.synced < 0:
                     self._seen.clear(row.slot, initial[0])
                     row.synced = 0
-                new = _since(initial, produced, row.synced)
+                new = since(initial, produced, row.synced)
                 row.synced += len(new)
                 seen[0].append(row.slot)
                 seen[1].append(new)
@@ -219,7 +188,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
                 if row.counted < 0:
                     self._generated.clear(row.slot, 0)
                     row.counted = 0
-                new = _since(initial, produced, row.prompt_length + row.counted)
+                new = since(initial, produced, row.prompt_length + row.counted)
                 row.counted += len(new)
                 generated[0].append(row.slot)
                 generated[1].append(new)
@@ -233,6 +202,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
             and plan.occurring is None
             and plan.sampled is None
             and plan.constrained is None
+            and plan.banned is None
             and not plan.logprob_rows
         ):
             return scores
@@ -241,6 +211,8 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
             masked = scores.index_select(0, plan.constrained)
             apply_bitmask(masked, plan.bitmask.result())
             scores.index_copy_(0, plan.constrained, masked)
+        if plan.banned is not None:
+            scores[plan.banned[0], plan.banned[1]] = float("-inf")
         if plan.penalised is not None:
             penalised = plan.penalised
             seen, _ = self._seen.rows(plan.slots[penalised], plan.penalised_slots)
@@ -284,10 +256,3 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
                 if request.logprobs is not None:
                     request.logprobs.append(entry)
         return scores
-
-
-def _since(initial: Any, generated: Any, start: int) -> list[int]:
-    """The ids of initial + generated from `start` on, without copying what comes before."""
-    if start >= len(initial):
-        return list(generated[start - len(initial) :])
-    return list(initial[start:]) + list(generated)

@@ -246,7 +246,7 @@ class HybridCore:
         self._reserved += request.reserved
         self._prefilling = request  # from here on, a failure is this request's
         submit = request.submit
-        self._sampler.register(request.request_id, submit.sampling, request.matcher, submit.top_logprobs)
+        self._sampler.admit(submit, request.matcher)
         kv = request.kv = RequestKV(self._layout, request.reserved, self._loaded.device)
         if kept is not None and self._kept.resume(kept, kv):
             self._cache.restore(self._cache.staging, kept.states)

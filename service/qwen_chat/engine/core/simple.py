@@ -115,6 +115,8 @@ class SimpleCore:
         prompt_len = len(request.prompt_ids)
         stop_ids = frozenset(request.stop_token_ids)
         config = decoding_config(loaded, request.max_new_tokens, stop_ids)
+        # transformers' own MinNewTokensLengthLogitsProcessor masks the stop tokens, ahead of our processors.
+        config.min_new_tokens = request.sampling.min_tokens or None
         matcher = self._grammars.for_request(request.response_format)
         recorder = LogprobRecorder(request.top_logprobs) if request.top_logprobs >= 0 else None
         extra: list[LogitsProcessor] = []

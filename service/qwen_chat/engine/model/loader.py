@@ -86,12 +86,12 @@ def decoding_config(
     none of the checkpoint's generation_config.json fills them in (transformers would apply its repetition
     penalty on top of ours): those are the server's defaults (`generation_config.py`); min_p, a warper, is
     never used without `do_sample`."""
-    stop_ids = stop_ids or loaded.stop_token_ids
+    stop_ids = loaded.stop_token_ids if stop_ids is None else stop_ids  # empty: nothing stops the reply
     return GenerationConfig(
         do_sample=False,
         max_new_tokens=max_new_tokens,
         eos_token_id=sorted(stop_ids),
-        pad_token_id=pad_token_id(loaded.tokenizer, stop_ids),
+        pad_token_id=pad_token_id(loaded.tokenizer, loaded.stop_token_ids),
         repetition_penalty=1.0,
         temperature=1.0,
         top_p=1.0,
