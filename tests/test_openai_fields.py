@@ -339,3 +339,35 @@ def test_benchmark_clients_fields_ignore_eos_min_tokens_and_usage_on_every_chunk
         assert {chunk.usage.prompt_tokens for chunk in chunks if chunk.usage} == {
             chunks[-1].usage.prompt_tokens
         }
+
+
+def test_guidellms_default_bodies_and_health_probe_are_served(server: LiveServer) -> None:
+    """guidellm's OpenAI backend (its request_handlers.py, as of 2026): a /health probe first, then streamed
+    bodies with `stop: null`, `ignore_eos` and continuous usage; it reads `delta.content`/`text` and the last
+    `usage` it saw. Each fixed-length request must get exactly its token count."""
+    assert httpx.get(server.http + "/health").status_code == 200
+    model = server.service.settings.model_name
+    stream = {"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    fixed = {"stop": None, "ignore_eos": True}
+    text = {"type": "text", "text": "Tell me about the sea."}
+    bodies = {
+        "/v1/chat/completions": {
+            "model": model,
+            **stream,
+            "max_completion_tokens": 24,
+            **fixed,
+            "messages": [{"role": "system", "content": "prefix"}, {"role": "user", "content": [text]}],
+        },
+        "/v1/completions": {"model": model, **stream, "max_tokens": 24, **fixed, "prompt": "prefix tell me"},
+    }
+    for path, body in bodies.items():
+        usages, lines = [], []
+        with httpx.stream("POST", server.http + path, json=body, headers=AUTH, timeout=60) as response:
+            assert response.status_code == 200, response.read()
+            for line in response.iter_lines():
+                if line.startswith("data:") and line != "data: [DONE]":
+                    data = json.loads(line[len("data:") :])
+                    usages.append(data.get("usage"))
+                lines += [line] if line else []
+        assert lines[-1] == "data: [DONE]" and all(usage for usage in usages), path
+        assert usages[-1]["completion_tokens"] == 24 and usages[-1]["prompt_tokens"] > 0, path
