@@ -38,9 +38,9 @@ import torch
 
 from qwen_chat.engine.core.grammar import Matcher, allocate_bitmask, apply_bitmask, fill_masks
 from qwen_chat.engine.core.logprobs import log_softmax_rows, token_logprobs
-from qwen_chat.engine.core.sampler_rows import GREEDY, Plan, RowRequest, banned_stops, since
+from qwen_chat.engine.core.sampler_rows import GREEDY, Plan, RowRequest, banned_stops
 from qwen_chat.engine.core.sampling import draw, penalise_occurrences, uniform_stream
-from qwen_chat.engine.core.token_table import TokenTable
+from qwen_chat.engine.core.token_table import TokenTable, since
 from qwen_chat.engine.hf_internals import ContinuousBatchingLogitsProcessor
 from qwen_chat.engine.wire import Submit, TokenLogprob
 from qwen_chat.sampling_params import SamplingParams
@@ -65,19 +65,26 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         return len(self._requests)
 
     def register(
-        self, request_id: str, params: SamplingParams, matcher: Matcher | None = None, top_logprobs: int = -1
+        self,
+        request_id: str,
+        params: SamplingParams,
+        matcher: Matcher | None = None,
+        top_logprobs: int = -1,
+        stop_ids: tuple[int, ...] = (),
     ) -> None:
         """Before the request reaches the manager; raises IndexError when every slot is taken."""
         uniforms = uniform_stream(params.seed) if params.temperature > 0 else None
-        request = RowRequest(self._free.pop(), params, uniforms, matcher=matcher, top_logprobs=top_logprobs)
+        request = RowRequest(
+            self._free.pop(), params, uniforms, matcher=matcher, top_logprobs=top_logprobs, stop_ids=stop_ids
+        )
         if top_logprobs >= 0:
             request.logprobs = []
         self._requests[request_id] = request
 
     def admit(self, submit: Submit, matcher: Matcher | None = None) -> None:
         """`register` for a core's request."""
-        self.register(submit.request_id, submit.sampling, matcher, submit.top_logprobs)
-        self._requests[submit.request_id].stop_ids = tuple(submit.stop_token_ids)
+        stop_ids = tuple(submit.stop_token_ids)
+        self.register(submit.request_id, submit.sampling, matcher, submit.top_logprobs, stop_ids)
 
     def take_logprobs(self, request_id: str, count: int) -> list[TokenLogprob]:
         """The router's: the log-probabilities of the request's next `count` tokens ([] if not wanted)."""
@@ -177,21 +184,13 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
             if row.prompt_length < 0:
                 row.prompt_length = len(initial) + len(produced)
             if row.params.repetition_penalty != 1.0:
-                if row.synced < 0:
-                    self._seen.clear(row.slot, initial[0])
-                    row.synced = 0
-                new = since(initial, produced, row.synced)
-                row.synced += len(new)
                 seen[0].append(row.slot)
-                seen[1].append(new)
+                seen[1].append(self._seen.catch_up(row.slot, row, initial, produced))
             if row.params.penalises_occurrences:
-                if row.counted < 0:
-                    self._generated.clear(row.slot, 0)
-                    row.counted = 0
-                new = since(initial, produced, row.prompt_length + row.counted)
-                row.counted += len(new)
                 generated[0].append(row.slot)
-                generated[1].append(new)
+                generated[1].append(
+                    self._generated.catch_up(row.slot, row, initial, produced, row.prompt_length)
+                )
         self._seen.extend(*seen)
         self._generated.extend(*generated)
 

@@ -23,8 +23,6 @@ class RowRequest:
     slot: int
     params: SamplingParams
     uniforms: random.Random | None  # None: greedy
-    synced: int = -1  # prompt and generated tokens already in the seen table; -1: row not started
-    counted: int = -1  # generated tokens already in the generated table; -1: row not started
     matcher: Matcher | None = None
     prompt_length: int = -1  # the prompt as first seen; -1: row not started
     accepted: int = 0  # generated tokens the matcher has taken
@@ -63,10 +61,3 @@ def banned_stops(row: RowRequest | None, state: Any) -> tuple[int, ...]:
         return ()
     produced = len(state.initial_tokens) + len(state.generated_tokens) - row.prompt_length
     return row.stop_ids if produced < row.params.min_tokens else ()
-
-
-def since(initial: Any, generated: Any, start: int) -> list[int]:
-    """The ids of initial + generated from `start` on, without copying what comes before."""
-    if start >= len(initial):
-        return list(generated[start - len(initial) :])
-    return list(initial[start:]) + list(generated)

@@ -1,26 +1,43 @@
 """Per batch slot, a request's token ids on the device, appended to in place: what the penalties read.
 
-Row `slot` holds `length[slot]` ids; the entries past them repeat the row's first id, so a gather over a
-row's columns only ever sees ids of that row (the repetition penalty, whose scatter then writes the same value
-twice), and `counted` says which entries are real (the presence and frequency penalties). The table doubles
-its width when a row outgrows it.
+Row `slot` holds `length[slot]` ids of the request that owns the slot; the entries past them repeat the row's
+first id, so a gather over a row's columns only ever sees ids of that row (the repetition penalty, whose
+scatter then writes the same value twice), and `counted` says which entries are real (the presence and
+frequency penalties). The table doubles its width when a row outgrows it.
+
+Each step `catch_up` takes, per row, the ids of its request's sequence it does not hold yet (a request new to
+the slot first empties the row), and `extend` writes them all at once.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+
+def since(initial: Any, generated: Any, start: int) -> list[int]:
+    """The ids of initial + generated from `start` on, without copying what comes before."""
+    if start >= len(initial):
+        return list(generated[start - len(initial) :])
+    return list(initial[start:]) + list(generated)
 
 
 class TokenTable:
     def __init__(self, slots: int, device: torch.device, width: int = 1024) -> None:
         self._ids = torch.zeros(slots, width, dtype=torch.long, device=device)
         self.length = [0] * slots
+        self._owner: list[object | None] = [None] * slots
         self._device = device
 
-    def clear(self, slot: int, first: int) -> None:
-        """Empty `slot`, its entries repeating `first` until it has ids of its own."""
-        self.length[slot] = 0
-        self._ids[slot].fill_(first)
+    def catch_up(self, slot: int, owner: object, initial: Any, generated: Any, start: int = 0) -> list[int]:
+        """The ids of `owner`'s sequence (`initial` + `generated`, from `start` on) that `slot`'s row does not
+        hold yet; a row another request held is emptied first, its entries repeating `initial[0]`."""
+        if self._owner[slot] is not owner:
+            self._owner[slot] = owner
+            self.length[slot] = 0
+            self._ids[slot].fill_(initial[0])
+        return since(initial, generated, start + self.length[slot])
 
     def extend(self, slots: list[int], tokens: list[list[int]]) -> None:
         """Append each list of ids to its slot's row, all at once."""
