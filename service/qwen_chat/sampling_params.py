@@ -70,7 +70,6 @@ NEUTRAL = SamplingParams(max_new_tokens=512, temperature=1.0, top_p=1.0, repetit
 # What may come from a checkpoint's generation_config.json (vLLM's list: max_new_tokens stays the operator's,
 # since it is also the cap; do_sample is not read, a request's temperature says whether it samples).
 CHECKPOINT_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-DEFAULT_FIELDS = (*CHECKPOINT_FIELDS, "presence_penalty", "frequency_penalty")
 Source = Literal["operator", "checkpoint", "service"]
 
 
@@ -85,6 +84,10 @@ class SamplingFields(BaseModel):
     repetition_penalty: RepetitionPenalty | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+
+
+# Each default, in `SamplingFields`' order: what `SamplingDefaults.merge` and `resolve` go through.
+DEFAULT_FIELDS = tuple(SamplingFields.model_fields)
 
 
 class SamplingOverrides(SamplingFields):
