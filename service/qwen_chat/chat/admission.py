@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from qwen_chat import tracing
 from qwen_chat.chat.rate_limit import RateLimiter
@@ -56,12 +57,7 @@ class Admission:
             options = options or ReplyOptions()
             refuse_non_text(messages, "messages", "a message")
             prompts = self.prompts()
-            if options.tools is not None:
-                refuse_non_text(options.tools, "tools", "a tool")
-                if not prompts.takes_tools:
-                    message = "this model's chat template does not take tools"
-                    raise Refusal(ErrorCode.BAD_REQUEST, message, param="tools", status=400)
-                template_args = {**(template_args or {}), "tools": options.tools}
+            template_args = with_tools(prompts, template_args, options.tools)
             if options.constraint is not None and prompts.reasons:
                 # The grammar shapes the answer from its first token: a thinking block would be cut off by it.
                 template_args = {**(template_args or {}), "enable_thinking": False}
@@ -170,3 +166,17 @@ class Admission:
 
 def _at_capacity(exc: UserAtCapacity) -> Refusal:
     return Refusal(ErrorCode.RATE_LIMITED, str(exc), retry_after=exc.retry_after, cause=USER_REQUESTS)
+
+
+def with_tools(
+    prompts: Prompts, template_args: TemplateArgs | None, tools: list[dict[str, Any]] | None
+) -> TemplateArgs | None:
+    """The template's arguments with the tools it lists (as a chat's prompt has them, and `/tokenize`'s);
+    tools for a template that takes none are refused."""
+    if tools is None:
+        return template_args
+    refuse_non_text(tools, "tools", "a tool")
+    if not prompts.takes_tools:
+        message = "this model's chat template does not take tools"
+        raise Refusal(ErrorCode.BAD_REQUEST, message, param="tools", status=400)
+    return {**(template_args or {}), "tools": tools}

@@ -16,6 +16,7 @@ from qwen_chat.chat.reply_options import ReplyOptions
 from qwen_chat.chat.stream import ChatStream
 from qwen_chat.chat.surrogates import refuse_non_text
 from qwen_chat.engine.api.interface import Finished, TextDelta
+from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.errors import SSE_RESPONSE
@@ -38,18 +39,24 @@ from qwen_chat.service import Service, ServiceDep
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-async def _prompt_ids(service: Service, prompt: str | list[int]) -> list[int]:
-    """Text is encoded as COMPLETIONS_CONTROL_TOKENS says; token ids are taken as they are, any of them."""
+async def prompt_ids(service: Service, prompt: str | list[int]) -> list[int]:
+    """Text is encoded as COMPLETIONS_CONTROL_TOKENS says; token ids are taken as they are, any of them
+    (`/tokenize` encodes a prompt the same way)."""
     prompts = service.admission.prompts()
     if isinstance(prompt, str):
         refuse_non_text(prompt, "prompt", "the prompt")
         controls = service.settings.completions_control_tokens
         return await asyncio.to_thread(prompts.encode_prompt, prompt, controls)
+    return checked_ids(prompts, prompt, "prompt")
+
+
+def checked_ids(prompts: Prompts, ids: list[int], param: str) -> list[int]:
+    """Token ids of the vocabulary, as they are; any other is a 400 naming `param`."""
     vocab = len(prompts.tokenizer)
-    if any(not 0 <= token < vocab for token in prompt):
-        message = f"prompt: token ids must be in [0, {vocab})"
-        raise Refusal(ErrorCode.BAD_REQUEST, message, param="prompt", status=400)
-    return prompt
+    if any(not 0 <= token < vocab for token in ids):
+        message = f"{param}: token ids must be in [0, {vocab})"
+        raise Refusal(ErrorCode.BAD_REQUEST, message, param=param, status=400)
+    return ids
 
 
 @router.post("/completions", response_model=None, responses=SSE_RESPONSE)
@@ -59,12 +66,12 @@ async def completions(
     settings = service.settings
     check_request(settings, body.model, body.n)
     params = resolve(service.engine.sampling_defaults, body.overrides(body.max_tokens), "max_tokens")
-    prompt_ids = await _prompt_ids(service, body.prompt)  # type: ignore[arg-type]
+    ids = await prompt_ids(service, body.prompt)  # type: ignore[arg-type]
     options = ReplyOptions(top_logprobs=body.logprobs)
     stream = await service.admission.start_prompt(
         principal.user,
         Transport.OPENAI,
-        prompt_ids,
+        ids,
         params,
         body.stop,  # type: ignore[arg-type]
         options,

@@ -15,11 +15,13 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import Field
 
+from qwen_chat.chat.admission import with_tools
 from qwen_chat.chat.reply_options import Tool
 from qwen_chat.chat.surrogates import refuse_non_text
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.openai_api import check_request
+from qwen_chat.http.openai_completions import checked_ids, prompt_ids
 from qwen_chat.http.openai_schema import Body, ChatMessage, ChatTemplateArgs, as_message
 from qwen_chat.service import Service, ServiceDep
 
@@ -60,23 +62,18 @@ async def tokenize(body: TokenizeRequest, service: ServiceDep, _principal: Princ
     if (body.prompt is None) == (body.messages is None):
         raise _refuse("send either prompt or messages", "prompt")
     if body.prompt is not None:
-        refuse_non_text(body.prompt, "prompt", "the prompt")
-        controls = service.settings.completions_control_tokens
-        ids = await asyncio.to_thread(prompts.encode_prompt, body.prompt, controls)
+        ids = await prompt_ids(service, body.prompt)
     else:
         if not body.add_generation_prompt:
             raise _refuse("only add_generation_prompt: true is served", "add_generation_prompt")
-        args: dict[str, object] = (
-            body.chat_template_kwargs.model_dump(exclude_none=True) if body.chat_template_kwargs else {}
+        kwargs = (
+            body.chat_template_kwargs.model_dump(exclude_none=True) if body.chat_template_kwargs else None
         )
-        if body.tools:
-            if not prompts.takes_tools:
-                raise _refuse("this model's chat template does not take tools", "tools")
-            args["tools"] = [tool.model_dump(exclude_none=True) for tool in body.tools]
+        listed = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
+        args = with_tools(prompts, kwargs, listed)
         messages = [as_message(m) for m in body.messages or []]
         refuse_non_text(messages, "messages", "a message")
-        refuse_non_text(args, "tools", "a tool")
-        ids = await asyncio.to_thread(prompts.encode_chat, messages, args or None)
+        ids = await asyncio.to_thread(prompts.encode_chat, messages, args)
     strs = prompts.tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None
     return {"count": len(ids), "max_model_len": prompts.context_length, "tokens": ids, "token_strs": strs}
 
@@ -87,7 +84,5 @@ async def detokenize(
 ) -> dict[str, str]:
     _check_model(service, body.model)
     prompts = service.admission.prompts()
-    vocab = len(prompts.tokenizer)
-    if any(not 0 <= token < vocab for token in body.tokens):
-        raise _refuse(f"tokens: token ids must be in [0, {vocab})", "tokens")
-    return {"prompt": await asyncio.to_thread(prompts.tokenizer.decode, body.tokens)}
+    tokens = checked_ids(prompts, body.tokens, "tokens")
+    return {"prompt": await asyncio.to_thread(prompts.tokenizer.decode, tokens)}
