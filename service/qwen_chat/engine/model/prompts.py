@@ -92,8 +92,6 @@ class Prompts:
         self.has_template = bool(getattr(tokenizer, "chat_template", None)) and family != "qwen"
         # Qwen2.5 and Qwen3 templates list the tools in the system turn and render calls and results.
         self.takes_tools = self.has_template and "tools" in str(tokenizer.chat_template)
-        # How its calls are written: Hermes JSON (Qwen2.5, Qwen3) or XML (Qwen3.5 and later).
-        self.tool_format = tool_format(getattr(tokenizer, "chat_template", None), family)
         vocab = tokenizer.get_vocab()
         # Replies open with a `<think>` block where the vocabulary has one (Qwen3, QwQ): chat/reasoning.py.
         self.reasons = "<think>" in vocab and "</think>" in vocab
