@@ -74,6 +74,14 @@ def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hybrid family's tiny model, whose template thinks first and writes Qwen3.5's XML tool calls."""
+    from qwen_chat.engine.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-qwen3_5"), family="qwen3_5")
+
+
+@pytest.fixture(scope="session")
 def conversion_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the tests' Qwen v1 conversions go (never the user's HF_HOME)."""
     return tmp_path_factory.mktemp("converted")

@@ -9,7 +9,7 @@ its chat template and that `tool_choice` `required` or a named function always c
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -227,13 +227,6 @@ WEATHER_DAYS = {
         },
     },
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen3_5_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from qwen_chat.engine.tiny import make_tiny_model
-
-    yield make_tiny_model(tmp_path_factory.mktemp("tiny-qwen3_5"), family="qwen3_5")
 
 
 def _xml_calls_whole_and_streamed(client: OpenAI, model: str, messages: Any, expected: Any) -> Any:

@@ -22,6 +22,7 @@ from qwen_chat.http import (
     openai_api,
     openai_chat,
     openai_completions,
+    openai_responses,
     page,
     probes,
     seed_api,
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(openai_api.router)
     app.include_router(openai_chat.router)
     app.include_router(openai_completions.router)
+    app.include_router(openai_responses.router)
     app.include_router(seed_api.router)
     app.include_router(tokenizer_api.router)
     app.mount("/static", page.static_files, name="static")
