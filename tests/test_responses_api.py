@@ -159,6 +159,17 @@ def test_the_real_model_samples_to_its_limit_and_writes_the_asked_json(server: L
         ({"tools": [{"type": "web_search"}]}, "tools.0", "'web_search' is not served"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input", "item_reference"),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input", "input_image"),
+        ({"input": [{"type": "reasoning", "summary": []}]}, "input", "no message"),
+        (
+            {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "["}]},
+            "input.0",
+            "JSON",
+        ),
+        (
+            {"text": {"format": {"type": "json_schema", "schema": {"type": "nonsense"}}}},
+            "text.format",
+            "nonsense",
+        ),
         ({"reasoning": {"effort": "extreme"}}, "reasoning.effort", "none"),
         ({"background": True}, "background", "Extra inputs"),
     ],

@@ -107,17 +107,18 @@ def reply_options(
     parallel_tool_calls: bool | None,
     response_format: ResponseFormat | None,
     top_logprobs: int | None = None,
+    format_field: str = "response_format",
 ) -> ReplyOptions:
     """The tools, parser, grammar and log-probabilities a request asks for; a grammar the library cannot
-    build is refused (400) naming the field."""
+    build is refused (400) naming the field (`format_field`: the format's, as the client's API spells it)."""
     choice = tool_choice or ("auto" if tools else "none")
     parallel = parallel_tool_calls is not False
     constraint = None
     if response_format is not None and (spec := response_format.constraint()) is not None:
         if choice not in ("none", "auto"):
-            message = "response_format cannot be combined with a tool_choice that forces a call"
-            raise Refusal(ErrorCode.BAD_REQUEST, message, param="response_format", status=400)
-        constraint = _grammar(spec, "response_format")
+            message = f"{format_field} cannot be combined with a tool_choice that forces a call"
+            raise Refusal(ErrorCode.BAD_REQUEST, message, param=format_field, status=400)
+        constraint = _grammar(spec, format_field)
     if choice == "none" or not tools:
         return ReplyOptions(constraint=constraint, top_logprobs=top_logprobs)
     listed = [tool.model_dump(exclude_none=True) for tool in tools]

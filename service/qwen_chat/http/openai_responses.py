@@ -40,7 +40,8 @@ async def create_response(
     check_request(settings, body.model or settings.model_name, None)
     params = resolve(service.engine.sampling_defaults, body.overrides(), "max_output_tokens")
     tools = body.chat_tools()
-    options = reply_options(tools, body.chat_tool_choice(), body.parallel_tool_calls, body.response_format())
+    choice, text_format = body.chat_tool_choice(), body.response_format()
+    options = reply_options(tools, choice, body.parallel_tool_calls, text_format, format_field="text.format")
     stream = await service.admission.start(
         principal.user,
         Transport.OPENAI,

@@ -78,6 +78,17 @@ def _text(content: Content | None) -> str:
     return content if isinstance(content, str) else "".join(part.text for part in content)
 
 
+def json_object_text(value: str) -> str:
+    """A tool call's `arguments`, checked to be a JSON object's text (empty is `{}`)."""
+    try:
+        parsed = json.loads(value or "{}")
+    except ValueError:
+        raise ValueError("arguments must be a JSON object's text") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("arguments must be a JSON object's text")
+    return value
+
+
 class FunctionCall(_Body):
     name: str
     arguments: str  # a JSON object's text
@@ -85,13 +96,7 @@ class FunctionCall(_Body):
     @field_validator("arguments")
     @classmethod
     def _json_object(cls, value: str) -> str:
-        try:
-            parsed = json.loads(value or "{}")
-        except ValueError:
-            raise ValueError("arguments must be a JSON object's text") from None
-        if not isinstance(parsed, dict):
-            raise ValueError("arguments must be a JSON object's text")
-        return value
+        return json_object_text(value)
 
 
 class ToolCallIn(_Body):

@@ -25,7 +25,7 @@ from qwen_chat.chat.reply_options import (
     ToolChoice,
 )
 from qwen_chat.engine.model.prompts import Message
-from qwen_chat.http.openai_schema import Body, FunctionCall, Text
+from qwen_chat.http.openai_schema import Body, Text, json_object_text
 from qwen_chat.sampling_params import (
     MaxNewTokens,
     MinP,
@@ -85,7 +85,7 @@ class FunctionCallItem(Body):
     @field_validator("arguments")
     @classmethod
     def _json_object(cls, value: str) -> str:
-        return FunctionCall(name="-", arguments=value).arguments
+        return json_object_text(value)
 
 
 class FunctionCallOutputItem(Body):
@@ -211,7 +211,7 @@ class Reasoning(Body):
 
 class ResponsesRequest(Body):
     model: str | None = None  # the served model when left out
-    input: Text | list[InputItem] = Field(min_length=1)
+    input: list[InputItem] = Field(min_length=1)  # a string is one user message
     instructions: Text | None = None
     max_output_tokens: MaxNewTokens | None = None
     temperature: Temperature | None = None
@@ -257,8 +257,17 @@ class ResponsesRequest(Body):
     @field_validator("input", mode="before")
     @classmethod
     def _served_items(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [{"role": "user", "content": value}]
         for item in value if isinstance(value, list) else []:
             _check_kind(item)
+        return value
+
+    @field_validator("input")
+    @classmethod
+    def _a_turn(cls, value: list[Any]) -> list[Any]:
+        if all(isinstance(item, ReasoningItem) for item in value):
+            raise ValueError("the input has no message, function call or output to answer")
         return value
 
     @model_validator(mode="after")
@@ -301,10 +310,9 @@ class ResponsesRequest(Body):
         """The conversation as the chat template reads it: `instructions` as the system turn, items in order
         (a function call joins the assistant turn before it, its output is a tool turn, a reasoning item's
         thinking goes to the assistant turn after it)."""
-        items = [MessageItem(role="user", content=self.input)] if isinstance(self.input, str) else self.input
         messages: list[Message] = []
         thinking: str | None = None
-        for item in items:
+        for item in self.input:
             if isinstance(item, ReasoningItem):
                 thinking = item.text()
             elif isinstance(item, MessageItem):
