@@ -1,19 +1,16 @@
-"""The body `POST /v1/responses` accepts, as OpenAI's Responses API defines it, and the conversation it
-becomes.
+"""The body `POST /v1/responses` accepts, as OpenAI's Responses API defines it (its `input` items are in
+`responses_input.py`), and what it asks of the chat: sampling, tools, a format, thinking on or off.
 
 The service is stateless: nothing is stored, so `store: true`, `previous_response_id` and item references
 are refused by name. Function tools are served; a built-in tool (web search, file search, code interpreter
-...) is refused by name. As on the other `/v1` bodies, anything not declared is a 400 naming the field; the
-fields of an output item a client feeds back as input (`id`, `status`, `annotations` ...) are declared and
-ignored, so `input=previous.output + [...]` works.
+...) is refused by name. As on the other `/v1` bodies, anything not declared is a 400 naming the field.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from qwen_chat.chat.reply_options import (
     FunctionDefinition,
@@ -25,7 +22,8 @@ from qwen_chat.chat.reply_options import (
     ToolChoice,
 )
 from qwen_chat.engine.model.prompts import Message
-from qwen_chat.http.openai_schema import Body, Text, json_object_text
+from qwen_chat.http.openai_schema import Body, Text
+from qwen_chat.http.responses_input import InputItem, ReasoningItem, as_messages, check_kind
 from qwen_chat.sampling_params import (
     MaxNewTokens,
     MinP,
@@ -35,114 +33,6 @@ from qwen_chat.sampling_params import (
     TopK,
     TopP,
 )
-
-# Content parts of OpenAI's image, audio and file input: named in the 400, since the service serves text.
-_MEDIA = ("input_image", "input_audio", "input_file", "image_url", "input_video")
-
-
-class InputText(Body):
-    type: Literal["input_text", "output_text", "text"]
-    text: str
-    annotations: list[Any] | None = None  # an output part fed back: ignored
-    logprobs: list[Any] | None = None  # likewise
-
-    @model_validator(mode="before")
-    @classmethod
-    def _text_only(cls, data: Any) -> Any:
-        kind = data.get("type") if isinstance(data, dict) else None
-        if kind in _MEDIA:
-            raise ValueError(f"a {kind!r} content part is not supported: qwen-chat serves text")
-        return data
-
-
-class RefusalPart(Body):
-    type: Literal["refusal"]
-    refusal: str
-
-
-class MessageItem(Body):
-    type: Literal["message"] = "message"
-    role: Literal["user", "system", "developer", "assistant"]
-    content: Text | list[InputText | RefusalPart]
-    id: str | None = None  # an output item fed back: ignored
-    status: str | None = None
-    phase: str | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text if isinstance(part, InputText) else part.refusal for part in self.content)
-
-
-class FunctionCallItem(Body):
-    type: Literal["function_call"]
-    call_id: str
-    name: str
-    arguments: str  # a JSON object's text
-    id: str | None = None
-    status: str | None = None
-
-    @field_validator("arguments")
-    @classmethod
-    def _json_object(cls, value: str) -> str:
-        return json_object_text(value)
-
-
-class FunctionCallOutputItem(Body):
-    type: Literal["function_call_output"]
-    call_id: str
-    output: Text | list[InputText]
-    id: str | None = None
-    status: str | None = None
-
-    def text(self) -> str:
-        return self.output if isinstance(self.output, str) else "".join(p.text for p in self.output)
-
-
-class ReasoningText(Body):
-    type: Literal["reasoning_text", "summary_text"]
-    text: str
-
-
-class ReasoningItem(Body):
-    """A reasoning item fed back: its thinking goes to the next assistant turn (the template decides whether
-    the prompt replays it)."""
-
-    type: Literal["reasoning"]
-    id: str | None = None
-    summary: list[ReasoningText] = Field(default_factory=list)
-    content: list[ReasoningText] | None = None
-    encrypted_content: None = None  # nothing is encrypted here, so nothing encrypted can be read back
-    status: str | None = None
-
-    def text(self) -> str:
-        return "".join(part.text for part in self.content or self.summary)
-
-
-_ITEMS = ("message", "function_call", "function_call_output", "reasoning")
-
-
-def _item_kind(data: Any) -> str:
-    """An input item's type (a message may leave it out), as the union's discriminator."""
-    kind = data.get("type", "message") if isinstance(data, dict) else getattr(data, "type", "message")
-    return str(kind)
-
-
-def _check_kind(data: Any) -> None:
-    kind = _item_kind(data)
-    if kind == "item_reference":
-        raise ValueError("an item_reference needs a stored response: qwen-chat stores none (send the item)")
-    if kind not in _ITEMS:
-        raise ValueError(f"an input item of type {kind!r} is not supported; send one of {', '.join(_ITEMS)}")
-
-
-InputItem = Annotated[
-    Annotated[MessageItem, Tag("message")]
-    | Annotated[FunctionCallItem, Tag("function_call")]
-    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
-    | Annotated[ReasoningItem, Tag("reasoning")],
-    Discriminator(_item_kind),
-]
 
 
 class FunctionTool(Body):
@@ -260,7 +150,7 @@ class ResponsesRequest(Body):
         if isinstance(value, str):
             return [{"role": "user", "content": value}]
         for item in value if isinstance(value, list) else []:
-            _check_kind(item)
+            check_kind(item)
         return value
 
     @field_validator("input")
@@ -307,31 +197,5 @@ class ResponsesRequest(Body):
         return {"enable_thinking": False} if effort in ("none", "minimal") else None
 
     def messages(self) -> list[Message]:
-        """The conversation as the chat template reads it: `instructions` as the system turn, items in order
-        (a function call joins the assistant turn before it, its output is a tool turn, a reasoning item's
-        thinking goes to the assistant turn after it)."""
-        messages: list[Message] = []
-        thinking: str | None = None
-        for item in self.input:
-            if isinstance(item, ReasoningItem):
-                thinking = item.text()
-            elif isinstance(item, MessageItem):
-                role = "system" if item.role == "developer" else item.role
-                messages.append({"role": role, "content": item.text()})
-            elif isinstance(item, FunctionCallItem):
-                call = {"name": item.name, "arguments": json.loads(item.arguments or "{}")}
-                if not messages or messages[-1]["role"] != "assistant":
-                    messages.append({"role": "assistant", "content": ""})
-                calls = messages[-1].setdefault("tool_calls", [])
-                calls.append({"id": item.call_id, "type": "function", "function": call})
-            else:
-                messages.append({"role": "tool", "content": item.text(), "tool_call_id": item.call_id})
-            if thinking is not None and messages and messages[-1]["role"] == "assistant":
-                messages[-1]["reasoning_content"] = thinking
-                thinking = None
-        if self.instructions is not None:  # first, and one system turn: Qwen's templates take only one
-            if messages and messages[0]["role"] == "system":
-                messages[0] = {**messages[0], "content": f"{self.instructions}\n\n{messages[0]['content']}"}
-            else:
-                messages.insert(0, {"role": "system", "content": self.instructions})
-        return messages
+        """The conversation as the chat template reads it (`responses_input.as_messages`)."""
+        return as_messages(self.input, self.instructions)
