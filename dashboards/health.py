@@ -14,8 +14,9 @@ from dashboards.panels import (
 )
 from dashboards.promql import mean_by_pod, request_ratio, series
 
-ADMITTED = 'outcome=~"stop|length|cancelled|error"'
+ADMITTED = 'outcome=~"stop|length|cancelled|timeout|error"'
 ERROR_RATIO = request_ratio('outcome="error"', (ADMITTED,))
+TIMEOUT_RATIO = request_ratio('outcome="timeout"', (ADMITTED,))
 ERRORS = steps("green", (0.01, "orange"), (0.05, "red"))  # the QwenChatErrorRatioHigh bound is 5%
 CACHE_SIZE = "cache size in tokens, all pods"  # the capacity: qwen_chat_kv_cache_pages counts every page
 
@@ -23,12 +24,16 @@ CACHE_SIZE = "cache size in tokens, all pods"  # the capacity: qwen_chat_kv_cach
 def errors_and_refusals() -> list[Panel]:
     return [
         timeseries_panel(
-            "Error and refusal ratio",
+            "Error, timeout and refusal ratio",
             "Errors: share of admitted requests that ended with outcome error (the QwenChatErrorRatioHigh "
-            "alert, default bound 5%). Refused: share of all requests refused before decoding (rejected: "
-            "bad request, too long, queue full, draining; rate_limited).",
+            "alert, default bound 5%). Timed out: share of admitted requests cut at their deadline "
+            "(outcome timeout: QWEN_CHAT_REQUEST_TIMEOUT, chart server.requestTimeout, or the request's "
+            "X-Request-Timeout / params.timeout); a rise with the queue means requests wait too long for a "
+            "slot. Refused: share of all requests refused before decoding (rejected: bad request, too "
+            "long, queue full, draining; rate_limited).",
             [
                 target(ERROR_RATIO, "errors"),
+                target(TIMEOUT_RATIO, "timed out"),
                 target(request_ratio('outcome=~"rejected|rate_limited"'), "refused"),
             ],
             unit="percentunit",

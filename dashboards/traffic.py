@@ -70,7 +70,7 @@ def overview() -> list[Panel]:
         ),
         stat_panel(
             "Error ratio",
-            "Share of admitted requests (outcome stop, length, cancelled or error) that ended with "
+            "Share of admitted requests (outcome stop, length, cancelled, timeout or error) that ended with "
             "outcome error. The QwenChatErrorRatioHigh alert fires above "
             "monitoring.prometheusRule.errorRatio (default 5%). No data: no requests in the interval.",
             ERROR_RATIO,
@@ -142,8 +142,8 @@ def load() -> list[Panel]:
         timeseries_panel(
             "Request rate by transport and outcome",
             "Chat requests per second (qwen_chat_requests_total) by transport (ws, http = /chat, sse = "
-            "/chat_stream, openai = /v1/chat/completions) and outcome (stop, length, cancelled, error, "
-            "rejected, rate_limited).",
+            "/chat_stream, openai = /v1/chat/completions) and outcome (stop, length, cancelled, timeout: "
+            "cut at its deadline, error, rejected, rate_limited).",
             [rate_by("requests_total", "transport", "outcome")],
             unit="reqps",
         ),

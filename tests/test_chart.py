@@ -459,6 +459,7 @@ def test_ingress_routes_to_the_service_with_websocket_timeouts() -> None:
         ("tracing.endpoint=collector:4318", "/tracing/endpoint"),
         ("tracing.sampler=sometimes", "/tracing/sampler"),
         ("tracing.samplerArg=2", "/tracing/samplerArg"),
+        ("server.requestTimeout=0", "/server/requestTimeout"),
     ],
 )
 def test_a_wrong_value_fails_the_schema_and_names_the_key(setting: str, complaint: str) -> None:
@@ -529,6 +530,14 @@ def test_the_readme_install_commands_match_the_chart() -> None:
     assert forward.replace("kubectl -n chat", "kubectl --namespace chat") in notes
     (secret_line,) = [line for line in section.splitlines() if "create secret generic" in line]
     assert secret_line.split("create secret generic ")[1].split()[0] in install
+
+
+def test_requests_have_no_deadline_unless_a_value_sets_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "QWEN_CHAT_REQUEST_TIMEOUT" not in env_of(server("cpu-values.yaml"))
+    env = env_of(server("cpu-values.yaml", "server.requestTimeout=90"))
+    assert env["QWEN_CHAT_REQUEST_TIMEOUT"] == "90"
+    monkeypatch.setenv("QWEN_CHAT_REQUEST_TIMEOUT", env["QWEN_CHAT_REQUEST_TIMEOUT"])
+    assert Settings().request_timeout == 90
 
 
 def test_sampling_defaults_are_left_to_the_checkpoint_unless_a_value_sets_one() -> None:

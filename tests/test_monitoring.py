@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from qwen_chat.metrics import REFUSAL_REASONS, Transport
+from qwen_chat.metrics import OUTCOMES, REFUSAL_REASONS, Transport
 from tests.support.chart_tools import REPO, run_tool
 from tests.support.live_server import wait_until
 from tests.support.monitoring_stack import (
@@ -665,7 +665,7 @@ def _assert_a_fresh_pod_has_every_series(prom: Any, board: dict[str, Any]) -> No
                 missing.append(f"{target}: {series}")
     assert not missing, "no series on a fresh pod:\n" + "\n".join(missing)
     outcomes = prom.query("count by (transport, outcome) (qwen_chat_requests_total)")
-    assert len(outcomes) == 4 * 6, "each transport x outcome of requests_total, at 0"
+    assert len(outcomes) == 4 * len(OUTCOMES), "each transport x outcome of requests_total, at 0"
     assert prom.value("sum(qwen_chat_requests_total)") == 0
     reasons = prom.query("count by (transport, reason) (qwen_chat_auth_failures_total)")
     assert {(r["metric"]["transport"], r["metric"]["reason"]) for r in reasons} == {

@@ -19,7 +19,7 @@ from openai import OpenAI
 
 from qwen_chat.app import create_app
 from tests.support.live_server import LiveServer, run_server
-from tests.support.scripted_engine import XML_SCRIPT, FailingEngine, ScriptedEngine
+from tests.support.scripted_engine import XML_SCRIPT, FailingEngine, HangingEngine, ScriptedEngine
 from tests.support.secret_volume import KEYS
 from tests.support.wsclient import bearer
 
@@ -200,3 +200,26 @@ def test_a_stream_whose_engine_fails_ends_with_an_error_event_and_a_failed_respo
     failed = events[-1].response
     assert failed.status == "failed" and failed.error is not None
     assert failed.error.message == "the model failed to generate a reply"
+
+
+def test_a_reply_past_its_deadline_fails_streamed_and_is_a_504_whole(
+    make_settings: Callable[..., Any],
+) -> None:
+    settings = make_settings()
+    deadline = {"X-Request-Timeout": "0.2"}
+    with (
+        run_server(create_app(settings, engine=HangingEngine(settings)), settings) as server,
+        sdk(server) as client,
+    ):
+        with client.responses.stream(model=settings.model_name, input="hi", extra_headers=deadline) as s:
+            events: list[Any] = list(s)
+        assert [e.type for e in events][-2:] == ["error", "response.failed"]
+        assert events[-2].code == "timeout" and "deadline of 0.2 s" in events[-2].message
+        assert _items(events[-1].response.output) == [("message", "Let")], "what it had is kept"
+        whole = httpx.post(
+            server.http + "/v1/responses",
+            json={"model": settings.model_name, "input": "hi"},
+            headers={**bearer(), **deadline},
+            timeout=30,
+        )
+        assert whole.status_code == 504 and whole.json()["error"]["code"] == "timeout"

@@ -38,6 +38,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     HTTP_ERROR = "http_error"
+    TIMEOUT = "timeout"  # a reply cut at its deadline (QWEN_CHAT_REQUEST_TIMEOUT, or the request's own)
 
     @property
     def ws(self) -> str:
@@ -55,8 +56,9 @@ class ErrorCode(enum.StrEnum):
 
     @property
     def outcome(self) -> str | None:
-        """The `requests_total` outcome of a chat request refused so; None for refusals that are not a
-        chat request's answer (a bad key is counted in auth_failures_total, a malformed body nowhere)."""
+        """The `requests_total` outcome of a chat request refused so (`timeout`: of a reply cut at its
+        deadline, counted as it ends); None for refusals that are not a chat request's answer (a bad key is
+        counted in auth_failures_total, a malformed body nowhere)."""
         return _RENDERINGS[self].outcome
 
 
@@ -87,6 +89,11 @@ _RENDERINGS = {
     ErrorCode.NOT_FOUND: _Rendering(404),
     ErrorCode.METHOD_NOT_ALLOWED: _Rendering(405),
     ErrorCode.HTTP_ERROR: _Rendering(500),
+    # 504, not 408: the request was whole and valid, the server did not finish it in time (408 says the
+    # client was too slow sending it). It is Google's mapping of gRPC's DEADLINE_EXCEEDED, and what Envoy
+    # answers when a route's timeout passes. Only a `/v1` request without `stream` sees the status; a streamed
+    # reply ends with the error event, `/ws` and the seed API with `finish_reason: "timeout"`.
+    ErrorCode.TIMEOUT: _Rendering(504, "timeout"),
 }
 
 # OpenAI's error `type` by HTTP status.

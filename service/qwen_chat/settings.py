@@ -71,6 +71,10 @@ class Settings(BaseSettings, SamplingFields):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
     drain_seconds: float = Field(default=30.0, ge=0.0)
+    # Seconds a chat request may take from its arrival to its last token, queue wait included; past it the
+    # reply ends `timeout` and its slot is freed. A request may ask for less (`X-Request-Timeout`, /ws
+    # `params.timeout`), never more. Unset or 0: no bound.
+    request_timeout: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     # Where gunicorn workers share readiness and metrics files; `qwen-chat serve` picks a fresh
     # temporary folder when unset. It must be writable (an emptyDir in Kubernetes).
     state_dir: Path | None = None
@@ -134,6 +138,16 @@ class Settings(BaseSettings, SamplingFields):
         if value in ("auto", "service") or (Path(value) / "generation_config.json").is_file():
             return value
         raise ValueError(f"{value!r} is neither `auto`, `service` nor a folder with a generation_config.json")
+
+    @field_validator("request_timeout", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("request_timeout")
+    @classmethod
+    def _zero_is_off(cls, value: float | None) -> float | None:
+        return value or None
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -1,6 +1,7 @@
 """Admitting a chat request, the same for every transport: text check, drain, rate limit, prompt budget,
-the user's cap on replies at once, queue. A request either becomes a `ChatStream` or is refused with a
-`Refusal`, which the transport that answers it renders and counts; transports only translate."""
+the user's cap on replies at once, queue. A request either becomes a `ChatStream` (under its deadline, when it
+has one: `chat/deadline.py`) or is refused with a `Refusal`, which the transport that answers it renders and
+counts; transports only translate."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from qwen_chat import tracing
+from qwen_chat.chat.deadline import effective_timeout
 from qwen_chat.chat.rate_limit import RateLimiter
 from qwen_chat.chat.reasoning import ReasoningSplit
 from qwen_chat.chat.reply_options import ReplyOptions
@@ -49,9 +51,10 @@ class Admission:
         usage: RequestMetrics | None = None,
         template_args: TemplateArgs | None = None,
         options: ReplyOptions | None = None,
+        deadline: float | None = None,
     ) -> ChatStream:
         """Admit one chat request, or raise `Refusal` (not text, draining, rate limit, too long, not
-        ready, queue full)."""
+        ready, queue full). `deadline`: the request's own in seconds, within the operator's bound."""
         usage = self._usage(usage, user, transport, "chat")
         with tracing.ended_by_exception(usage.trace):  # however admission ends early, the span ends
             options = options or ReplyOptions()
@@ -66,7 +69,9 @@ class Admission:
                 # Tokenising a long conversation takes milliseconds: keep it off the event loop.
                 return await asyncio.to_thread(prompts.fit, messages, template_args)
 
-            stream = await self._admit(user, transport, encode, "messages", params, stop, usage, options)
+            stream = await self._admit(
+                user, transport, encode, "messages", params, stop, usage, options, deadline
+            )
             if prompts.reasons and options.constraint is None:  # a grammar's reply is all answer
                 stream.reasoning = ReasoningSplit(opened=prompts.opens_reasoning(stream.request.prompt_ids))
             return stream
@@ -86,6 +91,7 @@ class Admission:
         params: SamplingParams,
         stop: list[str] | None = None,
         options: ReplyOptions | None = None,
+        deadline: float | None = None,
     ) -> ChatStream:
         """Admit a raw prompt (`/v1/completions`): no chat template, no turns to drop."""
         usage = self._usage(None, user, transport, "text_completion")
@@ -98,7 +104,7 @@ class Admission:
 
         with tracing.ended_by_exception(usage.trace):
             return await self._admit(
-                user, transport, encode, "prompt", params, stop, usage, options or ReplyOptions()
+                user, transport, encode, "prompt", params, stop, usage, options or ReplyOptions(), deadline
             )
 
     def _usage(
@@ -121,6 +127,7 @@ class Admission:
         stop: list[str] | None,
         usage: RequestMetrics,
         options: ReplyOptions,
+        deadline: float | None,
     ) -> ChatStream:
         if self._drain.draining:
             raise self._drain.refusal()
@@ -158,6 +165,9 @@ class Admission:
         stream = ChatStream(engine, request, kept, first.position, usage, stops, events)
         stream.tools = options.tool_parser
         self._drain.track(stream)
+        bound = effective_timeout(self._settings.request_timeout, deadline)
+        if bound is not None:  # from the request's arrival (`usage.received`): time spent so far counts
+            stream.expire_after(bound)
         if isinstance(usage.trace, tracing.ReplyTrace):
             shown = kept if self._settings.log_prompts and kept else None
             usage.trace.admitted(request.request_id, first.position, len(prompt_ids), params, shown)

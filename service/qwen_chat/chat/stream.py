@@ -5,20 +5,23 @@ The engine's text passes, in order: the client's stop strings, the reasoning spl
 Log-probabilities, when asked for, gather in `logprobs` as their tokens arrive (`take_logprobs`).
 
 A reply can end three ways besides its `Finished`: its client goes away (`cancelled`), the server cuts it
-short (`cancel(why)`: a drain's timeout; it finishes `cancelled` and `cut_by` says why), or it fails (the
-engine dies, or a bug of ours): `failure` counts it, logs it and says what its client may be told.
+short (`cancel(why)`: a drain's timeout; it finishes `cancelled` and `cut_by` says why; at its deadline,
+`expire_after`, it finishes `timeout`), or it fails (the engine dies, or a bug of ours): `failure` counts it,
+logs it and says what its client may be told.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from qwen_chat.chat.deadline import timed_out
 from qwen_chat.chat.reasoning import ReasoningDelta, ReasoningSplit
 from qwen_chat.chat.stop_strings import StopStrings
 from qwen_chat.chat.tool_calls import ToolCall, ToolCallDelta, ToolCallParser
@@ -70,6 +73,7 @@ class ChatStream:
     on_close: Callable[[ChatStream], None] | None = None
     cut_by: Refusal | None = None  # why the server cut the reply short (`cancel(why)`)
     _calls: list[ToolCall] = field(default_factory=list)
+    _deadline: asyncio.TimerHandle | None = None  # `expire_after`'s timer, until the stream closes
 
     def take_logprobs(self) -> list[tuple[int, TokenLogprob]]:
         """The tokens' log-probabilities that arrived since the last call."""
@@ -96,6 +100,8 @@ class ChatStream:
                         self.usage.tokens_sent(event.completion_tokens)
                     if self.stops.stopped or (self.tools is not None and self.tools.done):
                         event = dataclasses.replace(event, reason="stop")
+                    elif event.reason == "cancelled" and self.timed_out:
+                        event = dataclasses.replace(event, reason="timeout")
                     yield event
                     self.usage.finished(
                         event.reason,
@@ -179,6 +185,18 @@ class ChatStream:
             self.cut_by = why
         self.engine.abort(self.request.request_id)
 
+    def expire_after(self, seconds: float) -> None:
+        """Cut the reply short once `seconds` have passed since its request was received (the queue's wait
+        counts): it finishes `timeout`, its slot freed; the timer goes when the stream closes first."""
+        left = seconds - (time.perf_counter() - self.usage.received)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(max(left, 0.0), self.cancel, timed_out(seconds))
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether its deadline cut the reply short (it may still have finished first)."""
+        return self.cut_by is not None and self.cut_by.code is ErrorCode.TIMEOUT
+
     def failure(self, exc: Exception, bound: Any = None, **fields: Any) -> Refusal:
         """A reply that `exc` ended after it began: counted once as `error` (its span ended with it), logged
         on `bound` (a logger with the transport's context) with a traceback when it is a bug of ours, and
@@ -197,6 +215,8 @@ class ChatStream:
         """Stop the generation if it still runs; transports call this when they are done, however they end.
         A reply closed before `events` saw it end (its client went away before the first frame) counts as
         cancelled."""
+        if self._deadline is not None:
+            self._deadline.cancel()
         await self._events.aclose()  # type: ignore[attr-defined]
         self.usage.ended("cancelled")  # no-op when it was counted already
         if not self.closed.is_set():

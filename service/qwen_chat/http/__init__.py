@@ -3,4 +3,5 @@
 (their bodies), `openai_logprobs.py`, `openai_responses.py` (`/v1/responses`, with `responses_schema.py` and
 `responses_events.py`), `tokenizer_api.py` (`/tokenize`, `/detokenize`), `seed_api.py` (the seeds' `/chat` and
 `/chat_stream`), `probes.py` (/livez, /readyz, /metrics), `page.py` (the chat page, /whoami, security
-headers), `bearer.py` (the key dependency) and `errors.py` (every HTTP error as OpenAI's error object)."""
+headers), `bearer.py` (the key dependency), `deadline.py` (the `X-Request-Timeout` dependency) and `errors.py`
+(every HTTP error as OpenAI's error object)."""

@@ -58,8 +58,8 @@ def check_request(settings: Settings, model: str, n: int | None) -> None:
 
 
 def finish_reason(reason: str) -> str:
-    # OpenAI has no "cancelled": a reply the server cut short ends with an error instead (`cut_short`), and
-    # one the service ended at a stop string or a finished tool call already says `stop`.
+    # OpenAI has no "cancelled" or "timeout": a reply the server cut short ends with an error instead
+    # (`cut_short`), and one the service ended at a stop string or a finished tool call already says `stop`.
     return "length" if reason == "length" else "stop"
 
 
@@ -67,14 +67,16 @@ def cut_short(stream: ChatStream, reason: str) -> Refusal | None:
     """Why the server cut the reply short, if it did: the reply is not whole, and no finish reason of OpenAI's
     says so, so the client is told with an error instead. A `/v1` client cannot cancel (one that goes away
     reads nothing more), so every `cancelled` here is the server's: a drain's timeout says so (`cut_by`), an
-    engine closed without a drain (a dev server stopping) does not."""
-    if reason != "cancelled":
+    engine closed without a drain (a dev server stopping) does not. A `timeout` (the request's deadline) is
+    the error `timeout`, a 504 for a whole reply."""
+    if reason not in ("cancelled", "timeout"):
         return None
     return stream.cut_by or Refusal(ErrorCode.OVERLOADED, "the server stopped before the reply was finished")
 
 
 def cut_response(refusal: Refusal) -> JSONResponse:
-    """A whole-reply request the server cut short: its error (counted `cancelled` as the reply ended)."""
+    """A whole-reply request the server cut short: its error (counted `cancelled` or `timeout` as the reply
+    ended)."""
     return refusal.openai_response(openai_api=True)
 
 

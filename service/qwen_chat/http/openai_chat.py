@@ -21,6 +21,7 @@ from qwen_chat.chat.stream import ChatStream, Reply
 from qwen_chat.chat.tool_calls import ToolCallDelta
 from qwen_chat.engine.api.interface import Finished
 from qwen_chat.http.bearer import PrincipalDep
+from qwen_chat.http.deadline import DeadlineDep
 from qwen_chat.http.errors import SSE_RESPONSE
 from qwen_chat.http.openai_api import (
     Envelope,
@@ -43,7 +44,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 @router.post("/chat/completions", response_model=None, responses=SSE_RESPONSE)
 async def chat_completions(
-    body: ChatCompletionRequest, service: ServiceDep, principal: PrincipalDep
+    body: ChatCompletionRequest, service: ServiceDep, principal: PrincipalDep, deadline: DeadlineDep
 ) -> dict[str, Any] | EventSourceResponse | JSONResponse:
     settings = service.settings
     check_request(settings, body.model, body.n)
@@ -62,6 +63,7 @@ async def chat_completions(
         body.stop,  # type: ignore[arg-type]
         template_args=body.template_args(),
         options=options,
+        deadline=deadline,
     )
     envelope = Envelope(
         "chatcmpl", "chat.completion", settings.model_name, body.include_usage, body.continuous_usage

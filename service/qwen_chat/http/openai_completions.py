@@ -19,6 +19,7 @@ from qwen_chat.engine.api.interface import Finished, TextDelta
 from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
+from qwen_chat.http.deadline import DeadlineDep
 from qwen_chat.http.errors import SSE_RESPONSE
 from qwen_chat.http.openai_api import (
     Envelope,
@@ -61,7 +62,7 @@ def checked_ids(prompts: Prompts, ids: list[int], param: str) -> list[int]:
 
 @router.post("/completions", response_model=None, responses=SSE_RESPONSE)
 async def completions(
-    body: CompletionRequest, service: ServiceDep, principal: PrincipalDep
+    body: CompletionRequest, service: ServiceDep, principal: PrincipalDep, deadline: DeadlineDep
 ) -> dict[str, Any] | EventSourceResponse | JSONResponse:
     settings = service.settings
     check_request(settings, body.model, body.n)
@@ -75,6 +76,7 @@ async def completions(
         params,
         body.stop,  # type: ignore[arg-type]
         options,
+        deadline=deadline,
     )
     envelope = Envelope(
         "cmpl", "text_completion", settings.model_name, body.include_usage, body.continuous_usage

@@ -20,6 +20,7 @@ from qwen_chat.chat.reply_options import reply_options
 from qwen_chat.chat.stream import ChatStream
 from qwen_chat.engine.api.interface import EngineError, Finished
 from qwen_chat.http.bearer import PrincipalDep
+from qwen_chat.http.deadline import DeadlineDep
 from qwen_chat.http.errors import SSE_RESPONSE
 from qwen_chat.http.openai_api import SSE_HEADERS, check_request, cut_response, cut_short
 from qwen_chat.http.responses_events import Event, ResponseBuilder
@@ -34,7 +35,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 @router.post("/responses", response_model=None, responses=SSE_RESPONSE)
 async def create_response(
-    body: ResponsesRequest, service: ServiceDep, principal: PrincipalDep
+    body: ResponsesRequest, service: ServiceDep, principal: PrincipalDep, deadline: DeadlineDep
 ) -> dict[str, Any] | EventSourceResponse | JSONResponse:
     settings = service.settings
     check_request(settings, body.model or settings.model_name, None)
@@ -49,6 +50,7 @@ async def create_response(
         params,
         template_args=body.template_args(),
         options=options,
+        deadline=deadline,
     )
     builder = ResponseBuilder(settings.model_name, _echo(body, params))
     if not body.stream:

@@ -20,6 +20,7 @@ from qwen_chat.chat.stream import ChatStream
 from qwen_chat.engine.api.interface import Finished, TextDelta
 from qwen_chat.engine.model.prompts import Message
 from qwen_chat.http.bearer import PrincipalDep
+from qwen_chat.http.deadline import DeadlineDep
 from qwen_chat.http.errors import SSE_RESPONSE
 from qwen_chat.http.sse_reply import ended_in_band
 from qwen_chat.metrics import Transport
@@ -70,9 +71,11 @@ class SimpleChatResponse(BaseModel):
     reasoning: str | None = None  # a model that thinks first (Qwen3): its thinking, apart from `response`
 
 
-async def _start(body: SimpleChatRequest, service: Service, user: str, transport: Transport) -> ChatStream:
+async def _start(
+    body: SimpleChatRequest, service: Service, user: str, transport: Transport, deadline: float | None
+) -> ChatStream:
     params = resolve(service.engine.sampling_defaults, body.sampling())
-    return await service.admission.start(user, transport, body.messages(), params)
+    return await service.admission.start(user, transport, body.messages(), params, deadline=deadline)
 
 
 def _result(
@@ -94,19 +97,22 @@ def _result(
 
 
 @router.post("/chat")
-async def chat(body: SimpleChatRequest, service: ServiceDep, principal: PrincipalDep) -> SimpleChatResponse:
-    stream = await _start(body, service, principal.user, Transport.HTTP)
+async def chat(
+    body: SimpleChatRequest, service: ServiceDep, principal: PrincipalDep, deadline: DeadlineDep
+) -> SimpleChatResponse:
+    """The whole reply; one its deadline cut short is what it said by then, `finish_reason: "timeout"`."""
+    stream = await _start(body, service, principal.user, Transport.HTTP, deadline)
     reply = await stream.collect()
     return _result(body, reply.text, reply.finished, reply.reasoning)
 
 
 @router.post("/chat_stream", response_model=None, responses=SSE_RESPONSE)
 async def chat_stream(
-    body: SimpleChatRequest, service: ServiceDep, principal: PrincipalDep
+    body: SimpleChatRequest, service: ServiceDep, principal: PrincipalDep, deadline: DeadlineDep
 ) -> EventSourceResponse:
     """One `{"text": ...}` event per delta (`{"reasoning": ...}` for a thinking model's thinking, first),
-    then a `done` event holding what `/chat` returns."""
-    stream = await _start(body, service, principal.user, Transport.SSE)
+    then a `done` event holding what `/chat` returns (`finish_reason: "timeout"` past the deadline)."""
+    stream = await _start(body, service, principal.user, Transport.SSE, deadline)
     events = ended_in_band(stream, _events(body, stream), lambda refusal: [refusal.sse_event()])
     return EventSourceResponse(events, headers={"Cache-Control": "no-cache"})
 

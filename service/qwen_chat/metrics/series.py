@@ -181,7 +181,8 @@ MODEL_LOAD_SECONDS = Gauge(
 
 
 # Every label value a labelled series can take, so that each one exists, at 0, from a worker's start.
-OUTCOMES = ("stop", "length", "cancelled", "error", "rejected", "rate_limited")
+# `timeout`: admitted, then cut at its deadline (QWEN_CHAT_REQUEST_TIMEOUT or the request's own).
+OUTCOMES = ("stop", "length", "cancelled", "timeout", "error", "rejected", "rate_limited")
 # A refusal's reason is its `Refusal.cause`: the error code, or what of several causes of one code it was.
 USER_REQUESTS = "user_requests"  # the key has MAX_USER_REQUESTS replies at once (429)
 USER_CONNECTIONS = "user_connections"  # the key has MAX_USER_CONNECTIONS sockets open (/ws closed 1013)

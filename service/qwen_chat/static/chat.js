@@ -228,6 +228,7 @@ function finishReply(frame) {
   ];
   if (finished === "cancelled") parts.push("stopped");
   if (finished === "length") parts.push("cut at the token limit");
+  if (finished === "timeout") parts.push("cut at the time limit");
   setMeta(reply.element, parts.join(" · "));
   reply.element.dataset.finishReason = finished;
   reply.element.dataset.promptTokens = String(frame.usage.prompt_tokens);

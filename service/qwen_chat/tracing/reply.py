@@ -114,6 +114,8 @@ class ReplyTrace:
                 "gen_ai.latency.e2e": (end - self._started_ns) / 1e9,
             }
         )
+        if outcome == "timeout":  # cut at its deadline: OpenTelemetry's own example of an `error.type`
+            self.span.set_attribute("error.type", "timeout")
         self._end(end)
 
     def ended(self, outcome: str, error_type: str = "engine_error") -> None:

@@ -10,7 +10,9 @@ Client to server (text frames):
 
 Server to client: `start`, `reasoning`... (a thinking model's thinking), `token`..., `tool_call`... (one
 whole call each), then `done`; or `error` (`Refusal.ws_frame`, errors.py). Every message echoes the
-client's `id`. `params` is `SamplingOverrides` (sampling_params.py) and `response_format`.
+client's `id`. `params` is `SamplingOverrides` (sampling_params.py), `response_format` and `timeout` (the
+reply's deadline in seconds, within the server's QWEN_CHAT_REQUEST_TIMEOUT: past it `done` says
+`finish_reason: "timeout"`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class ToolResult(_Strict):
 
 class Params(SamplingOverrides):
     response_format: ResponseFormat | None = None
+    # Seconds from the message's arrival to the reply's end (chat/deadline.py); `X-Request-Timeout` on HTTP.
+    timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
 
 class ChatRequest(_Strict):

@@ -140,6 +140,7 @@ class ChatSession:
                 usage=usage,
                 template_args=template_args,
                 options=options,
+                deadline=message.params.timeout,
             )
         except Refusal as refusal:
             await self._refuse(usage, mid, refusal)
@@ -207,7 +208,8 @@ class ChatSession:
         ttft = stream.usage.ttft_seconds
         if epoch == self._epoch:
             self._remember(stream.messages, said)
-        reason = "tool_calls" if said.calls and event.reason != "length" else event.reason
+        # A reply cut at its token limit or its deadline says so, whatever calls it made before.
+        reason = "tool_calls" if said.calls and event.reason not in ("length", "timeout") else event.reason
         frame = wire.done(
             mid, reason, event.prompt_tokens, event.completion_tokens, ttft * 1000, speed, event.cached_tokens
         )

@@ -16,7 +16,9 @@ from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.wire import TokenLogprob
 from qwen_chat.sampling_params import SamplingDefaults, SamplingParams
 
-FinishReason = Literal["stop", "length", "cancelled"]
+# The engine ends a reply `stop`, `length` or `cancelled`; `timeout` is a cancelled reply that its deadline
+# cut, as the chat layer that set the deadline names it (`chat/stream.py`).
+FinishReason = Literal["stop", "length", "cancelled", "timeout"]
 
 
 class EngineState(enum.StrEnum):
