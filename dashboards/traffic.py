@@ -142,8 +142,8 @@ def load() -> list[Panel]:
         timeseries_panel(
             "Request rate by transport and outcome",
             "Chat requests per second (qwen_chat_requests_total) by transport (ws, http = /chat, sse = "
-            "/chat_stream, openai = /v1/chat/completions) and outcome (stop, length, cancelled, timeout: "
-            "cut at its deadline, error, rejected, rate_limited).",
+            "/chat_stream, openai = /v1/chat/completions, /v1/completions and /v1/responses) and outcome "
+            "(stop, length, cancelled, timeout: cut at its deadline, error, rejected, rate_limited).",
             [rate_by("requests_total", "transport", "outcome")],
             unit="reqps",
         ),
