@@ -12,15 +12,13 @@ import asyncio
 import contextlib
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.live_server import LiveServer, wait_until
-from tests.support.stream_clients import ERRORED, FINISHED, http_stream
+from tests.support.stream_clients import ERRORED, FINISHED, http_stream, outcomes
 from tests.support.wsclient import bearer, open_socket, receive, until_end
 
 SERVER_BOUND = 1.0  # QWEN_CHAT_REQUEST_TIMEOUT
@@ -28,16 +26,6 @@ ASKED = 0.3  # what the requests ask for
 MARGIN = 1.5  # a decode step, the event loop's turn and a loaded CI machine
 LONG = 1900  # tokens: ~3 s of the tiny model on one 2-core machine, far longer than either deadline
 TIMEOUT_ERROR = {"type": "server_error", "param": None, "code": "timeout"}
-
-
-def _outcomes(server: LiveServer) -> Counter[tuple[str, str]]:
-    """requests_total by transport and outcome, summed over models (other tests' servers share the registry)."""
-    counts: Counter[tuple[str, str]] = Counter()
-    for family in text_string_to_metric_families(httpx.get(server.http + "/metrics").text):
-        for sample in family.samples:
-            if sample.name == "qwen_chat_requests_total":
-                counts[(sample.labels["transport"], sample.labels["outcome"])] += sample.value
-    return counts
 
 
 @contextlib.contextmanager
@@ -122,7 +110,7 @@ def test_a_deadline_ends_a_long_reply_in_time_on_every_transport_and_frees_its_s
 ) -> None:
     with serve(max_running=1, max_new_tokens=LONG, request_timeout=SERVER_BOUND) as server:
         model = server.service.settings.model_name
-        before = _outcomes(server)
+        before = outcomes(server.http)
         asyncio.run(_every_transport(server, model))
         asyncio.run(_in_the_queue(server, model))
         wait_until(lambda: server.engine.stats.running == 0 and server.engine.stats.waiting == 0, 5, 0.02)
@@ -134,7 +122,7 @@ def test_a_deadline_ends_a_long_reply_in_time_on_every_transport_and_frees_its_s
             timeout=30,
         )
         assert after.status_code == 200 and after.json()["choices"][0]["finish_reason"] == "length"
-        counted = {key: n - before[key] for key, n in _outcomes(server).items() if n != before[key]}
+        counted = {key: n - before[key] for key, n in outcomes(server.http).items() if n != before[key]}
     assert counted == {
         ("openai", "timeout"): 3,
         ("sse", "timeout"): 1,

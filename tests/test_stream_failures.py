@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from qwen_chat.app import create_app
 from qwen_chat.chat.stream import ChatStream
@@ -30,7 +28,7 @@ from qwen_chat.ws import protocol
 from tests.support.live_server import LiveServer, run_server, wait_until
 from tests.support.scripted_engine import FailingEngine, HangingEngine, ScriptedEngine
 from tests.support.secret_volume import KEYS
-from tests.support.stream_clients import ERRORED, FINISHED, Ending, http_stream, sdk_chat
+from tests.support.stream_clients import ERRORED, FINISHED, Ending, http_stream, outcomes, sdk_chat
 from tests.support.wsclient import bearer, open_socket, until_end
 
 TRANSPORTS = ("openai", "sse", "ws")
@@ -39,8 +37,8 @@ SERVER_FAILED = "the server failed while sending the reply"
 
 
 def _errors(server: LiveServer) -> dict[str, float]:
-    outcomes = _outcomes(server)
-    return {transport: outcomes[(transport, "error")] for transport in TRANSPORTS}
+    counted = outcomes(server.http)
+    return {transport: counted[(transport, "error")] for transport in TRANSPORTS}
 
 
 async def _every_transport(server: LiveServer, model: str) -> tuple[dict[str, Ending], list[list[Any]]]:
@@ -189,10 +187,10 @@ def test_a_reply_the_drain_cuts_short_says_so_on_every_transport(
 ) -> None:
     settings = make_settings(drain_seconds=0.2)
     with run_server(create_app(settings, engine=HangingEngine(settings)), settings) as server:
-        before = _outcomes(server)
+        before = outcomes(server.http)
         ended = asyncio.run(_cut_by_the_drain(server, settings.model_name))
         counted = {
-            key: n - before.get(key, 0) for key, n in _outcomes(server).items() if n != before.get(key, 0)
+            key: n - before.get(key, 0) for key, n in outcomes(server.http).items() if n != before.get(key, 0)
         }
     shutting_down = {"message": "the server is shutting down", "type": "server_error", "param": None}
     # /v1 has no `cancelled`: an error says the reply is not whole, where `stop` would pass it off as whole.
@@ -206,13 +204,3 @@ def test_a_reply_the_drain_cuts_short_says_so_on_every_transport(
     assert ended["ws"][-1]["type"] == "done" and ended["ws"][-1]["finish_reason"] == "cancelled"
     # Each counted once, as cancelled: the server cut them, nothing failed.
     assert counted == {("openai", "cancelled"): 3, ("sse", "cancelled"): 1, ("ws", "cancelled"): 1}
-
-
-def _outcomes(server: LiveServer) -> Counter[tuple[str, str]]:
-    """requests_total by transport and outcome, summed over models (other tests' servers share the registry)."""
-    counts: Counter[tuple[str, str]] = Counter()
-    for family in text_string_to_metric_families(httpx.get(server.http + "/metrics").text):
-        for sample in family.samples:
-            if sample.name == "qwen_chat_requests_total":
-                counts[(sample.labels["transport"], sample.labels["outcome"])] += sample.value
-    return counts

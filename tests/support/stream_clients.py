@@ -1,5 +1,6 @@
 """Streaming clients that report how a reply ended, as its client saw it: finished, ended with an error event
-the client can read, refused before it began, cut mid-body (a protocol error), or hung.
+the client can read, refused before it began, cut mid-body (a protocol error), or hung; and how the server
+counted the replies (`outcomes`).
 
 `/v1` streams are read with the official `openai` SDK (chat) and with httpx (completions, and the raw body of
 a chat); `/chat_stream` with httpx. `streaming` is set once the first token arrived, so a test can strike
@@ -10,13 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import openai
+from prometheus_client.parser import text_string_to_metric_families
 
 FINISHED, ERRORED, REFUSED, CUT, HUNG = "finished", "errored", "refused", "cut", "hung"
+
+
+def outcomes(http: str) -> Counter[tuple[str, str]]:
+    """requests_total at the server `http` by transport and outcome, summed over models (other tests' servers
+    share the registry)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for family in text_string_to_metric_families(httpx.get(http + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == "qwen_chat_requests_total":
+                counts[(sample.labels["transport"], sample.labels["outcome"])] += int(sample.value)
+    return counts
 
 
 @dataclass
