@@ -73,10 +73,14 @@ test-unit: install
 	$(BIN)/python -m pytest tests/unit -q
 
 # The benchmark suite (bench/suite.py): tiny model by default, `make bench ARGS="--model PATH"` for another;
-# then the hybrid section (bench/hybrid.py: Qwen3.5-0.8B's shape, `HYBRID_ARGS="--model PATH"` for another).
+# then the hybrid section (bench/hybrid.py: Qwen3.5-0.8B's shape, `HYBRID_ARGS="--model PATH"` for another);
+# then guidellm, the client vLLM's docs recommend, against ours and transformers serve (bench/guidellm_run.py:
+# the tiny model and the 0.5B shape, `GUIDELLM_ARGS="--model PATH"` for another; guidellm installs itself
+# into .tools/guidellm beside the CPU wheel of torch, from $(TORCH_FIND_LINKS)).
 bench: install
 	$(BIN)/python -m bench.suite $(ARGS)
 	$(BIN)/python -m bench.hybrid $(HYBRID_ARGS)
+	TORCH_FIND_LINKS="$(TORCH_FIND_LINKS)" $(BIN)/python -m bench.guidellm_run $(GUIDELLM_ARGS)
 
 # On a CUDA machine, in an environment with the project installed over CUDA torch (`pip install -e '.[test]'`;
 # `make install` pins the CPU wheel): the GPU tests, then the chat workload on the 0.5B and 1.5B shapes at 1, 16

@@ -143,14 +143,22 @@ class Served(Launched):
 
 @contextmanager
 def serve(
-    model: str, work: Path, timeout: float = 600, environ: dict[str, str] | None = None, **settings: object
+    model: str,
+    work: Path,
+    timeout: float = 600,
+    environ: dict[str, str] | None = None,
+    log: Path | None = None,
+    **settings: object,
 ) -> Iterator[Served]:
     """Run the service with a bench key (`KEY`) and yield once /readyz is 200; out of the box but for
-    `settings` and `environ` (traces stay off unless `environ` turns them on)."""
+    `settings` and `environ` (traces stay off unless `environ` turns them on); its output into `log`, if
+    given."""
     credentials = work / "credentials"
     credentials.mkdir(exist_ok=True)
     (credentials / "bench").write_text(KEY)
     (credentials / "other").write_text(OTHER_KEY)
-    with launch(model, credentials, {"log_level": "warning", **settings}, environ=environ) as launched:
+    with launch(
+        model, credentials, {"log_level": "warning", **settings}, environ=environ, log=log
+    ) as launched:
         wait_ok(f"http://127.0.0.1:{launched.port}/readyz", launched.proc, timeout, "the service")
         yield Served(launched.proc, launched.port, launched.started, time.monotonic() - launched.started)

@@ -57,8 +57,7 @@ from bench.resources import cpu_seconds, worker_rss_mib
 from bench.serving import KEY, Served, serve
 from bench.shaped_model import SHAPES, make_shaped_model
 from bench.single_stream import RawGenerate
-from bench.transformers_serve import transformers_serve
-from qwen_chat.engine.core.kv_cache import CPU_CACHE_TOKENS
+from bench.transformers_serve import cache_pages, transformers_serve
 from qwen_chat.engine.model.loader import resolve_dtype
 from qwen_chat.engine.tiny import make_tiny_model
 
@@ -191,8 +190,7 @@ def start_servers(stack: ExitStack, p: Plan) -> tuple[Served, Served | None, str
         threaded = stack.enter_context(serve(p.model, p.work, **settings, engine_process="false"))
     theirs = None
     if not p.args.skip_transformers_serve:
-        page = 256 if p.device == "cuda" else 32
-        blocks = CPU_CACHE_TOKENS * 6 // 5 // page + 1  # our CPU cache, with its headroom
+        blocks, page = cache_pages(p.device)
         theirs = stack.enter_context(transformers_serve(p.model, p.work, p.device, p.dtype, blocks, page))
     return served, threaded, theirs
 

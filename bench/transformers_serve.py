@@ -10,6 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.serving import free_port, spawn, stop, wait_ok
+from qwen_chat.engine.core.kv_cache import CPU_CACHE_TOKENS
+
+
+def cache_pages(device: str) -> tuple[int, int]:
+    """(blocks, page size) of its paged cache: as many tokens as our CPU cache holds, with its headroom, in
+    pages of 256 tokens on CUDA and 32 on CPU."""
+    page = 256 if device == "cuda" else 32
+    return CPU_CACHE_TOKENS * 6 // 5 // page + 1, page
 
 
 @contextmanager
