@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from openai import OpenAI
 
@@ -21,6 +22,7 @@ from qwen_chat.app import create_app
 from tests.support.live_server import LiveServer, run_server
 from tests.support.scripted_engine import XML_SCRIPT, FailingEngine, HangingEngine, ScriptedEngine
 from tests.support.secret_volume import KEYS
+from tests.support.stream_clients import outcomes
 from tests.support.wsclient import bearer
 
 WEATHER = {
@@ -106,6 +108,13 @@ def test_a_thinking_reply_with_tool_calls_comes_back_as_items_whole_and_streamed
         prompt = engine.prompts.tokenizer.decode(engine.prompts_seen[seen])
         assert prompt.index("<function=get_weather>") < prompt.index("result of get_weather")
         assert "result of get_time" in prompt
+
+        # A conversation the template refuses (Qwen3.5's: no user query) is the client's to change: a 400.
+        lone: Any = [{"type": "function_call_output", "call_id": "c", "output": "sunny"}]
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(model=settings.model_name, input=lone)
+        assert refused.value.body["param"] == "input"  # type: ignore[index]
+        assert "No user query found" in refused.value.body["message"]  # type: ignore[index]
 
         # Effort `none` turns Qwen's thinking off: the template closes an empty thinking block for it.
         client.responses.create(model=settings.model_name, input="Hi", reasoning={"effort": "none"})
@@ -211,6 +220,7 @@ def test_a_reply_past_its_deadline_fails_streamed_and_is_a_504_whole(
         run_server(create_app(settings, engine=HangingEngine(settings)), settings) as server,
         sdk(server) as client,
     ):
+        before = outcomes(server.http)
         with client.responses.stream(model=settings.model_name, input="hi", extra_headers=deadline) as s:
             events: list[Any] = list(s)
         assert [e.type for e in events][-2:] == ["error", "response.failed"]
@@ -223,3 +233,5 @@ def test_a_reply_past_its_deadline_fails_streamed_and_is_a_504_whole(
             timeout=30,
         )
         assert whole.status_code == 504 and whole.json()["error"]["code"] == "timeout"
+        counted = outcomes(server.http)
+    assert counted[("openai", "timeout")] - before[("openai", "timeout")] == 2, "each counted as a timeout"

@@ -94,8 +94,9 @@ def test_the_timeout_is_a_504_that_the_sdk_does_not_retry() -> None:
 class Endless:
     """An engine's reply that streams a token every 10 ms until it is aborted, then finishes `cancelled`."""
 
-    def __init__(self) -> None:
+    def __init__(self, winding_down: float = 0.0) -> None:
         self.aborted = asyncio.Event()
+        self.winding_down = winding_down  # seconds from the abort to the finish (a decode step, a busy loop)
 
     def abort(self, request_id: str) -> None:
         self.aborted.set()
@@ -106,6 +107,7 @@ class Endless:
             sent += 1
             yield TextDelta("x", sent)
             await asyncio.sleep(0.01)
+        await asyncio.sleep(self.winding_down)
         yield Finished("cancelled", 2, sent, 0.0, 0.01)
 
 
@@ -114,13 +116,15 @@ def _timeouts(model: str) -> float:
     return REGISTRY.get_sample_value("qwen_chat_requests_total", labels) or 0.0
 
 
-async def _read(seconds: float, model: str, why: Refusal | None = None) -> tuple[list[object], float]:
-    engine = Endless()
+async def _read(
+    seconds: float, model: str, why: Refusal | None = None, cancelled: bool = False, winding_down: float = 0.0
+) -> tuple[list[object], float]:
+    engine = Endless(winding_down)
     usage = RequestMetrics(model, Transport.WS)
     request = GenerationRequest("r1", [1, 2], DEFAULTS)
     stream = ChatStream(engine, request, [], 0, usage, StopStrings([]), engine.events())  # type: ignore[arg-type]
     stream.expire_after(seconds)
-    if why is not None:  # the drain cut it first: that is what it says
+    if why is not None or cancelled:  # the drain (`why`) or the client cut it first: that is what it says
         asyncio.get_running_loop().call_later(0.05, stream.cancel, why)
     events = [event async for event in stream.events()]
     return events, time.perf_counter() - usage.received
@@ -138,6 +142,12 @@ def test_a_reply_past_its_deadline_finishes_timeout_counted_once() -> None:
 def test_a_reply_the_drain_cut_first_stays_cancelled() -> None:
     draining = Refusal(ErrorCode.OVERLOADED, "the server is shutting down")
     events, _ = asyncio.run(_read(0.5, "deadline-unit-drain", draining))
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.reason == "cancelled"
+
+
+def test_a_reply_its_client_cancelled_stays_cancelled_if_the_deadline_passes_before_it_ends() -> None:
+    events, _ = asyncio.run(_read(0.1, "deadline-unit-client", cancelled=True, winding_down=0.2))
     finished = events[-1]
     assert isinstance(finished, Finished) and finished.reason == "cancelled"
 

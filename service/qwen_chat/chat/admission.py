@@ -26,7 +26,7 @@ from qwen_chat.engine.api.interface import (
     Queued,
     UserAtCapacity,
 )
-from qwen_chat.engine.model.prompts import Message, Prompts, PromptTooLong, TemplateArgs
+from qwen_chat.engine.model.prompts import Message, Prompts, PromptTooLong, TemplateArgs, TemplateRefused
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.metrics import USER_REQUESTS, RequestMetrics, Transport
 from qwen_chat.runtime.drain import Drain
@@ -52,13 +52,15 @@ class Admission:
         template_args: TemplateArgs | None = None,
         options: ReplyOptions | None = None,
         deadline: float | None = None,
+        field: str = "messages",
     ) -> ChatStream:
-        """Admit one chat request, or raise `Refusal` (not text, draining, rate limit, too long, not
-        ready, queue full). `deadline`: the request's own in seconds, within the operator's bound."""
+        """Admit one chat request, or raise `Refusal` (not text, draining, rate limit, too long, a
+        conversation the template refuses, not ready, queue full). `deadline`: the request's own in seconds,
+        within the operator's bound; `field`: the conversation's, as the client's API names it."""
         usage = self._usage(usage, user, transport, "chat")
         with tracing.ended_by_exception(usage.trace):  # however admission ends early, the span ends
             options = options or ReplyOptions()
-            refuse_non_text(messages, "messages", "a message")
+            refuse_non_text(messages, field, "a message")
             prompts = self.prompts()
             template_args = with_tools(prompts, template_args, options.tools)
             if options.constraint is not None and prompts.reasons:
@@ -69,9 +71,7 @@ class Admission:
                 # Tokenising a long conversation takes milliseconds: keep it off the event loop.
                 return await asyncio.to_thread(prompts.fit, messages, template_args)
 
-            stream = await self._admit(
-                user, transport, encode, "messages", params, stop, usage, options, deadline
-            )
+            stream = await self._admit(user, transport, encode, field, params, stop, usage, options, deadline)
             if prompts.reasons and options.constraint is None:  # a grammar's reply is all answer
                 stream.reasoning = ReasoningSplit(opened=prompts.opens_reasoning(stream.request.prompt_ids))
             return stream
@@ -156,6 +156,8 @@ class Admission:
             first = await anext(events)
         except PromptTooLong as exc:
             raise Refusal(ErrorCode.TOO_LONG, str(exc), param=prompt_field) from None
+        except TemplateRefused as exc:
+            raise Refusal(ErrorCode.BAD_REQUEST, str(exc), param=prompt_field) from None
         except UserAtCapacity as exc:  # it reached the cap while its prompt was encoded
             raise _at_capacity(exc) from None
         except (EngineNotReady, EngineOverloaded) as exc:

@@ -74,6 +74,7 @@ class ChatStream:
     cut_by: Refusal | None = None  # why the server cut the reply short (`cancel(why)`)
     _calls: list[ToolCall] = field(default_factory=list)
     _deadline: asyncio.TimerHandle | None = None  # `expire_after`'s timer, until the stream closes
+    _cancelled: bool = False  # `cancel` was called (by the client, a drain or the deadline)
 
     def take_logprobs(self) -> list[tuple[int, TokenLogprob]]:
         """The tokens' log-probabilities that arrived since the last call."""
@@ -180,9 +181,12 @@ class ChatStream:
 
     def cancel(self, why: Refusal | None = None) -> None:
         """End the reply early: it finishes with reason `cancelled`. `why`, when the server (not the client)
-        cuts it short, is what a transport with no word for `cancelled` tells its client instead."""
-        if why is not None and self.cut_by is None:
-            self.cut_by = why
+        cuts it short, is what a transport with no word for `cancelled` tells its client instead. The first
+        cancel says why: a deadline passing after the client cancelled does not make it a timeout."""
+        if self._cancelled:
+            return
+        self._cancelled = True
+        self.cut_by = why
         self.engine.abort(self.request.request_id)
 
     def expire_after(self, seconds: float) -> None:

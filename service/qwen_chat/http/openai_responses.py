@@ -51,6 +51,7 @@ async def create_response(
         template_args=body.template_args(),
         options=options,
         deadline=deadline,
+        field="input",
     )
     builder = ResponseBuilder(settings.model_name, _echo(body, params))
     if not body.stream:
@@ -87,19 +88,21 @@ def _echo(body: ResponsesRequest, params: SamplingParams) -> dict[str, Any]:
 
 async def _whole(stream: ChatStream, builder: ResponseBuilder) -> dict[str, Any] | JSONResponse:
     """A response answered at once: the reply built as a stream's is, then the last event's response (or,
-    cut short by the server, its error)."""
+    cut short by the server, its error). The events are read to their end, which counts the reply."""
     last: list[Event] = []
+    cut = None
     try:
         async for event in stream.events():  # which close the stream however they end
             if isinstance(event, Finished):
-                if (cut := cut_short(stream, event.reason)) is not None:
-                    return cut_response(cut)
+                cut = cut_short(stream, event.reason)
                 last = builder.finish(event)
             else:
                 builder.feed(event)
     except EngineError as exc:  # logged as a streamed reply's failure is; answered by the HTTP handler
         stream.failure(exc)
         raise
+    if cut is not None:
+        return cut_response(cut)
     assert last, "the engine ended without finishing"
     response: dict[str, Any] = last[-1]["response"]
     return response

@@ -22,7 +22,7 @@ _MEDIA = ("input_image", "input_audio", "input_file", "image_url", "input_video"
 
 class InputText(Body):
     type: Literal["input_text", "output_text", "text"]
-    text: str
+    text: Text
     annotations: list[Any] | None = None  # an output part fed back: ignored
     logprobs: list[Any] | None = None  # likewise
 
@@ -37,7 +37,7 @@ class InputText(Body):
 
 class RefusalPart(Body):
     type: Literal["refusal"]
-    refusal: str
+    refusal: Text
 
 
 class MessageItem(Body):
@@ -58,7 +58,7 @@ class FunctionCallItem(Body):
     type: Literal["function_call"]
     call_id: str
     name: str
-    arguments: str  # a JSON object's text
+    arguments: Text  # a JSON object's text
     id: str | None = None
     status: str | None = None
 
@@ -81,7 +81,7 @@ class FunctionCallOutputItem(Body):
 
 class ReasoningText(Body):
     type: Literal["reasoning_text", "summary_text"]
-    text: str
+    text: Text
 
 
 class ReasoningItem(Body):
@@ -104,8 +104,8 @@ _ITEMS = ("message", "function_call", "function_call_output", "reasoning")
 
 def _item_kind(data: Any) -> str:
     """An input item's type (a message may leave it out), as the union's discriminator."""
-    kind = data.get("type", "message") if isinstance(data, dict) else getattr(data, "type", "message")
-    return str(kind)
+    kind = data.get("type") if isinstance(data, dict) else getattr(data, "type", None)
+    return str(kind or "message")  # null is absent, as everywhere in the body
 
 
 def check_kind(data: Any) -> None:

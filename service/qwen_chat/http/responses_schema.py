@@ -101,7 +101,7 @@ class Reasoning(Body):
 
 class ResponsesRequest(Body):
     model: str | None = None  # the served model when left out
-    input: list[InputItem] = Field(min_length=1)  # a string is one user message
+    input: list[InputItem] = Field(min_length=1, max_length=4096)  # a string is one user message
     instructions: Text | None = None
     max_output_tokens: MaxNewTokens | None = None
     temperature: Temperature | None = None

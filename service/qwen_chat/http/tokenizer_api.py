@@ -18,6 +18,7 @@ from pydantic import Field
 from qwen_chat.chat.admission import with_tools
 from qwen_chat.chat.reply_options import Tool
 from qwen_chat.chat.surrogates import refuse_non_text
+from qwen_chat.engine.model.prompts import TemplateRefused
 from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.openai_api import check_request
@@ -73,7 +74,10 @@ async def tokenize(body: TokenizeRequest, service: ServiceDep, _principal: Princ
         args = with_tools(prompts, kwargs, listed)
         messages = [as_message(m) for m in body.messages or []]
         refuse_non_text(messages, "messages", "a message")
-        ids = await asyncio.to_thread(prompts.encode_chat, messages, args)
+        try:
+            ids = await asyncio.to_thread(prompts.encode_chat, messages, args)
+        except TemplateRefused as exc:
+            raise _refuse(str(exc), "messages") from None
     strs = prompts.tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None
     return {"count": len(ids), "max_model_len": prompts.context_length, "tokens": ids, "token_strs": strs}
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from jinja2 import TemplateError
+
 from qwen_chat.engine.grammar_spec import ToolFormat
 from qwen_chat.engine.model.control_tokens import ControlTokens
 
@@ -32,6 +34,11 @@ def tool_format(chat_template: object, family: str = "") -> ToolFormat:
     if "<tool_call>" in template:
         return "hermes"
     return "xml" if family in XML_TOOL_FAMILIES else "hermes"
+
+
+class TemplateRefused(ValueError):
+    """The model's chat template refused the conversation (Qwen3.5's: a system turn that is not first, no
+    user turn): the client's to change, with the template's own words."""
 
 
 class PromptTooLong(ValueError):
@@ -100,9 +107,12 @@ class Prompts:
 
     def render(self, messages: list[Message], template_args: TemplateArgs | None = None) -> str:
         if self.has_template:
-            text = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True, **(template_args or {})
-            )
+            try:
+                text = self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True, **(template_args or {})
+                )
+            except TemplateError as exc:
+                raise TemplateRefused(f"the model's chat template refused the conversation: {exc}") from None
             return str(text)
         return render_chatml(messages)
 

@@ -12,6 +12,7 @@ hub access here), shortened where the wording does not change what a parser or a
   `enable_thinking=false`. An earlier assistant turn keeps its `reasoning_content` (or the `<think>` part
   of its content) only after the last user query (Qwen3's rule), every turn with `preserve_thinking=true`
   (Qwen3.6's switch).
+- A conversation with no user query (tool results alone) is refused, as Qwen3.5's template refuses it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ _LAST_QUERY = (
     " (message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}"
     "{%- set ns.found = true %}{%- set ns.last_query = index %}{%- endif %}"
     "{%- endfor %}"
+    "{%- if not ns.found %}{{- raise_exception('No user query found in messages.') }}{%- endif %}"
 )
 _CALLS = (
     "{%- for tool_call in message.tool_calls %}"
