@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,43 @@ def test_fit_drops_oldest_turns_but_keeps_system_and_last(tokenizer) -> None:  #
     assert kept[0] == system and kept[-1] == messages[-1]
     assert kept[1]["role"] == "user" and kept[1]["content"].startswith("question 1")
     assert prompts.fit(messages[:2]) == (messages[:2], prompts.encode_chat(messages[:2]))
+
+
+def _fit_one_turn_at_a_time(prompts: Prompts, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The rule `fit` follows, the slow way: drop the oldest turn, then any that is not a user turn."""
+    kept = list(messages)
+    first = 1 if kept[0]["role"] == "system" else 0
+    while len(prompts.encode_chat(kept)) > prompts.max_input_tokens and len(kept) - first > 1:
+        del kept[first]
+        while len(kept) - first > 1 and kept[first]["role"] != "user":
+            del kept[first]
+    return kept
+
+
+def test_fit_keeps_what_dropping_one_turn_at_a_time_keeps_in_a_few_encodings(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(7)
+    roles = ["user", "assistant", "tool"]
+    for case in range(30):
+        head = [{"role": "system", "content": "sys"}] if case % 2 else []
+        turns = [
+            {"role": rng.choice(roles), "content": "word " * rng.randint(0, 30)}
+            for _ in range(rng.randint(1, 40))
+        ]
+        messages = [*head, *turns]
+        prompts = Prompts(tokenizer, rng.randint(40, len(Prompts(tokenizer, 1).encode_chat(messages)) + 40))
+        expected = _fit_one_turn_at_a_time(prompts, messages)
+        if len(prompts.encode_chat(expected)) > prompts.max_input_tokens:
+            with pytest.raises(PromptTooLong):
+                prompts.fit(messages)
+        else:
+            assert prompts.fit(messages) == (expected, prompts.encode_chat(expected)), case
+    # A conversation of 4,096 turns over its budget costs about log2(4,096) encodings, not one per turn.
+    prompts = Prompts(tokenizer, 200)
+    calls = []
+    encode = prompts.encode_chat
+    prompts.encode_chat = lambda kept, args=None: calls.append(len(kept)) or encode(kept, args)  # type: ignore[method-assign]
+    kept, _ = prompts.fit([{"role": "user", "content": f"turn {i}"} for i in range(4096)])
+    assert kept[-1]["content"] == "turn 4095" and len(calls) <= 14
 
 
 def test_fit_raises_when_the_last_message_alone_is_too_long(tokenizer) -> None:  # type: ignore[no-untyped-def]

@@ -147,20 +147,33 @@ class Prompts:
     def fit(
         self, messages: list[Message], template_args: TemplateArgs | None = None
     ) -> tuple[list[Message], list[int]]:
-        """Drop the oldest turns (never a system message, never the last one) until the prompt fits.
+        """Drop the oldest turns (never a system message, never the last one) until the prompt fits: the
+        conversation then restarts on a user turn (an answer that lost its question goes too), or is the last
+        message alone.
 
         Returns the kept messages and their prompt tokens; raises `PromptTooLong` if the last message
-        (with the system message) alone is over budget.
+        (with the system message) alone is over budget. The fewest turns are dropped: a binary search over
+        where the kept turns start (a later start is never longer), so a long conversation costs a few
+        encodings, not one per dropped turn.
         """
-        kept = list(messages)
-        while True:
-            ids = self.encode_chat(kept, template_args)
-            if len(ids) <= self.max_input_tokens:
-                return kept, ids
-            first = 1 if kept and kept[0]["role"] == "system" else 0
-            if len(kept) - first <= 1:
-                raise PromptTooLong(len(ids), self.max_input_tokens)
-            del kept[first]
-            # A conversation restarts on a user turn: drop the assistant answer that lost its question.
-            while len(kept) - first > 1 and kept[first]["role"] != "user":
-                del kept[first]
+        ids = self.encode_chat(messages, template_args)
+        if len(ids) <= self.max_input_tokens:
+            return list(messages), ids
+        first = 1 if messages and messages[0]["role"] == "system" else 0
+        head, turns = messages[:first], messages[first:]
+        if len(turns) <= 1:
+            raise PromptTooLong(len(ids), self.max_input_tokens)
+        starts = [i for i in range(1, len(turns) - 1) if turns[i]["role"] == "user"] + [len(turns) - 1]
+        found: tuple[list[Message], list[int]] | None = None
+        low, high = 0, len(starts) - 1
+        while low <= high:  # the earliest start that fits
+            middle = (low + high) // 2
+            kept = head + turns[starts[middle] :]
+            encoded = self.encode_chat(kept, template_args)
+            if len(encoded) <= self.max_input_tokens:
+                found, high = (kept, encoded), middle - 1
+            else:
+                ids, low = encoded, middle + 1
+        if found is None:
+            raise PromptTooLong(len(ids), self.max_input_tokens)
+        return found
