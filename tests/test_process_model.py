@@ -173,6 +173,9 @@ async def test_metrics_pass_promtool_and_auth_failures_are_counted(server: Serve
     assert usage is not None and 0 <= usage < 1
     loaded = server.metric("qwen_chat_model_loaded")
     assert loaded == 2, "one per warmed worker"
+    # What each worker's engine runs with: on CPU our own attention, and none of transformers' fast paths.
+    off = {"device": "cpu", "cuda_graphs": "false", "async_batching": "false", "decode_kernel": "false"}
+    assert server.metric("qwen_chat_engine_info", **off) == 2, text
     promtool = shutil.which("promtool")
     assert promtool, "promtool comes with Debian's prometheus package (.ci/run installs it)"
     # The endpoint picker's vllm:* names break one of promtool's naming rules, the colon, which the picker's

@@ -59,6 +59,8 @@ class Settings(BaseSettings, SamplingFields):
     kv_cache_tokens: int = Field(default=0, ge=0)
     kv_page_size: int = Field(default=0, ge=0)
     max_batch_tokens: int = Field(default=0, ge=0)
+    # The decode kernel's block table on CUDA, in pages per request; 0: enough for the longest admitted one.
+    kv_pages_per_request: int = Field(default=0, ge=0)
     # A `/v1/completions` text prompt's control-token text (`<|im_start|>`, `</tool_response>`...): read as
     # those tokens when true, as vLLM reads it; as text when false, like every chat message's text.
     completions_control_tokens: bool = False

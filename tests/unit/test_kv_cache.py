@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-from qwen_chat.engine.core.kv_cache import CPU_CACHE_TOKENS, cache_geometry, running_slots
+from qwen_chat.engine.core.kv_cache import CPU_CACHE_TOKENS, cache_geometry, pages_for, running_slots
 from qwen_chat.engine.hf_internals import held_share
 from qwen_chat.settings import Settings
 
@@ -22,9 +22,22 @@ def test_on_cuda_the_manager_sizes_the_cache_from_free_memory() -> None:
     geometry = cache_geometry(Settings(), context_length=32768, budget=30000, device_type="cuda")
     assert geometry.num_blocks is None and geometry.memory_fraction == 0.8
     assert geometry.longest_request == 30000 + 512  # what the engine checks the manager's cache against
-    assert (geometry.page_size, geometry.max_batch_tokens) == (256, 2048)
+    assert (geometry.page_size, geometry.max_batch_tokens) == (256, 8192)  # transformers' own on a GPU
     fraction = cache_geometry(Settings(kv_cache_memory_fraction=0.5), 32768, 30000, "cuda")
     assert fraction.memory_fraction == 0.5
+
+
+def test_on_cuda_the_decode_kernels_block_table_fits_the_longest_admitted_request() -> None:
+    geometry = cache_geometry(Settings(), context_length=32768, budget=30000, device_type="cuda")
+    # 30,512 tokens are 120 pages of 256; one more for a page a request straddles, even: 122.
+    assert geometry.pages_per_request == 122 and geometry.pages_per_request * 256 >= geometry.longest_request
+    assert pages_for(256, 256) == 2 and pages_for(257, 256) == 4
+    short = cache_geometry(Settings(), context_length=4096, budget=3584, device_type="cuda")
+    assert short.pages_per_request == 18  # 4,096 tokens: 16 pages, 17, even
+    chosen = cache_geometry(Settings(kv_pages_per_request=64, max_batch_tokens=4096), 32768, 30000, "cuda")
+    assert (chosen.pages_per_request, chosen.max_batch_tokens) == (64, 4096)
+    # On CPU there is no such kernel: the manager is told nothing, and leaves the path off.
+    assert cache_geometry(Settings(), 32768, 30000, "cpu").pages_per_request is None
 
 
 def test_on_cpu_the_cache_is_a_token_budget_not_max_running_times_the_context() -> None:

@@ -8,22 +8,20 @@ What is hooked, and why:
   `manager.output_router`: one `Step` per decode step, the tokens of cancelled requests dropped
   (`core/batch.py`); it reads each `requests.GenerationOutput`'s `request_id`, `generated_tokens`, `status`,
   `error` and `is_finished()`
-- `ContinuousBatchingManager._generation_step`: wrapped, to time each forward (`decode_step_seconds`)
-- `ContinuousBatchingManager._generation_loop_body`: wrapped, to measure the KV cache after a cancel frees
-  its pages
+- `ContinuousBatchingManager._generation_step` and `._generation_loop_body`: wrapped, to time each forward
+  (`decode_step_seconds`) and to measure the KV cache after a cancel frees its pages
 - `manager.logit_processor` (`.logits_processor`, `.tensors_required`, `.do_processing`): our processor
   appended; `cb_logits_processors.ContinuousBatchingLogitsProcessor`: its type (`core/batch_sampler.py`:
-  `fill_defaults`, `prepare_tensor_args` and `__call__` overridden; it reads each
-  `requests.FutureRequestState`'s `state`, and that `RequestState`'s `request_id`, `initial_tokens` and
-  `generated_tokens`), so every row of a step is sampled at once with its own parameters
-- `requests.RequestStatus`: compared, to find a failed request's rows
+  `fill_defaults`, `prepare_tensor_args` and `__call__` overridden; it reads each `FutureRequestState`'s
+  `state`, that `RequestState`'s `request_id`, `initial_tokens`, `generated_tokens`): every row of a step
+  sampled at once with its own parameters; `requests.RequestStatus`: compared, to find a failed request's rows
 - `manager.batch_processor.cache` (`num_blocks`, `num_sectors`, `bytes_per_sector`,
   `cache_allocators[*].block_table` and `.bytes_per_block`) and `.max_batch_tokens`: read, for the cache's
   pages and the share live requests hold (the endpoint picker's `kv_cache_usage_perc`)
 - `manager.batch_processor.offloading_manager.offload_requests` (wrapped) and `.scheduler.waiting_requests`
   (read): preemptions counted
 - `manager.is_running()`, `manager.background_thread_status.fatal_error`: read, so a dead manager thread is
-  restarted
+  restarted; `model.config._attn_implementation`: read, to say which attention runs
 - `AttentionInterface.register("sdpa", ...)` and `integrations.sdpa_attention.sdpa_attention_forward`:
   re-registered and called, for per-request attention on CPU (`core/cpu_attention.py`)
 - the methods a hybrid model's layers call on their cache (`CACHE_PROTOCOL`, those of transformers' `Cache`):
@@ -33,10 +31,8 @@ What is hooked, and why:
 
 `check_manager` names every hook a started manager lacks, `check_hybrid` what the hybrid core relies on; each
 core calls its check at start, so a transformers that renamed one fails there with the hook's name, never
-later and silently. `tests/test_hf_internals.py`
-checks them all against the installed transformers. Importing this module loads neither torch nor
-transformers: each name is imported when it is first used.
-"""
+later and silently (`tests/test_hf_internals.py` checks them against the installed transformers). Importing
+this module loads neither torch nor transformers: each name is imported when it is first used."""
 
 from __future__ import annotations
 
@@ -133,6 +129,10 @@ def cache_pages(manager: Any) -> int:
 def max_batch_tokens(manager: Any) -> int:
     processor = batch_processor(manager)
     return int(processor.max_batch_tokens) if processor is not None else 0
+
+
+def attention(model: Any) -> str:  # the manager may have switched it to a paged one
+    return str(model.config._attn_implementation)
 
 
 def held_share(manager: Any) -> float:

@@ -88,6 +88,8 @@ class ModelFacts(msgspec.Struct, array_like=True, gc=False):
     family: str = "qwen2"  # the checkpoint's model_type (engine/model/families.py)
     max_running: int = 0  # the requests the core decodes at once; the worker admits that many
     tokenizer_class: str = ""  # `module:name` of the tokenizer class the core's AutoTokenizer loaded
+    attention: str = ""  # the attention implementation the model runs
+    fast_paths: list[str] = []  # transformers' fast paths the core runs with (engine/core/fast_paths.py)
 
 
 class Ready(msgspec.Struct, array_like=True, gc=False, tag=True):

@@ -7,7 +7,7 @@ the core runs: an engine process writes no metric files, so the multiprocess rul
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -105,10 +105,35 @@ class EngineStepMetrics:
             KEPT_STATES.labels(self._model).set(step.kept_states)
 
 
-def publish_kv_cache(model: str, usage: float, pages: int, page_size: int) -> None:
-    KV_CACHE_USAGE.labels(model).set(usage)
-    KV_CACHE_PAGES.labels(model).set(pages)
-    KV_CACHE_PAGE_SIZE.labels(model).set(page_size)
+FAST_PATHS = ("cuda_graphs", "async_batching", "decode_kernel")
+ENGINE_INFO = Gauge(
+    "engine_info",
+    "1 per worker, labelled with what its engine runs: device, dtype, attention implementation, and whether "
+    "each of transformers' fast paths is on (CUDA graphs, async batching, the decode kernel).",
+    ["model", "device", "dtype", "attention", *FAST_PATHS],
+    namespace=NAMESPACE,
+    multiprocess_mode="liveall",
+)
+
+
+class Facts(Protocol):
+    """What the worker learnt of its engine once the model loaded (`engine.wire.ModelFacts`)."""
+
+    kv_cache_pages: int
+    kv_page_size: int
+    device: str
+    dtype: str
+    attention: str
+    fast_paths: list[str]
+
+
+def publish_facts(model: str, facts: Facts) -> None:
+    """The loaded engine's KV cache geometry and what it runs with, from the start."""
+    KV_CACHE_USAGE.labels(model).set(0.0)
+    KV_CACHE_PAGES.labels(model).set(facts.kv_cache_pages)
+    KV_CACHE_PAGE_SIZE.labels(model).set(facts.kv_page_size)
+    on = [str(path in facts.fast_paths).lower() for path in FAST_PATHS]
+    ENGINE_INFO.labels(model, facts.device, facts.dtype, facts.attention or "unknown", *on).set(1)
 
 
 def publish_zeros(model: str) -> None:

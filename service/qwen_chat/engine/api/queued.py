@@ -160,7 +160,7 @@ class QueuedEngine(abc.ABC):
             raise
         self._stats.load_seconds = time.monotonic() - started
         self._state = EngineState.READY
-        metrics.publish_kv_cache(self._settings.model_name, 0.0, facts.kv_cache_pages, facts.kv_page_size)
+        metrics.publish_facts(self._settings.model_name, facts)
         log.info(
             "model_ready",
             model=self._settings.model,

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from qwen_chat.engine.hf_internals import attention
 from qwen_chat.engine.model.loader import LoadedModel, input_budget
 from qwen_chat.engine.model.prompts import Prompts
 from qwen_chat.engine.model.tokenizer import class_path
@@ -49,8 +50,14 @@ class EngineCore(Protocol):
 
 
 def model_facts(
-    settings: Settings, loaded: LoadedModel, max_running: int, pages: int = 0, page_size: int = 0
+    settings: Settings,
+    loaded: LoadedModel,
+    max_running: int,
+    pages: int = 0,
+    page_size: int = 0,
+    fast: list[str] | None = None,
 ) -> ModelFacts:
+    """What the worker is told of the loaded model; `fast`: the fast paths the core runs (`fast_paths.py`)."""
     return ModelFacts(
         context_length=loaded.context_length,
         stop_token_ids=sorted(loaded.stop_token_ids),
@@ -62,6 +69,8 @@ def model_facts(
         family=loaded.family,
         max_running=max_running,
         tokenizer_class=class_path(loaded.tokenizer),
+        attention=attention(loaded.model),
+        fast_paths=fast or [],
     )
 
 

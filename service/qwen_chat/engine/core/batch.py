@@ -17,7 +17,7 @@ import structlog
 from transformers import ContinuousBatchingConfig
 
 from qwen_chat.engine import hf_internals
-from qwen_chat.engine.core import cpu_attention
+from qwen_chat.engine.core import cpu_attention, fast_paths
 from qwen_chat.engine.core.base import StepSink, WarmingSink, grammar_eos, model_facts
 from qwen_chat.engine.core.batch_sampler import BatchSampler
 from qwen_chat.engine.core.grammar import GrammarError, Grammars
@@ -101,6 +101,7 @@ class BatchCore:
         self._cache_measured = 0.0
         self._cancels = 0  # cancels sent to the manager (written by `cancel` only)
         self._cancels_measured = 0  # of those, how many the cache was measured after (the loop's only)
+        self._fast: list[str] = []  # the manager's fast paths, once started (`fast_paths.py`)
 
     # --- lifecycle ---
 
@@ -112,17 +113,23 @@ class BatchCore:
         self._grammars.warm_in_background()
         _require_hooks(self._manager, started=True)
         self._check_cache_holds_a_request(hf_internals.cache_pages(self._manager))
+        self._fast = fast_paths.running(self._manager)
+        attention = hf_internals.attention(self._loaded.model)
+        fast_paths.warn_if_slow(self._loaded.device.type, attention)
         log.info(
             "batch_engine_ready",
             kv_cache_pages=hf_internals.cache_pages(self._manager),
             page_size=self._geometry.page_size,
+            pages_per_request=self._geometry.pages_per_request,
             max_batch_tokens=hf_internals.max_batch_tokens(self._manager),
             max_running=self.max_running,
+            attention=attention,
+            fast_paths=self._fast,
         )
 
     def facts(self) -> ModelFacts:
-        pages = hf_internals.cache_pages(self._manager)
-        return model_facts(self._settings, self._loaded, self.max_running, pages, self._geometry.page_size)
+        pages, page_size = hf_internals.cache_pages(self._manager), self._geometry.page_size
+        return model_facts(self._settings, self._loaded, self.max_running, pages, page_size, self._fast)
 
     def healthy(self) -> bool:
         return self._manager_alive()
@@ -142,6 +149,7 @@ class BatchCore:
             max_memory_percent=geometry.memory_fraction,
             page_size=geometry.page_size,
             max_batch_tokens=geometry.max_batch_tokens,
+            max_blocks_per_request=geometry.pages_per_request,
             max_requests_per_batch=self.max_running,
             max_queue_size=0,
             # BatchSampler builds each step's plan right before that step's logits (batch_sampler.py):

@@ -26,7 +26,7 @@ from qwen_chat.engine.core.grammar import GrammarError, Grammars
 from qwen_chat.engine.core.hybrid_cache import HybridCache, RequestKV
 from qwen_chat.engine.core.hybrid_requests import Request, SamplerRow, cache_tokens, cache_usage
 from qwen_chat.engine.core.kept_states import KeptStates, generation_marker
-from qwen_chat.engine.core.kv_cache import running_slots
+from qwen_chat.engine.core.kv_cache import batch_tokens, running_slots
 from qwen_chat.engine.model.loader import LoadedModel, input_budget
 from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
 from qwen_chat.settings import Settings
@@ -47,7 +47,7 @@ class HybridCore:
         device = loaded.device
         self.max_running = running_slots(settings, device.type)
         self._layout = hybrid_cache.layout_of(loaded.model.config, loaded.dtype)
-        self._chunk = settings.max_batch_tokens or (2048 if device.type == "cuda" else 512)
+        self._chunk = batch_tokens(settings, device.type)
         self._longest = min(
             loaded.context_length, input_budget(settings, loaded.context_length) + settings.max_new_tokens
         )

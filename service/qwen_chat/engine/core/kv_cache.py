@@ -38,6 +38,17 @@ def running_slots(settings: Settings, device_type: str) -> int:
     return DEFAULT_MAX_RUNNING.get(device_type, DEFAULT_MAX_RUNNING["cpu"])
 
 
+# Tokens one step may take in (prefill chunks and decode rows) when MAX_BATCH_TOKENS is 0: transformers' own
+# figure on a GPU, where a bigger step costs little more than a small one; on CPU a step's time grows with its
+# tokens, and 512 keeps a long prefill from stalling the decoding rows beside it for long.
+DEFAULT_BATCH_TOKENS = {"cuda": 8192, "cpu": 512}
+
+
+def batch_tokens(settings: Settings, device_type: str) -> int:
+    """MAX_BATCH_TOKENS, or the device's default when it is 0."""
+    return settings.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(device_type, DEFAULT_BATCH_TOKENS["cpu"])
+
+
 @dataclass(frozen=True)
 class CacheGeometry:
     num_blocks: int | None  # None: the manager sizes the cache from free device memory
@@ -45,6 +56,9 @@ class CacheGeometry:
     max_batch_tokens: int
     memory_fraction: float | None
     longest_request: int  # prompt budget plus MAX_NEW_TOKENS, within the context: the cache must hold one
+    # The block table of the decode kernel (flash attention's `flash_attn_with_kvcache`) on CUDA: pages enough
+    # for the longest admitted request. None on CPU, where that kernel never runs.
+    pages_per_request: int | None = None
 
     @property
     def tokens(self) -> int | None:
@@ -55,11 +69,20 @@ def cache_geometry(settings: Settings, context_length: int, budget: int, device_
     """What `ContinuousBatchingConfig` gets on a `cuda` or `cpu` device, for prompts up to `budget` tokens."""
     cuda = device_type == "cuda"
     page_size = settings.kv_page_size or (256 if cuda else 32)
-    max_batch_tokens = settings.max_batch_tokens or (2048 if cuda else 512)
+    max_batch_tokens = batch_tokens(settings, device_type)
     longest = min(context_length, budget + settings.max_new_tokens)
+    pages = (settings.kv_pages_per_request or pages_for(longest, page_size)) if cuda else None
     if cuda and not settings.kv_cache_tokens:
-        return CacheGeometry(None, page_size, max_batch_tokens, settings.kv_cache_memory_fraction, longest)
+        fraction = settings.kv_cache_memory_fraction
+        return CacheGeometry(None, page_size, max_batch_tokens, fraction, longest, pages)
     tokens = max(longest, settings.kv_cache_tokens or CPU_CACHE_TOKENS)
     # The manager holds back new prefills when less than 15% of the cache is free: leave that headroom.
     num_blocks = math.ceil(tokens * 1.2 / page_size) + 1
-    return CacheGeometry(num_blocks, page_size, max_batch_tokens, None, longest)
+    return CacheGeometry(num_blocks, page_size, max_batch_tokens, None, longest, pages)
+
+
+def pages_for(tokens: int, page_size: int) -> int:
+    """The block table's width for requests of up to `tokens`: their pages, one more for a page a request
+    straddles, rounded up to even (transformers' own rule for the width it derives)."""
+    pages = math.ceil(tokens / page_size) + 1
+    return pages + pages % 2
