@@ -21,7 +21,8 @@ UV := .tools/uv/bin/uv
 # Where the CPU wheel of torch lies, so the lock holds its CPU dependencies and no CUDA ones: pip's find-links here.
 TORCH_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
 
-.PHONY: install lock system-deps tools run test test-unit bench gpu-check dashboard lint format clean
+.PHONY: install lock system-deps tools run test test-unit bench gpu-check gpu-wheels gpu-rehearse dashboard \
+	lint format clean
 
 install: $(STAMP)
 
@@ -91,6 +92,18 @@ gpu-check:
 	$(GPU_PYTHON) -m pytest -m gpu -q tests/test_gpu.py
 	$(GPU_PYTHON) -m bench.suite --shape qwen2.5-0.5b $(GPU_BENCH) --label gpu-qwen2.5-0.5b
 	$(GPU_PYTHON) -m bench.suite --shape qwen2.5-1.5b $(GPU_BENCH) --label gpu-qwen2.5-1.5b
+
+# A machine lent through this workplace's device tool (bare: Python 3.12, CUDA torch, no network, 64 MiB a
+# call) runs the same checks as bench/device/check.sh, sized for its lease (docs/gpu-check.md). gpu-wheels puts
+# the cp312 wheels it lacks, at the locked versions, into .whl/ (bench/device/wheels.py: fails when a needed
+# package is missing or the wheels and working tree pass 56 MiB); then call the tool's `run` with command
+# "bash bench/device/check.sh", carry [".whl"], timeout_s 540. gpu-rehearse runs that script here on the CPU,
+# with tiny settings, against a stand-in for the machine's packages (needs the network for pip download).
+gpu-wheels: install
+	$(BIN)/python -m bench.device.wheels
+
+gpu-rehearse: gpu-wheels
+	REHEARSE=1 bash bench/device/check.sh
 
 # The chart's Grafana dashboard (charts/qwen-chat/dashboards/qwen-chat.json) is generated: edit dashboards/*.py,
 # then `make dashboard`; tests/test_monitoring.py fails when the committed JSON differs (`--check`).

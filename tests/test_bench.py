@@ -13,7 +13,7 @@ from tests.support.chart_tools import REPO
 # Every benchmark with a command line (the rest are modules the suite imports).
 SCRIPTS = [
     "suite", "fairness", "tracing_cost", "prompt_encoding", "startup", "single_stream", "openai_fields",
-    "machine_limits", "grammar_cost", "sampler_cost", "shaped_model", "hybrid", "guidellm_run",
+    "machine_limits", "grammar_cost", "sampler_cost", "shaped_model", "hybrid", "guidellm_run", "device.wheels",
 ]  # fmt: skip
 
 
