@@ -214,12 +214,14 @@ async def streams(url: str, count: int, tokens: int, chats: int = 4) -> float:
     return sum(done) / (time.perf_counter() - started)
 
 
-def raw_baselines(model_dir: str, chat_run: dict[str, Any]) -> dict[str, Any]:
+def raw_baselines(model_dir: str, chat_run: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     """In this process, the server stopped: `generate` on the chat run's turns one request at a time (each
     turn's mean prompt whole, its mean reply) and on as many rows as it had clients (each row the mean tokens
-    the service prefilled per turn, the mean reply); the machine's matmul and memory limits."""
-    raw = RawGenerate(model_dir)
+    the service prefilled per turn, the mean reply); the machine's matmul and memory limits. All on `device`,
+    the one the service ran on."""
+    raw = RawGenerate(model_dir, device)
     model = raw.model
+    target = next(model.parameters()).device
     turns = chat_run["by_turn"]
     reply = max(1, round(chat_run["tokens"] / (chat_run["clients"] * len(turns))))
 
@@ -239,8 +241,8 @@ def raw_baselines(model_dir: str, chat_run: dict[str, Any]) -> dict[str, Any]:
         "generate_batched_tps": round(chat_run["clients"] * reply / batched, 2),
         "weights_per_token": weights,
         "weight_bytes": weights * element,
-        "matmul_gflops": round(matmul_gflops(dtype, torch.device("cpu")), 1),
-        "memory_gbps": round(memory_gbps(torch.device("cpu")), 1),
+        "matmul_gflops": round(matmul_gflops(dtype, target), 1),
+        "memory_gbps": round(memory_gbps(target), 1),
     }
 
 
@@ -253,7 +255,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "model": args.model or f"random weights shaped like {SHAPE} (bench/shaped_model.py)",
         "max_reply": args.max_reply,
     }
-    with serve(model, work, **_settings(args.clients)) as served:
+    with serve(model, work, **_settings(args.clients), device=args.device) as served:
         base = f"http://127.0.0.1:{served.port}"
         result["chat"] = asyncio.run(chat(served.ws, base, plans))
         alone = Turns()
@@ -262,9 +264,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         resent = Turns()
         asyncio.run(v1_conversation(base, plans[-1], resent))
         result["v1_alone"] = resent.by_turn()
-    result["raw"] = raw_baselines(model, result["chat"])
+    result["raw"] = raw_baselines(model, result["chat"], args.device)
     tiny = str(make_tiny_model(work / "tiny-qwen3_5", family="qwen3_5"))
-    with serve(tiny, work, **_settings(16)) as served:
+    with serve(tiny, work, **_settings(16), device=args.device) as served:
         asyncio.run(streams(served.ws, 1, 4, chats=1))  # warm
         one = asyncio.run(streams(served.ws, 1, args.tokens))
         many = asyncio.run(streams(served.ws, 16, args.tokens))
@@ -363,6 +365,11 @@ def main() -> None:
     )
     parser.add_argument("--model", help="a hybrid checkpoint instead of the shaped Qwen3.5-0.8B")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="the service's and the baselines' device (auto: CUDA if there is one)",
+    )
     parser.add_argument("--turns", type=int, default=TURNS)
     parser.add_argument("--max-reply", type=int, default=48, help="cap every reply of the chat workload")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per stream on the tiny model")
