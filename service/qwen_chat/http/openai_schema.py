@@ -45,8 +45,23 @@ class _Body(BaseModel):
         return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
-# Content parts of OpenAI's vision and audio input: named in the 400, since the service serves text.
-_MEDIA_PARTS = ("image_url", "input_image", "image", "video", "video_url", "input_audio", "file")
+# Content parts of OpenAI's image, video, audio and file input (Chat Completions' and the Responses API's):
+# named in the 400, since the service serves text.
+_MEDIA_PARTS = (
+    "image_url", "input_image", "image", "video", "video_url", "input_video",
+    "input_audio", "file", "input_file",
+)  # fmt: skip
+
+
+def text_only(data: Any) -> Any:
+    """A content part's raw data, refused with its name when it is media rather than text."""
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind in _MEDIA_PARTS:
+        raise ValueError(
+            f"a {kind!r} content part is not supported: qwen-chat serves the language model only "
+            "(Qwen3.5's vision tower is not loaded), so message content is text"
+        )
+    return data
 
 
 Body = _Body  # the same rules for the other vLLM-shaped bodies (tokenizer_api.py)
@@ -60,13 +75,7 @@ class TextPart(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _text_only(cls, data: Any) -> Any:
-        kind = data.get("type") if isinstance(data, dict) else None
-        if kind in _MEDIA_PARTS:
-            raise ValueError(
-                f"a {kind!r} content part is not supported: qwen-chat serves the language model only "
-                "(Qwen3.5's vision tower is not loaded), so message content is text"
-            )
-        return data
+        return text_only(data)
 
 
 Content = Text | list[TextPart]

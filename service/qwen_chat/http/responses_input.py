@@ -14,10 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from qwen_chat.engine.model.prompts import Message
-from qwen_chat.http.openai_schema import Body, Text, json_object_text
-
-# Content parts of OpenAI's image, audio and file input: named in the 400, since the service serves text.
-_MEDIA = ("input_image", "input_audio", "input_file", "image_url", "input_video")
+from qwen_chat.http.openai_schema import Body, Text, json_object_text, text_only
 
 
 class InputText(Body):
@@ -29,10 +26,7 @@ class InputText(Body):
     @model_validator(mode="before")
     @classmethod
     def _text_only(cls, data: Any) -> Any:
-        kind = data.get("type") if isinstance(data, dict) else None
-        if kind in _MEDIA:
-            raise ValueError(f"a {kind!r} content part is not supported: qwen-chat serves text")
-        return data
+        return text_only(data)
 
 
 class RefusalPart(Body):
