@@ -51,7 +51,7 @@ from typing import Any
 import httpx
 
 from bench.guidellm_report import errors, levels, markdown, request_body
-from bench.report import update_benchmarks
+from bench.report import save
 from bench.serving import KEY, serve, spawn, stop
 from bench.shaped_model import make_shaped_model
 from bench.transformers_serve import cache_pages, transformers_serve
@@ -352,13 +352,8 @@ def main() -> None:
         **measured,
         "wall_seconds": round(time.monotonic() - started, 1),
     }
-    text = section(result)
-    print(text)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"{dt.date.today()}-{platform.node()}-{args.label}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    update_benchmarks(args.benchmarks, args.label, text)
-    print(f"wrote {out} and {args.benchmarks}")
+    save(result, out, args.benchmarks, args.label, section(result))
 
 
 if __name__ == "__main__":

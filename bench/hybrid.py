@@ -47,7 +47,7 @@ from bench.chat_workload import (
     sse_data,
 )
 from bench.machine_limits import matmul_gflops, memory_gbps
-from bench.report import update_benchmarks
+from bench.report import save
 from bench.serving import KEY, serve
 from bench.shaped_model import make_shaped_model
 from bench.single_stream import RawGenerate
@@ -379,13 +379,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         result = measure(args, Path(work))
-    section = markdown(result)
-    print(section)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"{result['date']}-{result['host']}-{args.label}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    update_benchmarks(args.benchmarks, args.label, section)
-    print(f"wrote {out} and {args.benchmarks}")
+    save(result, out, args.benchmarks, args.label, markdown(result))
 
 
 if __name__ == "__main__":

@@ -146,6 +146,16 @@ def update_benchmarks(path: Path, key: str, section: str) -> None:
     path.write_text(text)
 
 
+def save(result: dict[str, Any], out: Path, benchmarks: Path, key: str, section: str) -> None:
+    """A section-only benchmark's run: `section` printed and written as BENCHMARKS.md's section `key`,
+    `result` as JSON at `out`."""
+    print(section)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    update_benchmarks(benchmarks, key, section)
+    print(f"wrote {out} and {benchmarks}")
+
+
 def draw(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
