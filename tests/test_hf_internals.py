@@ -41,6 +41,9 @@ def test_a_started_manager_has_every_hook(make_settings: Callable[..., Settings]
         assert hf_internals.cache_pages(manager) > 0 and hf_internals.max_batch_tokens(manager) > 0
         assert 0 <= hf_internals.held_share(manager) <= 1
         assert hf_internals.manager_alive(manager)
+        # The attention the model runs, as this transformers names it (on CPU, SDPA: our per-request one).
+        assert hf_internals.attention(loaded.model) == "sdpa"
+        assert core.facts().attention == "sdpa" and core.facts().fast_paths == []
     finally:
         core.stop()
         unload(loaded)
