@@ -70,12 +70,11 @@ def measure(rows: int, vocab: int, spread: float, params: SamplingParams) -> tup
         sampler.register(state.request_id, params)
     futures = [_Future(state) for state in states]
     sampler.prepare_tensor_args(futures)  # the prompts reach the sampler
-    for state in states:
-        state.generated_tokens.extend(torch.randint(0, vocab, (200,)).tolist())
-    arg = torch.zeros(rows, dtype=torch.int32)
+    for state in states:  # 200 generated tokens, handed over as a paused request's are when it resumes
+        state.initial_tokens.extend(torch.randint(0, vocab, (200,)).tolist())
 
     def step() -> None:
-        sampler.prepare_tensor_args(futures)
+        arg = sampler.prepare_tensor_args(futures)
         chosen = sampler(scores.clone(), arg).argmax(-1)
         for state, token in zip(states, chosen.tolist(), strict=True):
             state.generated_tokens.append(token)

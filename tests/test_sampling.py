@@ -146,14 +146,12 @@ def test_presence_and_frequency_penalties_follow_openai_over_generated_tokens_on
     sampler.register("neg", SamplingParams(8, 0.0, 1.0, 1.0, presence_penalty=-2.0, frequency_penalty=-0.25))
     # The prompt's 7 and 9 are not counted; then 11 three times and 7 once are generated.
     states = [_State("pf", [7, 9, 7]), _State("g", [4]), _State("neg", [3])]
-    for new in ([11], [7], [11]):
-        sampler.prepare_tensor_args([_Future(s) for s in states])
-        states[0].generated_tokens.extend(new)
-    states[2].generated_tokens.append(11)
+    for tokens in ([11, 4], [7, 4], [11, 4, 11]):
+        _step(sampler, _forcing(tokens, 50), states[: len(tokens)])
     # The manager re-queues a paused request with its generated tokens moved into its initial tokens.
-    states[0] = _State("pf", [7, 9, 7, 11, 7, 11], [11])
-    sampler.prepare_tensor_args([_Future(s) for s in states])
-    out = sampler(scores.clone(), torch.zeros(3, dtype=torch.int32))
+    states[0] = _State("pf", [7, 9, 7, 11, 7, 11])
+    _step(sampler, _forcing([11, 4], 50), states[:2])
+    out = sampler(scores.clone(), sampler.prepare_tensor_args([_Future(s) for s in states]))
     assert torch.allclose(out[0], _openai_penalised(scores[0], [11, 7, 11, 11], 1.5, 0.5))
     assert torch.equal(out[1], scores[1])
     assert torch.allclose(out[2], _openai_penalised(scores[2], [11], -2.0, -0.25))
@@ -166,8 +164,18 @@ def test_presence_and_frequency_penalties_follow_openai_over_generated_tokens_on
 
 
 def _step(sampler: BatchSampler, scores: torch.Tensor, states: list[_State]) -> torch.Tensor:
-    sampler.prepare_tensor_args([_Future(s) for s in states])
-    return sampler(scores.clone(), torch.zeros(len(states), dtype=torch.int32)).argmax(-1)
+    """One step as the manager runs it: the sampler's slots in, the argmax out, added to each state."""
+    chosen = sampler(scores.clone(), sampler.prepare_tensor_args([_Future(s) for s in states])).argmax(-1)
+    for state, token in zip(states, chosen.tolist(), strict=True):
+        state.generated_tokens.append(token)
+    return chosen
+
+
+def _forcing(tokens: list[int], vocab: int) -> torch.Tensor:
+    """Logits whose greedy pick is `tokens[i]` in row i, whatever the penalties."""
+    scores = torch.full((len(tokens), vocab), -10.0)
+    scores[torch.arange(len(tokens)), torch.tensor(tokens)] = 10.0
+    return scores
 
 
 def test_a_seeded_row_draws_the_same_tokens_alone_or_in_any_batch() -> None:
@@ -182,9 +190,7 @@ def test_a_seeded_row_draws_the_same_tokens_alone_or_in_any_batch() -> None:
         for i, p in zip(ids, params, strict=True):
             sampler.register(i, p)
         for scores in steps:
-            chosen = _step(sampler, scores[: len(ids)], states)
-            for state, token in zip(states, chosen.tolist(), strict=True):
-                state.generated_tokens.append(token)
+            _step(sampler, scores[: len(ids)], states)
         return states[row].generated_tokens
 
     alone = run(["s"], [seeded], 0)
@@ -202,14 +208,13 @@ def test_repetition_penalty_matches_transformers_and_greedy_rows_pass_untouched(
     sampler.register("p", SamplingParams(8, 0.0, 1.0, 1.3))
     sampler.register("g", SamplingParams(8, 0.0, 1.0, 1.0))
     states = [_State("p", [4, 9, 4], [11]), _State("g", [4, 9])]
-    sampler.prepare_tensor_args([_Future(s) for s in states])
-    out = sampler(scores.clone(), torch.zeros(2, dtype=torch.int32))
+    out = sampler(scores.clone(), sampler.prepare_tensor_args([_Future(s) for s in states]))
     expected = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([[4, 9, 4, 11]]), scores[:1].clone())
     assert torch.allclose(out[0], expected[0]) and torch.equal(out[1], scores[1])
     # A step with greedy rows only hands the manager its own tensor back: no copy, no work.
-    sampler.prepare_tensor_args([_Future(states[1])])
+    arg = sampler.prepare_tensor_args([_Future(states[1])])
     only_greedy = scores[1:].clone()
-    assert sampler(only_greedy, torch.zeros(1, dtype=torch.int32)) is only_greedy
+    assert sampler(only_greedy, arg) is only_greedy and torch.equal(only_greedy, scores[1:])
 
 
 def test_a_slot_is_reused_with_a_clean_seen_row() -> None:
@@ -219,8 +224,7 @@ def test_a_slot_is_reused_with_a_clean_seen_row() -> None:
     sampler.forget("first")
     sampler.register("second", SamplingParams(4, 0.0, 1.0, 2.0))
     scores = torch.ones(1, 20)
-    sampler.prepare_tensor_args([_Future(_State("second", [7]))])
-    out = sampler(scores.clone(), torch.zeros(1, dtype=torch.int32))
+    out = sampler(scores.clone(), sampler.prepare_tensor_args([_Future(_State("second", [7]))]))
     assert out[0, 7] == 0.5 and out[0, 5] == 1.0 and out[0, 6] == 1.0
     with pytest.raises(IndexError):
         sampler.register("third", SamplingParams(4, 0.0, 1.0, 1.0))
@@ -233,8 +237,7 @@ def test_a_paused_and_requeued_request_keeps_every_token_penalised() -> None:
     sampler.prepare_tensor_args([_Future(state)])
     # The manager re-queues a paused request with its generated tokens moved into the prompt.
     resumed = _State("r", [1, 2, 3, 4], [5])
-    sampler.prepare_tensor_args([_Future(resumed)])
-    out = sampler(torch.ones(1, 40), torch.zeros(1, dtype=torch.int32))
+    out = sampler(torch.ones(1, 40), sampler.prepare_tensor_args([_Future(resumed)]))
     assert set((out[0] == 0.5).nonzero().flatten().tolist()) == {1, 2, 3, 4, 5}
 
 

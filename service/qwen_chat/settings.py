@@ -54,13 +54,16 @@ class Settings(BaseSettings, SamplingFields):
     engine_restart_limit: int = Field(default=3, ge=0)
     # The batch engine's KV cache, sized from memory: on CUDA this fraction of the device memory free after
     # the weights; on CPU KV_CACHE_TOKENS (0: 32,768). KV_CACHE_TOKENS > 0 fixes the size on either device.
-    # Tokens per page (0: 256 on CUDA, 32 on CPU) and per forward pass (0: 2048 on CUDA, 512 on CPU).
+    # Tokens per page (0: 256 on CUDA, 32 on CPU) and per forward pass (0: 8192 on CUDA, 512 on CPU).
     kv_cache_memory_fraction: float = Field(default=0.8, gt=0.0, lt=1.0)
     kv_cache_tokens: int = Field(default=0, ge=0)
     kv_page_size: int = Field(default=0, ge=0)
     max_batch_tokens: int = Field(default=0, ge=0)
     # The decode kernel's block table on CUDA, in pages per request; 0: enough for the longest admitted one.
     kv_pages_per_request: int = Field(default=0, ge=0)
+    # The batch engine's CUDA graphs on a GPU: `auto`, transformers' choice (on with a flash attention
+    # kernel); `on`, also with SDPA; `off`. Async batching follows transformers' default (on with graphs).
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
     # A `/v1/completions` text prompt's control-token text (`<|im_start|>`, `</tool_response>`...): read as
     # those tokens when true, as vLLM reads it; as text when false, like every chat message's text.
     completions_control_tokens: bool = False

@@ -3,14 +3,17 @@
 One long-lived `ContinuousBatchingManager`, its KV cache sized from memory (`kv_cache.py`). Per-request
 sampling (temperature, top_p, repetition penalty, seed) is done by `BatchSampler` inside the manager's own
 logits step, for all rows at once, so greedy and sampled requests share a batch and a seed reproduces the
-same reply whatever else is running. The manager hands each step's outputs to `_StepRouter` in one call; it
-turns them into one `Step` of new token ids for the core's sink. See docs/engines.md for the trade-offs.
+same reply whatever else is running. The manager hands each step's outputs to `StepRouter`
+(`step_router.py`) in one call; it turns them into one `Step` of new token ids for the core's sink. See
+docs/engines.md for the trade-offs.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from typing import Any
 
 import structlog
@@ -22,7 +25,7 @@ from qwen_chat.engine.core.base import StepSink, WarmingSink, grammar_eos, model
 from qwen_chat.engine.core.batch_sampler import BatchSampler
 from qwen_chat.engine.core.grammar import GrammarError, Grammars
 from qwen_chat.engine.core.kv_cache import cache_geometry, running_slots
-from qwen_chat.engine.hf_internals import OutputRouter, RequestStatus
+from qwen_chat.engine.core.step_router import StepRouter
 from qwen_chat.engine.model.loader import LoadedModel, decoding_config, input_budget
 from qwen_chat.engine.wire import ModelFacts, Row, RowState, Step, Submit
 from qwen_chat.settings import Settings
@@ -39,48 +42,6 @@ _manager_logger.propagate = True
 _CACHE_USAGE_SECONDS = 0.5
 
 
-class _StepRouter(OutputRouter):
-    """The manager's output router, replaced: each step's outputs become one call of `emit` with the new
-    token ids of every request still tracked. Cancelled requests are untracked at once, so a token from
-    the step in flight is dropped here."""
-
-    def __init__(self, emit: Any, sampler: BatchSampler) -> None:
-        super().__init__()
-        self._emit = emit
-        self._sampler = sampler
-        self._seen: dict[str, int] = {}  # request id -> generated tokens already emitted
-
-    def track(self, request_id: str) -> None:
-        self._seen[request_id] = 0
-
-    def untrack(self, request_id: str) -> None:
-        self._seen.pop(request_id, None)
-
-    def deliver(self, output: Any) -> None:
-        self.deliver_batch([output])
-
-    def deliver_batch(self, outputs: list[Any]) -> None:
-        rows: list[Row] = []
-        for output in outputs:
-            request_id = output.request_id
-            seen = self._seen.get(request_id)
-            if seen is None:
-                continue
-            tokens = output.generated_tokens[seen:]  # cumulative, also across a pause and resume
-            logprobs = self._sampler.take_logprobs(request_id, len(tokens))
-            if output.status == RequestStatus.FAILED:
-                rows.append(Row(request_id, tokens, RowState.FAILED, str(output.error), logprobs))
-                del self._seen[request_id]
-            elif output.is_finished():
-                rows.append(Row(request_id, tokens, RowState.FINISHED, logprobs=logprobs))
-                del self._seen[request_id]
-            else:
-                rows.append(Row(request_id, tokens, logprobs=logprobs))
-                self._seen[request_id] += len(tokens)
-        if rows:
-            self._emit(rows)
-
-
 class BatchCore:
     name = "batch"
 
@@ -93,8 +54,11 @@ class BatchCore:
         self._geometry = cache_geometry(settings, loaded.context_length, budget, loaded.device.type)
         vocab_size = loaded.model.get_output_embeddings().out_features
         self._sampler = BatchSampler(self.max_running, vocab_size, loaded.device)
+        self._sampler.tables.stream = lambda: hf_internals.compute_stream(self._manager)
+        self._adding: deque[Submit] = deque()  # submitted, added to the manager at its next turn
+        self._adding_lock = threading.Lock()
         self._grammars = Grammars(loaded.tokenizer, vocab_size, grammar_eos(loaded), loaded.family)
-        self._router = _StepRouter(self._emit, self._sampler)
+        self._router = StepRouter(self._emit, self._sampler)
         self._manager: Any = None
         self._step_seconds = 0.0
         self._preempted = 0
@@ -152,17 +116,16 @@ class BatchCore:
             max_blocks_per_request=geometry.pages_per_request,
             max_requests_per_batch=self.max_running,
             max_queue_size=0,
-            # BatchSampler builds each step's plan right before that step's logits (batch_sampler.py):
-            # double buffering would build it a step early and a CUDA graph would replay a stale one.
-            use_async_batching=False,
-            use_cuda_graph=False,
+            use_cuda_graph={"auto": None, "on": True, "off": False}[self._settings.cuda_graphs],
+            # transformers' default: on with graphs, where the step needs no attention mask
+            use_async_batching=False if self._settings.cuda_graphs == "off" else None,
         )
         manager = loaded.model.init_continuous_batching(
             generation_config=generation, continuous_batching_config=config
         )
         _require_hooks(manager, started=False)
         hf_internals.hook_manager(
-            manager, self._router, self._timed, self._measured_after_cancel, self._sampler
+            manager, self._router, self._timed, self._measured_after_cancel, self._sampler, self._turn
         )
         manager.start()
         self._manager = manager
@@ -215,27 +178,44 @@ class BatchCore:
             return
         self._sampler.admit(request, matcher)
         self._router.track(request_id)  # before the request exists, so not even its first token is missed
-        accepted = self._manager.add_request(
-            request.prompt_ids,
-            request_id=request_id,
-            max_new_tokens=request.max_new_tokens,
-            streaming=True,
-            eos_token_id=request.stop_token_ids,
-        )
-        if accepted is None:
-            self._router.untrack(request_id)
-            self._sampler.forget(request_id)
-            self._emit([Row(request_id, [], RowState.FAILED, "the batching manager refused the request")])
+        with self._adding_lock:
+            self._adding.append(request)
+        hf_internals.wake(self._manager)
 
     def cancel(self, request_id: str) -> None:
         # The manager frees the request's cache pages at its next step.
         self._router.untrack(request_id)
         self._sampler.forget(request_id)
-        if self._manager is not None:
+        with self._adding_lock:
+            waiting = [request for request in self._adding if request.request_id != request_id]
+            added = len(waiting) == len(self._adding)
+            self._adding = deque(waiting)
+        if self._manager is not None and added:
             self._manager.cancel_request(request_id)
             self._cancels += 1
 
     # --- the manager's thread ---
+
+    def _turn(self) -> bool:
+        """At each loop turn: add what was submitted since the last one, then say whether this turn's step
+        must run synchronously (a request whose logits need the host: `BatchSampler.needs_sync`). Adding
+        requests here, not on the submitting thread, means none joins a step that was not told so."""
+        with self._adding_lock:
+            adding, self._adding = self._adding, deque()
+        for request in adding:
+            request_id = request.request_id
+            accepted = self._manager.add_request(
+                request.prompt_ids,
+                request_id=request_id,
+                max_new_tokens=request.max_new_tokens,
+                streaming=True,
+                eos_token_id=request.stop_token_ids,
+            )
+            if accepted is None:
+                self._router.untrack(request_id)
+                self._sampler.forget(request_id)
+                self._emit([Row(request_id, [], RowState.FAILED, "the batching manager refused the request")])
+        return self._sampler.needs_sync
 
     def _emit(self, rows: list[Row]) -> None:
         ended = False

@@ -3,30 +3,23 @@ applied to every row of a step with one set of tensor operations inside transfor
 
 It is a `ContinuousBatchingLogitsProcessor` appended to the manager's processor list; the manager itself runs
 greedy (`do_sample=False`) and takes the argmax of what it returns:
-- `prepare_tensor_args` receives the requests whose logits rows the following `__call__` gets, in row order.
-  It turns them into a small plan: per-row slot, sampling parameters and the next uniform from each
-  request's own stream (a few numbers per row; nothing vocabulary-sized), and adds the tokens each request
-  generated since the last step to its rows of the token tables (`token_table.py`).
-- The seen table holds, per slot (MAX_RUNNING slots), the ids of the request's prompt and generated tokens
-  (the repetition penalty's), the generated table its generated tokens only (the presence and frequency
-  penalties', OpenAI's definition); both on the device, appended to in place: the prompt once when it first
-  reaches the sampler, then one token per step. Each penalty is one gather and one scatter over all its rows
-  at once, its cost the tokens seen, not the vocabulary.
-- Greedy rows are left to the manager's argmax; sampled rows get `sampling.draw`'s token set to +inf. The
-  order is fixed: grammar mask, the stop tokens of rows short of their `min_tokens`, repetition penalty,
-  presence and frequency penalties, then `draw`.
-- A request with a `response_format` has a grammar matcher (engine/core/grammar.py): the plan feeds it the
-  tokens generated since the last step and starts filling the rows' allowed-token bitmasks on a thread of
-  its own (llguidance computes them outside the GIL), so they are computed while the forward pass runs;
-  `__call__` waits for them and masks those
-  rows first, so penalties, sampling and the argmax only ever see allowed tokens, and constrained and free
-  requests share one batch.
-- A request that asked for log-probabilities gets them from its row after the penalty and the mask
-  (engine/core/logprobs.py), kept until the step's outputs reach the router (`take_logprobs`).
-
-`prepare_tensor_args` and `__call__` must alternate step by step, which holds in the manager's synchronous,
-eager mode only: with double buffering (`use_async_batching`) the plan for step n+1 is built while step n
-runs, and a CUDA graph would replay the first plan forever. The engine forces that mode (`batch.py`).
+- `prepare_tensor_args` receives the requests whose logits rows the following `__call__` gets, in row order,
+  and returns their slots (`slot_tables.py`), which the manager copies into the step's own inputs. A request
+  new to its slot gets its row of the tables there (its parameters, the tokens it has seen); each sampled row
+  gets the next uniform from its request's own stream.
+- `__call__` reads nothing else: per-slot tables on the device, of fixed shape and address. In the order
+  repetition penalty, presence and frequency penalties, then `sampling.draw` for sampled rows, whose token
+  is set to +inf (greedy rows are left to the manager's argmax); then the step adds each row's token to its
+  slot's tables on the device. On CUDA it runs `static`: the same operations every step (a CUDA graph can
+  capture it; async batching can prepare the next step before this one's tokens reach the host). On CPU it
+  skips what no row of the step needs.
+- What needs the host to know the previous step's tokens runs only in synchronous, eager steps, which the
+  batch core asks the manager for while such a request runs (`needs_sync`): a `response_format`'s grammar
+  mask (engine/core/grammar.py; the plan feeds each matcher the tokens generated since the last step and
+  fills the allowed-token bitmasks on a thread of its own, outside the GIL, while the forward runs), the stop
+  tokens of rows short of their `min_tokens`, and log-probabilities (engine/core/logprobs.py, kept until the
+  step's outputs reach the router: `take_logprobs`). The mask comes first, so penalties, sampling and the
+  argmax only ever see allowed tokens.
 """
 
 from __future__ import annotations
@@ -38,31 +31,37 @@ import torch
 
 from qwen_chat.engine.core.grammar import Matcher, allocate_bitmask, apply_bitmask, fill_masks
 from qwen_chat.engine.core.logprobs import log_softmax_rows, token_logprobs
-from qwen_chat.engine.core.sampler_rows import GREEDY, Plan, RowRequest, banned_stops
-from qwen_chat.engine.core.sampling import draw, penalise_occurrences, uniform_stream
-from qwen_chat.engine.core.token_table import TokenTable, since
+from qwen_chat.engine.core.sampler_rows import Plan, RowRequest, banned_stops
+from qwen_chat.engine.core.sampling import draw, uniform_stream
+from qwen_chat.engine.core.slot_tables import SlotTables
 from qwen_chat.engine.hf_internals import ContinuousBatchingLogitsProcessor
 from qwen_chat.engine.wire import Submit, TokenLogprob
 from qwen_chat.sampling_params import SamplingParams
 
 
 class BatchSampler(ContinuousBatchingLogitsProcessor):
-    def __init__(self, slots: int, vocab_size: int, device: torch.device) -> None:
+    def __init__(self, slots: int, vocab_size: int, device: torch.device, static: bool | None = None) -> None:
         # Parameters are looked up by request id, not passed to add_request.
         self.supported_kwargs: dict[str, type] = {}
         self.ignored_kwargs: tuple[str, ...] = ()
-        self._device = device
+        self.static = device.type == "cuda" if static is None else static
+        self.tables = SlotTables(slots, vocab_size, device)
+        self._slots = slots
         self._vocab_size = vocab_size
         self._masks = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
-        self._seen = TokenTable(slots, device)
-        self._generated = TokenTable(slots, device)
         self._free = list(range(slots - 1, -1, -1))
         self._requests: dict[str, RowRequest] = {}
-        self._plan: Plan | None = None
+        self._plan = Plan(0, False, False, False)
+        self._arg = torch.full((slots,), self.tables.null, dtype=torch.int32)
 
     @property
     def active(self) -> int:
         return len(self._requests)
+
+    @property
+    def needs_sync(self) -> bool:
+        """Some request's steps need the previous step's tokens on the host (`RowRequest.needs_sync`)."""
+        return any(request.needs_sync for request in list(self._requests.values()))
 
     def register(
         self,
@@ -72,7 +71,8 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         top_logprobs: int = -1,
         stop_ids: tuple[int, ...] = (),
     ) -> None:
-        """Before the request reaches the manager; raises IndexError when every slot is taken."""
+        """Before the request reaches the manager; raises IndexError when every slot is taken. Host only: its
+        row of the tables is written by the step that first holds it."""
         uniforms = uniform_stream(params.seed) if params.temperature > 0 else None
         request = RowRequest(
             self._free.pop(), params, uniforms, matcher=matcher, top_logprobs=top_logprobs, stop_ids=stop_ids
@@ -102,48 +102,53 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
     # --- the manager's side, on its thread ---
 
     def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
-        int32_tensor.fill_(0)
+        int32_tensor.fill_(self.tables.null)
 
     def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
         states = [future.state for future in requests_with_new_token]
         rows: list[RowRequest | None] = [self._requests.get(state.request_id) for state in states]
-        self._sync_tables(rows, states)
-        params = [row.params if row is not None else GREEDY for row in rows]
-        slots = [row.slot if row is not None else 0 for row in rows]
-        penalised = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
-        occurring = [i for i, p in enumerate(params) if p.penalises_occurrences]
-        sampled = [i for i, p in enumerate(params) if p.temperature > 0]
+        live = [row for row in rows if row is not None]
+        for row, state in zip(rows, states, strict=True):
+            if row is not None and row.initial_length != len(state.initial_tokens):
+                self._start(row, state)
+        drawing = [row for row in live if row.uniforms is not None]
+        self.tables.draw_next([row.slot for row in drawing], [row.uniforms.random() for row in drawing])  # type: ignore[union-attr]
+        self._plan = Plan(
+            rows=len(rows),
+            penalised=any(row.params.repetition_penalty != 1.0 for row in live),
+            occurring=any(row.params.penalises_occurrences for row in live),
+            sampled=len(drawing),
+            **(self._host_work(rows, states) if any(row.needs_sync for row in live) else {}),
+        )
+        arg = self._arg.fill_(self.tables.null)
+        arg[: len(rows)] = torch.tensor([row.slot if row is not None else self.tables.null for row in rows])
+        return arg
+
+    def _start(self, row: RowRequest, state: Any) -> None:
+        """The request's first step, or its first since the manager paused it and re-queued it with its
+        generated tokens moved into `initial_tokens` (the sequence is the same, and what was generated
+        starts where the prompt first ended)."""
+        initial, produced = state.initial_tokens, state.generated_tokens
+        if row.prompt_length < 0:
+            row.prompt_length = len(initial) + len(produced)
+        row.initial_length = len(initial)
+        sequence = [*initial, *produced]
+        self.tables.start(row.slot, row.params, sequence, sequence[row.prompt_length :])
+
+    def _host_work(self, rows: list[RowRequest | None], states: list[Any]) -> dict[str, Any]:
+        """What only the host can do for a step: grammar masks, stop tokens banned, log-probabilities."""
         constrained = [i for i, row in enumerate(rows) if row is not None and row.matcher is not None]
-        bitmask = self._fill_masks(rows, states, constrained) if constrained else None
         wanting = [i for i, row in enumerate(rows) if row is not None and row.top_logprobs >= 0]
         pairs = enumerate(zip(rows, states, strict=True))
         banned = [(i, stop) for i, (row, state) in pairs for stop in banned_stops(row, state)]
-        as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=self._device)  # noqa: E731
-        self._plan = Plan(
-            slots=as_tensor(slots, torch.long),
-            temperature=as_tensor([p.temperature for p in params], torch.float32),
-            top_p=as_tensor([p.top_p for p in params], torch.float32),
-            top_k=as_tensor([p.top_k for p in params], torch.long),
-            min_p=as_tensor([p.min_p for p in params], torch.float32),
-            penalty=as_tensor([p.repetition_penalty for p in params], torch.float32),
-            uniform=as_tensor(
-                [row.uniforms.random() if row is not None and row.uniforms else 0.0 for row in rows],
-                torch.float64,
-            ),
-            penalised=as_tensor(penalised, torch.long) if penalised else None,
-            penalised_slots=[slots[i] for i in penalised],
-            occurring=as_tensor(occurring, torch.long) if occurring else None,
-            occurring_slots=[slots[i] for i in occurring],
-            presence=as_tensor([params[i].presence_penalty for i in occurring], torch.float32),
-            frequency=as_tensor([params[i].frequency_penalty for i in occurring], torch.float32),
-            sampled=as_tensor(sampled, torch.long) if sampled else None,
-            constrained=as_tensor(constrained, torch.long) if constrained else None,
-            bitmask=bitmask,
-            banned=as_tensor(banned, torch.long).T if banned else None,
-            logprob_rows=wanting,
-            logprob_requests=[row for i in wanting if (row := rows[i]) is not None],
-        )
-        return torch.zeros(len(rows), dtype=torch.int32)
+        device = self.tables.seen.device
+        return {
+            "constrained": torch.tensor(constrained, device=device) if constrained else None,
+            "bitmask": self._fill_masks(rows, states, constrained) if constrained else None,
+            "banned": torch.tensor(banned, device=device).T if banned else None,
+            "logprob_rows": tuple(wanting),
+            "logprob_requests": tuple(row for i in wanting if (row := rows[i]) is not None),
+        }
 
     def _fill_masks(
         self, rows: list[RowRequest | None], states: list[Any], constrained: list[int]
@@ -154,14 +159,13 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         matchers: list[Matcher] = []
         for i in constrained:
             row, state = rows[i], states[i]
-            assert row is not None and row.matcher is not None  # its prompt_length set by _sync_tables
-            for token in since(
-                state.initial_tokens, state.generated_tokens, row.prompt_length + row.accepted
-            ):
+            assert row is not None and row.matcher is not None  # its prompt_length set by _start
+            sequence = [*state.initial_tokens, *state.generated_tokens]
+            for token in sequence[row.prompt_length + row.accepted :]:
                 row.matcher.accept(token)
                 row.accepted += 1
             matchers.append(row.matcher)
-        device = self._device
+        device = self.tables.seen.device
 
         def fill() -> torch.Tensor:
             fill_masks(matchers, bitmask)
@@ -169,89 +173,86 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
 
         return self._masks.submit(fill)
 
-    def _sync_tables(self, rows: list[RowRequest | None], states: list[Any]) -> None:
-        """Append new prompts and the tokens generated since the last step to the token tables, in place.
-
-        A request the manager paused and re-queued comes back with its generated tokens moved into
-        `initial_tokens`: the sequence is the same, and what was generated starts where the prompt first
-        ended."""
-        seen: tuple[list[int], list[list[int]]] = ([], [])
-        generated: tuple[list[int], list[list[int]]] = ([], [])
-        for row, state in zip(rows, states, strict=True):
-            if row is None:
-                continue
-            initial, produced = state.initial_tokens, state.generated_tokens
-            if row.prompt_length < 0:
-                row.prompt_length = len(initial) + len(produced)
-            if row.params.repetition_penalty != 1.0:
-                seen[0].append(row.slot)
-                seen[1].append(self._seen.catch_up(row.slot, row, initial, produced))
-            if row.params.penalises_occurrences:
-                generated[0].append(row.slot)
-                generated[1].append(
-                    self._generated.catch_up(row.slot, row, initial, produced, row.prompt_length)
-                )
-        self._seen.extend(*seen)
-        self._generated.extend(*generated)
-
-    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
-        plan = self._plan
-        if plan is None or (
-            plan.penalised is None
-            and plan.occurring is None
-            and plan.sampled is None
-            and plan.constrained is None
-            and plan.banned is None
-            and not plan.logprob_rows
-        ):
-            return scores
-        # In place: `scores` holds this step's logits, which the manager uses for nothing but its argmax.
-        if plan.constrained is not None and plan.bitmask is not None:
-            masked = scores.index_select(0, plan.constrained)
-            apply_bitmask(masked, plan.bitmask.result())
-            scores.index_copy_(0, plan.constrained, masked)
-        if plan.banned is not None:
-            scores[plan.banned[0], plan.banned[1]] = float("-inf")
-        if plan.penalised is not None:
-            penalised = plan.penalised
-            seen, _ = self._seen.rows(plan.slots[penalised], plan.penalised_slots)
-            rows = penalised.unsqueeze(-1)
-            logits = scores[rows, seen]
-            penalty = plan.penalty[penalised].unsqueeze(-1)
-            scores[rows, seen] = torch.where(logits < 0, logits * penalty, logits / penalty)
-        if plan.occurring is not None:
-            tokens, counted = self._generated.rows(plan.slots[plan.occurring], plan.occurring_slots)
-            penalise_occurrences(scores, plan.occurring, tokens, counted, plan.presence, plan.frequency)
+    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor | None) -> torch.Tensor:
+        """In place: `scores` holds this step's logits, which the manager uses for nothing but its argmax."""
+        plan, static = self._plan, self.static
+        arg = tensor_arg if tensor_arg is not None else self._arg.to(scores.device)
+        slots = arg[: scores.shape[0]].long()
+        if plan.host_work:
+            if scores.is_cuda and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("a step with a grammar, min_tokens or logprobs row reached a CUDA graph")
+            _mask(scores, plan)
+        tables = self.tables
+        if static:
+            _penalise_all(scores, slots, tables)
+        else:
+            _penalise_seen(scores, slots, tables, plan)
         logp = None
         if plan.logprob_rows:
             logp = log_softmax_rows(scores, torch.tensor(plan.logprob_rows, device=scores.device))
-            # Greedy rows take the argmax; a sampled row's pick replaces it below.
-            picked = logp.argmax(-1)
-        chosen = None
-        if plan.sampled is not None:
-            sampled = plan.sampled
-            # Every row sampled: the sampler may use `scores` as its scratch space (the manager needs nothing
-            # of it but the argmax, which the +inf below decides); else it works on a copy of those rows.
-            every = len(sampled) == scores.shape[0]
-            pick = (lambda t: t) if every else (lambda t: t.index_select(0, sampled))
+        every = False
+        if static or plan.sampled:
+            temperature = tables.temperature[slots]
+            sampled = temperature > 0
+            # Every row sampled (known on the host): `scores` is the draw's scratch space, the +inf below all
+            # the argmax needs of it.
+            every = not static and plan.sampled == plan.rows
             chosen = draw(
-                pick(scores),
-                pick(plan.temperature),
-                pick(plan.top_p),
-                pick(plan.uniform),
+                scores if every else scores.clone(),
+                torch.where(sampled, temperature, 1.0),  # a greedy row's draw is computed, then ignored
+                tables.top_p[slots],
+                tables.uniform[slots],
                 in_place=True,
-                top_k=pick(plan.top_k),
-                min_p=pick(plan.min_p),
-            )
-            scores.index_put_((sampled, chosen), torch.tensor(float("inf"), device=scores.device))
+                top_k=tables.top_k[slots],
+                min_p=tables.min_p[slots],
+                static=static,
+            ).unsqueeze(-1)
+            picked = scores.gather(-1, chosen)
+            scores.scatter_(-1, chosen, torch.where(sampled.unsqueeze(-1), float("inf"), picked))
+        tokens = chosen.squeeze(-1) if every else scores.argmax(-1)  # the manager's own pick
+        tables.add(slots, tokens)
         if logp is not None:
-            if chosen is not None:
-                where = {row: n for n, row in enumerate(plan.sampled.tolist())}  # type: ignore[union-attr]
-                for n, row in enumerate(plan.logprob_rows):
-                    if row in where:
-                        picked[n] = chosen[where[row]]
+            rows = torch.tensor(plan.logprob_rows, device=scores.device)
             top = [request.top_logprobs for request in plan.logprob_requests]
-            for request, entry in zip(plan.logprob_requests, token_logprobs(logp, picked, top), strict=True):
+            entries = token_logprobs(logp, tokens.index_select(0, rows), top)
+            for request, entry in zip(plan.logprob_requests, entries, strict=True):
                 if request.logprobs is not None:
                     request.logprobs.append(entry)
         return scores
+
+
+def _penalise_all(scores: torch.Tensor, slots: torch.Tensor, tables: SlotTables) -> None:
+    """Repetition, presence and frequency penalties over every row and token: the same operations whatever
+    the step holds (a row without a penalty gets its logits back unchanged: x * 1, x / 1, x - 0)."""
+    penalty = tables.penalty[slots].unsqueeze(-1)
+    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+    scores.copy_(torch.where(tables.seen[slots], penalised, scores))
+    counts = tables.counts[slots]
+    frequency, presence = tables.frequency[slots].unsqueeze(-1), tables.presence[slots].unsqueeze(-1)
+    scores.sub_(frequency * counts + presence * (counts > 0))
+
+
+def _penalise_seen(scores: torch.Tensor, slots: torch.Tensor, tables: SlotTables, plan: Plan) -> None:
+    """The same numbers, computed for the tokens each row has seen only (its generated ones among them), and
+    only when some row of the step has the penalty (an eager step: on CPU, the vocabulary-wide operations
+    cost more)."""
+    if not (plan.penalised or plan.occurring):
+        return
+    rows, ids = tables.seen.index_select(0, slots).nonzero(as_tuple=True)
+    if plan.penalised:
+        logits, penalty = scores[rows, ids], tables.penalty[slots][rows]
+        scores[rows, ids] = torch.where(logits < 0, logits * penalty, logits / penalty)
+    if plan.occurring:
+        count = tables.counts[slots[rows], ids]
+        frequency, presence = tables.frequency[slots][rows], tables.presence[slots][rows]
+        scores[rows, ids] -= frequency * count + presence * (count > 0)
+
+
+def _mask(scores: torch.Tensor, plan: Plan) -> None:
+    """The grammar masks of constrained rows, then the stop tokens of rows short of their min_tokens."""
+    if plan.constrained is not None and plan.bitmask is not None:
+        masked = scores.index_select(0, plan.constrained)
+        apply_bitmask(masked, plan.bitmask.result())
+        scores.index_copy_(0, plan.constrained, masked)
+    if plan.banned is not None:
+        scores[plan.banned[0], plan.banned[1]] = float("-inf")

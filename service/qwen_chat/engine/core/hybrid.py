@@ -257,7 +257,7 @@ class HybridCore:
 
     def _sample(self, requests: list[Request], logits: torch.Tensor) -> list[int]:
         self._sampler.prepare_tensor_args([SamplerRow(request.tokens) for request in requests])
-        scores = self._sampler(logits.float(), None)  # type: ignore[arg-type]
+        scores = self._sampler(logits.float(), None)
         chosen: list[int] = scores.argmax(-1).tolist()
         return chosen
 

@@ -47,12 +47,18 @@ def draw(
     in_place: bool = False,
     top_k: torch.Tensor | None = None,
     min_p: torch.Tensor | None = None,
+    static: bool = False,
 ) -> torch.Tensor:
     """Token ids [rows] for logits [rows, vocab], per-row temperature (> 0), top_p, uniform in [0, 1), and
     top_k (0: every token) and min_p (0: off) when given.
 
     `in_place` lets it overwrite `logits` (float32) instead of copying them: one copy of a 16-row batch of
-    the 151,936-token vocabulary costs about as much as the arithmetic."""
+    the 151,936-token vocabulary costs about as much as the arithmetic.
+
+    `static` (a CUDA graph may capture the call): the same operations whatever the logits, and none that
+    waits for the device. A row that filters nothing (top_p 1, no top_k or min_p) still draws from the whole
+    vocabulary; a filtering row whose kept set reaches past the `CANDIDATES` most likely tokens draws from
+    those candidates instead of sorting the vocabulary (a nucleus of over 512 tokens is cut there)."""
     weights = logits.float() if in_place else logits.float().clone()
     vocab = weights.shape[-1]
     k = min(CANDIDATES, vocab)
@@ -68,13 +74,23 @@ def draw(
     keep = _keep(probs, top_p, top_k, min_p)
     chosen = _inverse_cdf(index, probs * keep, uniform)
     # A set that may reach past the candidates: the last one kept, or a top_k beyond them.
-    overflow = keep[:, -1] | (top_k > k) if k < vocab else torch.zeros_like(keep[:, -1])
+    if k == vocab:
+        return chosen
+    overflow = keep[:, -1] | (top_k > k)
+    if static:
+        whole = _inverse_cdf_in_order(weights / total, uniform)  # already in vocabulary order: no sort
+        return torch.where(overflow & ~_filters(top_p, top_k, min_p), whole, chosen)
     if bool(overflow.any()):
         over = overflow.nonzero().squeeze(-1)
         chosen[over] = _draw_full(
             weights[over] / total[over], top_p[over], top_k[over], min_p[over], uniform[over]
         )
     return chosen
+
+
+def _filters(top_p: torch.Tensor, top_k: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Which rows top_p, top_k or min_p may cut (the others keep every token)."""
+    return (top_p < 1.0) | (top_k > 0) | (min_p > 0.0)
 
 
 def _keep(
@@ -97,14 +113,15 @@ def _keep(
 def _draw_full(
     probs: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor, min_p: torch.Tensor, uniform: torch.Tensor
 ) -> torch.Tensor:
-    if bool(((top_p < 1.0) | (top_k > 0) | (min_p > 0.0)).any()):
+    filtering = _filters(top_p, top_k, min_p)
+    if bool(filtering.any()):
         ordered, order = probs.sort(dim=-1, descending=True)
         keep = torch.empty_like(ordered, dtype=torch.bool).scatter_(
             -1, order, _keep(ordered, top_p, top_k, min_p)
         )
-        probs = probs * keep
-    index = torch.arange(probs.shape[-1], device=probs.device).expand_as(probs)
-    return _inverse_cdf(index, probs, uniform)
+        # A row that filters nothing keeps every token, whatever rows beside it filter.
+        probs = probs * (keep | ~filtering.unsqueeze(-1))
+    return _inverse_cdf_in_order(probs, uniform)
 
 
 def penalise_occurrences(
@@ -134,13 +151,18 @@ def _inverse_cdf(index: torch.Tensor, weights: torch.Tensor, uniform: torch.Tens
     """The token whose cumulative weight, in vocabulary order, first passes uniform times the total weight."""
     in_vocab_order = index.argsort(dim=-1)
     index = index.gather(-1, in_vocab_order)
-    weights = weights.gather(-1, in_vocab_order)
+    position = _inverse_cdf_in_order(weights.gather(-1, in_vocab_order), uniform)
+    return index.gather(-1, position.unsqueeze(-1)).squeeze(-1)
+
+
+def _inverse_cdf_in_order(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """`_inverse_cdf` over weights already in vocabulary order: the position picked in each row."""
     cumulative = weights.cumsum(-1)
     target = uniform.to(cumulative.dtype).unsqueeze(-1) * cumulative[:, -1:]
     position = torch.searchsorted(cumulative, target, right=True)
     # Rounding can put the target at the very end: take the last token with any weight.
     last = (weights > 0).long().cumsum(-1).argmax(-1, keepdim=True)
-    return index.gather(-1, torch.minimum(position, last)).squeeze(-1)
+    return torch.minimum(position, last).squeeze(-1)
 
 
 class SeededSampler(LogitsProcessor):

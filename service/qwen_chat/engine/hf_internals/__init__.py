@@ -9,7 +9,12 @@ What is hooked, and why:
   (`core/batch.py`); it reads each `requests.GenerationOutput`'s `request_id`, `generated_tokens`, `status`,
   `error` and `is_finished()`
 - `ContinuousBatchingManager._generation_step` and `._generation_loop_body`: wrapped, to time each forward
-  (`decode_step_seconds`) and to measure the KV cache after a cancel frees its pages
+  (`decode_step_seconds`), to measure the KV cache after a cancel frees its pages, and to run a step that
+  needs the host (`core/batch_sampler.py`) synchronously: `manager.current_batch` (read),
+  `batch_processor.model_runner.use_cuda_graph_varlen` / `_decode` (off for that step),
+  `.use_async_batching`, `.update_batch()` and `.inputs_and_outputs.swap_io_pairs()` (the step in flight
+  taken in first); `inputs_and_outputs.compute_stream`: the sampler writes its tables on it;
+  `manager._wake_up_loop`: set, when a request waits for the next turn
 - `manager.logit_processor` (`.logits_processor`, `.tensors_required`, `.do_processing`): our processor
   appended; `cb_logits_processors.ContinuousBatchingLogitsProcessor`: its type (`core/batch_sampler.py`:
   `fill_defaults`, `prepare_tensor_args` and `__call__` overridden; it reads each `FutureRequestState`'s
@@ -36,11 +41,13 @@ this module loads neither torch nor transformers: each name is imported when it 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
+
+from qwen_chat.engine.hf_internals import turns
+from qwen_chat.engine.hf_internals.introspect import fields, has_path, takes
 
 # Module-level names, imported on first use (`from qwen_chat.engine.hf_internals import OutputRouter`).
 _NAMES = {
@@ -103,21 +110,36 @@ def hook_manager(
     time_step: Callable[[Callable[[], None]], Callable[[], None]],
     after_loop_turn: Callable[[Callable[..., Any]], Callable[..., Any]],
     processor: Any,
+    sync_turn: Callable[[], bool],
 ) -> None:
     """Before `manager.start()`: our output router, our logits processor, the step timed and each loop turn
-    followed (the batch processor is built on the manager's thread from these)."""
+    followed (the batch processor is built on the manager's thread from these). Each turn first asks
+    `sync_turn` (which may add requests) whether its step needs the previous step's tokens on the host: such
+    a step runs eagerly (no CUDA graph) and, under async batching, only once the step in flight is taken in,
+    and is taken in before the turn ends."""
     processors = manager.logit_processor
     processors.logits_processor.append(processor)
     processors.tensors_required += 1
     processors.do_processing = True
     manager.output_router = router
     manager._generation_step = time_step(manager._generation_step)
-    manager._generation_loop_body = after_loop_turn(manager._generation_loop_body)
+    manager._generation_loop_body = turns.turn(
+        manager, after_loop_turn(manager._generation_loop_body), sync_turn
+    )
 
 
 def batch_processor(manager: Any) -> Any | None:
     """The manager's batch processor, once its thread has built it."""
     return getattr(manager, "batch_processor", None)
+
+
+def wake(manager: Any) -> None:
+    turns.wake(manager)
+
+
+def compute_stream(manager: Any) -> Any:
+    """The stream the manager's steps run on (None on CPU, or before its thread built it)."""
+    return turns.compute_stream(batch_processor(manager))
 
 
 def cache_pages(manager: Any) -> int:
@@ -192,7 +214,7 @@ def check_hybrid(model: Any) -> list[str]:
     missing = [
         f"transformers.Cache.{method}({', '.join(parameters[1:])})"
         for method, parameters in CACHE_PROTOCOL.items()
-        if not _takes(getattr(Cache, method, None), parameters)
+        if not takes(getattr(Cache, method, None), parameters)
     ]
     if "cache" not in inspect.signature(model.forward).parameters:
         missing.append(f"{type(model).__name__}.forward(cache=...)")
@@ -205,7 +227,7 @@ def check_manager(manager: Any, started: bool) -> list[str]:
     missing = [f"transformers.{name}" for name in _missing_names()]
     missing += _missing_overrides()
     for method, parameters in WRAPPED_METHODS.items():
-        if not _takes(getattr(type(manager), method, None), parameters):
+        if not takes(getattr(type(manager), method, None), parameters):
             missing.append(f"ContinuousBatchingManager.{method}({', '.join(parameters[1:])})")
     paths = [
         "output_router",
@@ -214,10 +236,11 @@ def check_manager(manager: Any, started: bool) -> list[str]:
         "logit_processor.do_processing",
         "background_thread_status.fatal_error",
         "is_running",
+        "_wake_up_loop",
     ]
     if started:
         paths += _STARTED_PATHS
-    missing += [f"manager.{path}" for path in paths if not _has_path(manager, path)]
+    missing += [f"manager.{path}" for path in paths if not has_path(manager, path)]
     processor = batch_processor(manager)
     for allocator in getattr(getattr(processor, "cache", None), "cache_allocators", {}).values():
         for attribute in ("block_table", "bytes_per_block"):
@@ -228,6 +251,12 @@ def check_manager(manager: Any, started: bool) -> list[str]:
 
 # What a started manager's batch processor must have.
 _STARTED_PATHS = [
+    "current_batch",
+    "batch_processor.use_async_batching",
+    "batch_processor.update_batch",
+    "batch_processor.inputs_and_outputs.compute_stream",
+    "batch_processor.model_runner.use_cuda_graph_varlen",
+    "batch_processor.model_runner.use_cuda_graph_decode",
     "batch_processor.max_batch_tokens",
     "batch_processor.scheduler.waiting_requests",
     "batch_processor.offloading_manager.offload_requests",
@@ -238,29 +267,17 @@ _STARTED_PATHS = [
 ]
 
 
-def _takes(method: Any, parameters: list[str]) -> bool:
-    """`method` takes `parameters`, and any others have defaults (our wrappers pass just those)."""
-    if method is None:
-        return False
-    found = list(inspect.signature(method).parameters.values())
-    extra = found[len(parameters) :]
-    named = [p.name for p in found[: len(parameters)]]
-    optional = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    return named == parameters and all(p.default is not p.empty or p.kind in optional for p in extra)
-
-
 def _missing_overrides() -> list[str]:
     """The overridden methods and the request fields above that this transformers lacks."""
     missing = []
     for owner, methods in OVERRIDDEN_METHODS.items():
         cls = _imported(owner)
         for method, parameters in methods.items():
-            if cls is None or not _takes(getattr(cls, method, None), parameters):
+            if cls is None or not takes(getattr(cls, method, None), parameters):
                 missing.append(f"{owner}.{method}({', '.join(parameters[1:])})")
-    for owner, fields in REQUEST_FIELDS.items():
-        cls = _imported(owner)
-        known = _fields(cls)
-        missing += [f"{owner}.{field}" for field in fields if field not in known]
+    for owner, names in REQUEST_FIELDS.items():
+        known = fields(_imported(owner))
+        missing += [f"{owner}.{name}" for name in names if name not in known]
     return missing
 
 
@@ -271,30 +288,9 @@ def _imported(name: str) -> Any:
         return None
 
 
-def _fields(cls: Any) -> set[str]:
-    """What an instance of `cls` has: its dataclass fields, slots, annotations and attributes."""
-    if cls is None:
-        return set()
-    found = set(dir(cls)) | set(getattr(cls, "__slots__", ()))
-    if dataclasses.is_dataclass(cls):
-        found |= {field.name for field in dataclasses.fields(cls)}
-    for klass in cls.__mro__:
-        found |= set(getattr(klass, "__annotations__", {}))
-    return found
-
-
 def _missing_names() -> list[str]:
     return [
         f"{module.removeprefix('transformers.')}.{name}"
         for name, module in _NAMES.items()
         if _imported(name) is None
     ]
-
-
-def _has_path(root: Any, path: str) -> bool:
-    value = root
-    for part in path.split("."):
-        if not hasattr(value, part):
-            return False
-        value = getattr(value, part)
-    return True

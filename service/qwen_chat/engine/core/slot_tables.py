@@ -1,0 +1,89 @@
+"""Per batch slot, on the device: everything the batch sampler reads of a request, in tensors of fixed shape
+and address, so a CUDA graph that captured a step reads this step's values when it replays.
+
+A request owns one slot from its first step to its last. Its row holds its sampling parameters, the uniform
+its next draw takes, which tokens it has seen (prompt and reply: the repetition penalty's) and how often it
+generated each one (the presence and frequency penalties': OpenAI counts the reply only). The last row,
+`null`, belongs to no request: rows of a step no request owns (padding, a request cancelled with its step in
+flight) read and write it.
+
+The host writes a row when its request first reaches a step (`start`) and the step's uniforms (`draw_next`);
+the sampled tokens are added on the device by the step itself (`add`), so the tables are current even when
+the next step is prepared before this one's tokens reach the host (async batching). Host writes go on the
+stream the steps run on (`stream`), after the step in flight and before the next."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from qwen_chat.sampling_params import SamplingParams
+
+
+class SlotTables:
+    def __init__(self, slots: int, vocab_size: int, device: torch.device) -> None:
+        rows = slots + 1
+        self.null = slots
+        self.stream: Callable[[], Any] = lambda: None  # the stream steps run on (None: the current one)
+        self._device = device
+        zeros = lambda dtype: torch.zeros(rows, dtype=dtype, device=device)  # noqa: E731
+        self.temperature = zeros(torch.float32)  # 0: greedy
+        self.top_p = zeros(torch.float32) + 1.0
+        self.top_k = zeros(torch.long)
+        self.min_p = zeros(torch.float32)
+        self.penalty = zeros(torch.float32) + 1.0  # repetition penalty
+        self.presence = zeros(torch.float32)
+        self.frequency = zeros(torch.float32)
+        self.uniform = zeros(torch.float64)
+        self.seen = torch.zeros(rows, vocab_size, dtype=torch.bool, device=device)
+        self.counts = torch.zeros(rows, vocab_size, dtype=torch.int32, device=device)
+
+    def start(
+        self, slot: int, params: SamplingParams, sequence: Sequence[int], generated: Sequence[int]
+    ) -> None:
+        """Slot `slot` now holds a request with `params`, whose tokens so far are `sequence`, ending with the
+        reply tokens `generated` (a request the manager paused comes back with its reply in its prompt)."""
+        values = (
+            params.temperature,
+            params.top_p,
+            params.min_p,
+            params.repetition_penalty,
+            params.presence_penalty,
+            params.frequency_penalty,
+        )
+        tables = (self.temperature, self.top_p, self.min_p, self.penalty, self.presence, self.frequency)
+        with self._on_stream():
+            floats = torch.tensor(values, dtype=torch.float32).to(self._device, non_blocking=True)
+            for table, value in zip(tables, floats, strict=True):
+                table[slot] = value
+            self.top_k[slot] = params.top_k
+            self.seen[slot] = False
+            self.seen[slot, _on(sequence, self._device)] = True
+            self.counts[slot] = 0
+            if generated:
+                ones = torch.ones(len(generated), dtype=torch.int32, device=self._device)
+                self.counts[slot].index_add_(0, _on(generated, self._device), ones)
+
+    def draw_next(self, slots: list[int], uniforms: list[float]) -> None:
+        """The uniform each of `slots` draws its next token with."""
+        if not slots:
+            return
+        with self._on_stream():
+            packed = torch.tensor([slots, uniforms], dtype=torch.float64).to(self._device, non_blocking=True)
+            self.uniform[packed[0].long()] = packed[1]
+
+    def add(self, slots: torch.Tensor, tokens: torch.Tensor) -> None:
+        """On the device, inside the step: each of `slots` generated its token of `tokens`."""
+        self.seen[slots, tokens] = True
+        self.counts.index_put_((slots, tokens), torch.ones_like(tokens, dtype=torch.int32), accumulate=True)
+
+    def _on_stream(self) -> Any:
+        stream = self.stream()
+        return torch.cuda.stream(stream) if stream is not None else nullcontext()
+
+
+def _on(tokens: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(list(tokens), dtype=torch.long).to(device, non_blocking=True)
