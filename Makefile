@@ -16,6 +16,10 @@ LOCK_OPTIONS := --constraint constraints-cpu.txt --python-version 3.11 --python-
 LOCK_ARGS := pyproject.toml $(LOCK_OPTIONS) --output-file $(LOCK)
 DEV_LOCK_ARGS := pyproject.toml --extra test --extra lint --constraint $(LOCK) $(LOCK_OPTIONS) \
 	--output-file $(DEV_LOCK)
+# What the CUDA image adds (docker/Dockerfile): resolved against $(LOCK); triton comes with CUDA torch.
+CUDA_LOCK := docker/requirements-cuda.lock
+CUDA_LOCK_ARGS := docker/requirements-cuda.in --constraint $(LOCK) $(LOCK_OPTIONS) --no-emit-package triton \
+	--output-file $(CUDA_LOCK)
 UV_VERSION := 0.13.8
 UV := .tools/uv/bin/uv
 # Where the CPU wheel of torch lies, so the lock holds its CPU dependencies and no CUDA ones: pip's find-links here.
@@ -62,6 +66,8 @@ lock:
 	$(LOCK_TRAILER) $(LOCK)
 	$(UV) pip compile $(DEV_LOCK_ARGS) $(LOCK_FLAGS)
 	$(LOCK_TRAILER) $(DEV_LOCK)
+	$(UV) pip compile $(CUDA_LOCK_ARGS) $(LOCK_FLAGS)
+	$(LOCK_TRAILER) $(CUDA_LOCK)
 
 run: install
 	$(BIN)/qwen-chat serve --dev
@@ -92,6 +98,7 @@ gpu-check:
 	$(GPU_PYTHON) -m pytest -m gpu -q tests/test_gpu.py
 	$(GPU_PYTHON) -m bench.suite --shape qwen2.5-0.5b $(GPU_BENCH) --label gpu-qwen2.5-0.5b
 	$(GPU_PYTHON) -m bench.suite --shape qwen2.5-1.5b $(GPU_BENCH) --label gpu-qwen2.5-1.5b
+	$(GPU_PYTHON) -m bench.step_overhead --device cuda --shape qwen2.5-1.5b
 
 # A machine lent through this workplace's device tool (bare: Python 3.12, CUDA torch, no network, 64 MiB a
 # call) runs the same checks as bench/device/check.sh, sized for its lease (docs/gpu-check.md). gpu-wheels puts

@@ -12,7 +12,11 @@
 #   smoke       `qwen-chat serve` on the tiny model and `qwen-chat smoke-test` against it, its log kept
 #   suite-0.5b  the chat workload at 1, 16 and 64 clients against `transformers serve`, the 0.5B shape
 #   suite-1.5b  the same on the 1.5B shape
+#   overhead    bench/step_overhead.py on the 1.5B shape: each step's time outside the forward, 1 and 64 rows
 #   hybrid      bench/hybrid.py on the Qwen3.5-0.8B shape
+# On the GPU every step runs with QWEN_CHAT_CUDA_GRAPHS=on (graphs on SDPA: the machine has no flash
+# attention, so no async batching and no decode kernel), and `nvidia-smi` samples the GPU's utilization
+# every 250 ms; each step's mean goes into the summary (the samples into logs.tar.gz).
 # STEPS="tests suite-1.5b" picks some. What comes back under $OUT (8 files at most, flat): check.log (all of
 # it), summary.md (each step's exit status and time), pytest.log, BENCHMARKS.md (this repository's, with the
 # two suite sections rewritten), hybrid.md (the hybrid section alone), results.tar.gz (bench/results/ files:
@@ -37,7 +41,7 @@ if [ -n "$REHEARSE" ]; then
   WHL=$RDIR/whl-cp311
   PY=$RDIR/python/bin/python3
   DEVICE=cpu
-  STEPS=${STEPS:-tests smoke suite-0.5b suite-1.5b hybrid}
+  STEPS=${STEPS:-tests smoke suite-0.5b suite-1.5b overhead hybrid}
   DEADLINE=${DEADLINE:-1200}
   # The gpu tests deselect themselves on a CPU: engine tests on the same fixtures stand in for them.
   PYTEST_ARGS=(-q tests/test_gpu.py tests/test_tiny_model.py tests/test_engine.py::test_close_frees_the_model
@@ -46,14 +50,15 @@ if [ -n "$REHEARSE" ]; then
   SUITE_05=(--device cpu "${SMALL[@]}" --skip-engine-thread --skip-openai-fields --label rehearse-tiny)
   SUITE_15=(--device cpu "${SMALL[@]}" --skip-engine-thread --skip-openai-fields --label rehearse-tiny-2)
   HYBRID=(--clients 2 --turns 2 --max-reply 8 --tokens 8 --label rehearse-hybrid-tiny)
-  BOXES=(420 120 480 480)
+  OVERHEAD=(--device cpu --rows 1 4 --steps 10)
+  BOXES=(420 120 480 480 120)
 else
   WORK=${WORK:-/tmp/qwen-chat-device}
   SITE=${SITE:-/tmp/site}
   WHL=$REPO/.whl
   PY=${PY:-python3}
   DEVICE=cuda
-  STEPS=${STEPS:-tests smoke suite-0.5b suite-1.5b hybrid}
+  STEPS=${STEPS:-tests smoke suite-0.5b suite-1.5b overhead hybrid}
   DEADLINE=${DEADLINE:-500}  # seconds for everything; the tool's timeout_s (540) leaves the rest
   PYTEST_ARGS=(-q -m gpu tests/test_gpu.py)
   # `make gpu-check`'s GPU_BENCH cut to fit: 2 turns, replies of at most 48 tokens, 2 greedy chats a client,
@@ -63,11 +68,14 @@ else
   SUITE_05=(--shape qwen2.5-0.5b "${GPU[@]}" --label gpu-qwen2.5-0.5b)
   SUITE_15=(--shape qwen2.5-1.5b "${GPU[@]}" --skip-openai-fields --label gpu-qwen2.5-1.5b)
   HYBRID=(--clients 16 --turns 2 --max-reply 32 --tokens 32 --label gpu-qwen3.5-0.8b-hybrid)
-  BOXES=(100 60 150 120)
+  OVERHEAD=(--device cuda --shape qwen2.5-1.5b --rows 1 64 --steps 40)
+  BOXES=(150 45 130 100 60)
+  export QWEN_CHAT_CUDA_GRAPHS=${QWEN_CHAT_CUDA_GRAPHS:-on}
 fi
-# Time boxes in seconds, each overridable: tests, smoke, each suite, hybrid.
+# Time boxes in seconds, each overridable: tests, smoke, each suite, hybrid, overhead.
 BOX_TESTS=${BOX_TESTS:-${BOXES[0]}} BOX_SMOKE=${BOX_SMOKE:-${BOXES[1]}}
-BOX_SUITE=${BOX_SUITE:-${BOXES[2]}} BOX_HYBRID=${BOX_HYBRID:-${BOXES[3]}}
+BOX_SUITE=${BOX_SUITE:-${BOXES[2]}} BOX_HYBRID=${BOX_HYBRID:-${BOXES[3]}} BOX_OVERHEAD=${BOX_OVERHEAD:-${BOXES[4]}}
+UTIL=$WORK/logs/gpu-utilization.csv  # nvidia-smi's samples: timestamp, utilization.gpu [%]
 RESERVE=15  # seconds kept for packing $OUT
 : "${OUT:?OUT is unset: run this through the device tool, or with REHEARSE=1 here}"
 mkdir -p "$OUT"
@@ -101,22 +109,28 @@ step() {
   local left=$((DEADLINE - SECONDS - RESERVE))
   if ((left < 30)); then
     echo "=== $name: skipped, ${left}s left before the deadline"
-    echo "| $name | - | 0 | $box | skipped: no time left |" >>"$SUMMARY"
+    echo "| $name | - | 0 | $box | skipped: no time left | - |" >>"$SUMMARY"
     return 0
   fi
   ((box > left)) && box=$left
   echo "=== $name (at ${SECONDS}s, time box ${box}s): $*"
   started=$SECONDS
+  local first
+  first=0
+  [ -f "$UTIL" ] && first=$(wc -l <"$UTIL")
   DEVICE_CHECK_STEP=$name-$$ timeout -s INT -k 20 "$box" bash -o pipefail -c '"$@"' "$name" "$@"
   rc=$?
   sweep "$name-$$"
+  local busy
+  busy=$(tail -n +"$((first + 1))" "$UTIL" 2>/dev/null | awk -F', ' '$2 + 0 == $2 + 0 {s += $2; n++}
+    END {if (n) printf "%.0f %% of %d samples", s / n, n; else print "-"}')
   case $rc in
     0) status=ok ;;
     124 | 137) status="TIMED OUT" ;;
     *) status=FAILED ;;
   esac
-  echo "=== $name: $status (exit $rc) in $((SECONDS - started))s"
-  echo "| $name | $rc | $((SECONDS - started)) | $box | $status |" >>"$SUMMARY"
+  echo "=== $name: $status (exit $rc) in $((SECONDS - started))s, GPU busy: $busy"
+  echo "| $name | $rc | $((SECONDS - started)) | $box | $status | $busy |" >>"$SUMMARY"
 }
 
 # overlay BASE_PYTHON DIR SITE...: a venv at DIR over BASE_PYTHON's interpreter that sees the packages in
@@ -260,7 +274,13 @@ main() {
   echo "device check: $(date -u +%FT%TZ), $(uname -n), rehearsal: ${REHEARSE:-no}, steps: $STEPS, deadline ${DEADLINE}s"
   nvidia-smi 2>&1 | head -n 20 || true
   nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv 2>&1 || true
-  printf '| step | exit | seconds | time box | status |\n|---|---|---|---|---|\n' >"$SUMMARY"
+  printf '| step | exit | seconds | time box | status | GPU busy (mean utilization) |\n|---|---|---|---|---|---|\n' \
+    >"$SUMMARY"
+  local util_pid=""
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=timestamp,utilization.gpu --format=csv,noheader,nounits -lms 250 >"$UTIL" 2>&1 &
+    util_pid=$!
+  fi
   step setup 180 setup "${SUITE_05[@]}" :: "${SUITE_15[@]}"
   if grep -q '^| setup | 0 |' "$SUMMARY"; then
     export PYTHONPATH=$SITE:$REPO/service:$REPO
@@ -275,7 +295,9 @@ main() {
   step smoke "$BOX_SMOKE" smoke
   step suite-0.5b "$BOX_SUITE" suite "${SUITE_05[@]}"
   step suite-1.5b "$BOX_SUITE" suite "${SUITE_15[@]}"
+  step overhead "$BOX_OVERHEAD" "$PY" -m bench.step_overhead "${OVERHEAD[@]}"
   step hybrid "$BOX_HYBRID" hybrid "${HYBRID[@]}"
+  [ -n "$util_pid" ] && kill "$util_pid" 2>/dev/null
   pack
   echo "=== done at ${SECONDS}s"
   cat "$SUMMARY"
@@ -284,5 +306,5 @@ main() {
 }
 
 export -f overlay setup rehearsal_setup run_tests smoke suite hybrid
-export REPO REHEARSE RDIR WORK SITE WHL PY DEVICE OUT
+export REPO REHEARSE RDIR WORK SITE WHL PY DEVICE OUT UTIL
 main 2>&1 | tee "$OUT/check.log"

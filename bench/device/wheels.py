@@ -40,6 +40,7 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "requirements-dev.lock"
+CUDA_LOCK = REPO / "docker" / "requirements-cuda.lock"  # what the CUDA image adds: the hybrid kernels
 
 # Packages the machine's image holds (this workplace's device notes, KINDS.md, as read on 2026-11-17).
 ON_DEVICE_NAMES = """
@@ -93,6 +94,8 @@ CARRY = (
     "rich", "markdown-it-py", "mdurl", "shellingham", "annotated-doc", "openai", "jiter", "sniffio",
     # the tests and the benchmarks: pytest as CI runs it, httpx for the clients
     "pytest", "pluggy", "iniconfig", "pytest-timeout", "httpx", "httpcore",
+    # the CUDA image's own (docker/requirements-cuda.lock): flash-linear-attention's Triton kernels
+    "flash-linear-attention", "fla-core",
 )  # fmt: skip
 # On the machine, and left there: big, or shared with its torch; any version there satisfies the project.
 SKIPPED = (
@@ -107,8 +110,12 @@ PLATFORMS = ("manylinux_2_28", "manylinux_2_27", "manylinux_2_24", "manylinux_2_
 
 
 def lock_versions(path: Path = LOCK) -> dict[str, str]:
-    pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", path.read_text(), flags=re.MULTILINE)
-    return {canonicalize_name(name): version for name, version in pins}
+    """The pins of `path`, and of the CUDA image's lock where `path` has none."""
+    found = {}
+    for lock in (CUDA_LOCK, path):
+        pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", lock.read_text(), flags=re.MULTILINE)
+        found.update({canonicalize_name(name): version for name, version in pins})
+    return found
 
 
 def wanted(versions: dict[str, str]) -> dict[str, str]:

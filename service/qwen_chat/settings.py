@@ -64,6 +64,10 @@ class Settings(BaseSettings, SamplingFields):
     # The batch engine's CUDA graphs on a GPU: `auto`, transformers' choice (on with a flash attention
     # kernel); `on`, also with SDPA; `off`. Async batching follows transformers' default (on with graphs).
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    # The attention the model runs (transformers' `attn_implementation`): `auto` is flash attention on CUDA
+    # where it loads (the flash_attn package, or the hub kernel the CUDA image carries), else SDPA, with a
+    # warning; any other value (`sdpa`, `flash_attention_2`, `kernels-community/...`) loads or fails to start.
+    attention: str = "auto"
     # A `/v1/completions` text prompt's control-token text (`<|im_start|>`, `</tool_response>`...): read as
     # those tokens when true, as vLLM reads it; as text when false, like every chat message's text.
     completions_control_tokens: bool = False

@@ -24,6 +24,7 @@ from packaging.version import Version
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "requirements.lock"
 DEV_LOCK = REPO / "requirements-dev.lock"
+CUDA_LOCK = REPO / "docker" / "requirements-cuda.lock"
 MAKEFILE = REPO / "Makefile"
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -78,7 +79,7 @@ def _parse(path: Path) -> Lock:
 
 @pytest.fixture(scope="module")
 def locks() -> dict[str, Lock]:
-    return {LOCK.name: _parse(LOCK), DEV_LOCK.name: _parse(DEV_LOCK)}
+    return {LOCK.name: _parse(LOCK), DEV_LOCK.name: _parse(DEV_LOCK), CUDA_LOCK.name: _parse(CUDA_LOCK)}
 
 
 def _declared(*extras: str) -> list[Requirement]:
@@ -190,6 +191,29 @@ def test_every_locked_package_is_hashed_and_torch_and_cuda_stay_out(
     assert torch_needs <= set(locked), sorted(torch_needs - set(locked))
 
 
+def test_the_cuda_images_lock_adds_to_the_runtime_lock_and_changes_nothing_in_it(
+    locks: dict[str, Lock],
+) -> None:
+    """What the CUDA image installs after requirements.lock: hashed, at the runtime lock's version and files
+    for every package both hold, with no torch or CUDA library (CUDA torch brings those)."""
+    runtime, cuda = locks[LOCK.name], locks[CUDA_LOCK.name]
+    assert {"flash-linear-attention", "fla-core"} <= set(cuda) - set(runtime)
+    assert [name for name, entry in cuda.items() if not entry.hashes] == []
+    assert sorted(name for name in cuda if name in UNLOCKED or CUDA_ONLY.fullmatch(name)) == []
+    changed = sorted(
+        name
+        for name in set(cuda) & set(runtime)
+        if (cuda[name].version, set(cuda[name].hashes)) != (runtime[name].version, set(runtime[name].hashes))
+    )
+    assert changed == [], f"the CUDA lock moves packages of the runtime lock ({REFRESH})"
+    command = _header_command(CUDA_LOCK)
+    assert command == ["uv", "pip", "compile", *_make_variable("CUDA_LOCK_ARGS").split()], REFRESH
+    constraints = [value for flag, value in itertools.pairwise(command) if flag == "--constraint"]
+    assert constraints == [LOCK.name, "constraints-cpu.txt"], "resolved at the runtime lock's versions"
+    dockerfile = DOCKERFILE.read_text()
+    assert re.search(r"--require-hashes --no-deps -r requirements-cuda\.lock", dockerfile)
+
+
 @pytest.mark.parametrize("lock", [LOCK.name, DEV_LOCK.name])
 def test_the_headers_record_the_makefile_commands(lock: str) -> None:
     path = REPO / lock
@@ -221,10 +245,11 @@ def test_the_headers_record_the_makefile_commands(lock: str) -> None:
 def test_make_lock_writes_the_runtime_lock_first() -> None:
     recipe = _recipe("lock")
     compiles = [line for line in recipe if line.startswith("$(UV) pip compile ")]
-    assert [line.split()[3] for line in compiles] == ["$(LOCK_ARGS)", "$(DEV_LOCK_ARGS)"], compiles
-    assert all("$(LOCK_FLAGS)" in line for line in compiles), "both get the CPU torch wheel and UPGRADE"
+    expected = ["$(LOCK_ARGS)", "$(DEV_LOCK_ARGS)", "$(CUDA_LOCK_ARGS)"]
+    assert [line.split()[3] for line in compiles] == expected, compiles
+    assert all("$(LOCK_FLAGS)" in line for line in compiles), "each gets the CPU torch wheel and UPGRADE"
     trailers = [line for line in recipe if line.startswith("$(LOCK_TRAILER) ")]
-    assert [line.split()[1] for line in trailers] == ["$(LOCK)", "$(DEV_LOCK)"], trailers
+    assert [line.split()[1] for line in trailers] == ["$(LOCK)", "$(DEV_LOCK)", "$(CUDA_LOCK)"], trailers
     # Each trailer right after its compile: uv rewrites the whole file.
     assert [recipe.index(line) for line in trailers] == [recipe.index(line) + 1 for line in compiles]
 

@@ -7,8 +7,9 @@ GPU pod that runs the slow way from one that does not.
 - `decode_kernel`: flash attention's paged decode kernel (`flash_attn_with_kvcache`), which needs a flash
   attention implementation on CUDA and a block table wide enough for a request (`kv_cache.pages_for`).
 
-The service turns the first two off while the batch sampler builds each step's plan right before that step
-(`core/batch_sampler.py`); on CPU none of the three exists.
+`QWEN_CHAT_CUDA_GRAPHS` sets the first (`auto`: transformers' choice), the second follows transformers'
+default; steps that need the host run without either (`core/batch_sampler.py`). On CPU none of the three
+exists.
 """
 
 from __future__ import annotations
@@ -41,6 +42,6 @@ def warn_if_slow(device_type: str, attention_name: str) -> None:
         log.warning(
             "gpu_without_flash_attention",
             attention=attention_name,
-            consequence="no decode kernel; transformers keeps CUDA graphs and async batching off by default",
+            consequence="no decode kernel; CUDA graphs and async batching only with QWEN_CHAT_CUDA_GRAPHS=on",
             fix="install flash-attn (or the `kernels` package with a local flash kernel) in the image",
         )

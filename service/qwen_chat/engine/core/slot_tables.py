@@ -76,9 +76,10 @@ class SlotTables:
             self.uniform[packed[0].long()] = packed[1]
 
     def add(self, slots: torch.Tensor, tokens: torch.Tensor) -> None:
-        """On the device, inside the step: each of `slots` generated its token of `tokens`."""
+        """On the device, inside the step: each of `slots` generated its token of `tokens`. Only rows owned
+        by no request share a slot (`null`), so a plain write serves as an increment."""
         self.seen[slots, tokens] = True
-        self.counts.index_put_((slots, tokens), torch.ones_like(tokens, dtype=torch.int32), accumulate=True)
+        self.counts[slots, tokens] = self.counts[slots, tokens] + 1
 
     def _on_stream(self) -> Any:
         stream = self.stream()

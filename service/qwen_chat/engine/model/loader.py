@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.utils import logging as transformers_logging
 
+from qwen_chat.engine.model.attention import set_attention
 from qwen_chat.engine.model.tokenizer import checkpoint
 from qwen_chat.settings import Settings
 
@@ -53,6 +54,7 @@ def load_model(settings: Settings) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     model: Any = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
     model = model.to(device).eval()
+    set_attention(model, settings.attention, device, source.family)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
