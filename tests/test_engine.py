@@ -422,6 +422,23 @@ async def test_many_concurrent_requests_all_finish(batch: QueuedEngine) -> None:
     assert batch.stats.running == 0 and batch.stats.waiting == 0
 
 
+async def test_more_slots_than_a_step_takes_tokens_still_decode(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """MAX_RUNNING above MAX_BATCH_TOKENS: the manager schedules at most MAX_BATCH_TOKENS rows a step, and
+    the sampler's per-step arguments fit what the manager holds for them."""
+    engine = make_engine(make_settings, "batch", max_running=64, max_batch_tokens=16, max_waiting=8)
+    await engine.start()
+    try:
+        params = SamplingParams(8, 0.7, 0.9, 1.05, seed=1)
+        results = await run_together(
+            engine, [chat_request(engine, f"r{i}", PROMPTS[i], params) for i in range(2)]
+        )
+        assert [fin.completion_tokens for _, fin in results] == [8, 8]
+    finally:
+        await engine.close()
+
+
 class _ReportsThreeSlots(QueuedEngine):
     """A worker side whose core (not run here) reports 3 slots, whatever the settings foresaw."""
 

@@ -1,4 +1,4 @@
-"""The names of transformers' internals the batch engine hooks (`engine/hf_internals.py`) exist, with the
+"""The names of transformers' internals the batch engine hooks (`engine/hf_internals/`) exist, with the
 signatures the hooks rely on, in the installed transformers: an upgrade that renames one fails here and at
 the engine's start with the hook's name, never silently (preemption counting and the CPU attention path
 would otherwise just stop working)."""
@@ -76,3 +76,26 @@ def test_a_renamed_override_or_request_field_is_named(monkeypatch: pytest.Monkey
         "OutputRouter.deliver_many(outputs)",
         "RequestState.generated_ids",
     ]
+
+
+def test_the_async_pipeline_the_loop_turn_drives_has_what_it_uses() -> None:
+    """What `hf_internals/turns.py` uses of transformers' async batching, which CPU never builds: the IO
+    pairs, their swap and host side, the request list an update reads, and the loop body's contract (a
+    bootstrapping turn launches without taking in; the loop takes in one more pair when it ends)."""
+    from transformers.generation.continuous_batching import continuous_api, input_outputs
+
+    asynchronous = input_outputs.ContinuousBatchingAsyncIOs
+    assert hasattr(asynchronous, "swap_io_pairs") and hasattr(asynchronous, "prepare_batch_update")
+    init = inspect.getsource(asynchronous.__init__)
+    assert "self.io_pairs" in init and "self.compute_stream" in init
+    assert "self.current_pair" in inspect.getsource(asynchronous.swap_io_pairs)
+    assert "self.host_io" in inspect.getsource(input_outputs.HostDeviceIOPair.__init__)
+    assert "return self.requests_in_batch" in inspect.getsource(
+        input_outputs.ContinuousBatchingIOs.prepare_batch_update
+    )
+    body = inspect.getsource(continuous_api.ContinuousBatchingManager._generation_loop_body)
+    assert "if bootstrapping:" in body and "self.current_batch += 1" in body
+    runner = inspect.getsource(continuous_api.ContinuousBatchProcessor.__init__) + inspect.getsource(
+        continuous_api.ContinuousBatchingManager._run_generation_loop
+    )
+    assert "self.model_runner" in runner and "batch_processor.update_batch()" in runner

@@ -106,16 +106,23 @@ def test_a_static_step_has_no_host_sync_a_cuda_graph_could_not_capture() -> None
         torch._dynamo.reset()
 
 
+class _Pair:
+    def __init__(self) -> None:
+        self.host_io = self
+        self.requests_in_batch: list[int] = []
+
+
 class _AsyncPipeline:
     """Transformers' manager and async batch processor as the turn sees them: two IO pairs, a body that
-    prepares and launches a step (and, unless bootstrapping, takes in the one before), graph flags."""
+    prepares and launches a step (and, unless bootstrapping, takes in the one before), graph flags, and
+    the update the manager's loop runs once more when it ends."""
 
     use_async_batching = True
 
     def __init__(self) -> None:
         self.current_batch = 0
-        self.pairs: list[int | None] = [None, None]
-        self.current = 0
+        self.io_pairs = [_Pair(), _Pair()]
+        self.current_pair = 0
         self.launched: list[tuple[int, bool, bool]] = []  # step, graphs on, every step before taken in
         self.taken_in: list[int] = []
         self.model_runner = self
@@ -123,24 +130,29 @@ class _AsyncPipeline:
         self.inputs_and_outputs = self
 
     def swap_io_pairs(self) -> None:
-        self.current = 1 - self.current
+        self.current_pair = 1 - self.current_pair
 
     def update_batch(self) -> None:
-        step = self.pairs[self.current]
-        assert step is not None and step not in self.taken_in, f"step {step} taken in twice"
-        self.taken_in.append(step)
+        for step in self.io_pairs[self.current_pair].requests_in_batch:
+            assert step not in self.taken_in, f"step {step} taken in twice"
+            self.taken_in.append(step)
 
     def body(self, _: Any, bootstrapping: bool) -> bool:
         step = self.current_batch
         graphs = self.use_cuda_graph_varlen and self.use_cuda_graph_decode
         self.launched.append((step, graphs, self.taken_in == list(range(step))))
-        self.pairs[self.current] = step
+        self.io_pairs[self.current_pair].requests_in_batch = [step]
         self.current_batch += 1
         self.swap_io_pairs()
         if bootstrapping:
             return False
         self.update_batch()
         return True
+
+    def loop_ends(self) -> None:
+        """What the manager's loop does after its last turn: take in the pair it believes in flight."""
+        self.swap_io_pairs()
+        self.update_batch()
 
 
 def test_a_step_that_needs_the_host_runs_eagerly_after_the_step_in_flight_and_the_pipeline_refills() -> None:
@@ -164,3 +176,61 @@ def test_a_step_that_needs_the_host_runs_eagerly_after_the_step_in_flight_and_th
     # Every step is taken in once, in order; only the last one launched is still in flight.
     assert pipeline.taken_in == list(range(len(needs_host) - 1))
     assert pipeline.use_cuda_graph_varlen and pipeline.use_cuda_graph_decode
+    pipeline.loop_ends()
+    assert pipeline.taken_in == list(range(len(needs_host)))
+
+
+def test_the_loop_ending_after_a_synchronous_step_takes_nothing_in_twice() -> None:
+    pipeline = _AsyncPipeline()
+    turn = turns.turn(pipeline, pipeline.body, lambda: True)
+    turn(pipeline, True)
+    turn(pipeline, False)
+    pipeline.loop_ends()  # asserts: no step taken in twice
+    assert pipeline.taken_in == [0, 1]
+
+
+def _async_run(discard_at: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """A seeded row with penalties beside a greedy one, stepped as async batching steps them: each step is
+    prepared before the one before it is taken in. At step `discard_at` the row is paused while in flight:
+    its token is discarded and it sits out the next step, as transformers' offloading does. Each position
+    of a row gets the same logits in every run. Returns the row's reply, its slot's counts and the counts
+    its kept tokens make."""
+    torch.manual_seed(5)
+    logits = torch.randn(16, 2, 64) * 2
+    sampler = BatchSampler(slots=2, vocab_size=64, device=torch.device("cpu"), static=True)
+    params = SamplingParams(64, 0.9, 1.0, 1.0, seed=1, presence_penalty=1.0, frequency_penalty=0.5)
+    sampler.register("row", params)
+    sampler.register("other", SamplingParams(64, 0.0, 1.0, 1.0))
+    row, other = _State("row", [1, 2, 3]), _State("other", [4, 5])
+    position = {"row": 0, "other": 0}  # tokens each has, in its state or in flight
+    kept: list[int] = []
+    in_flight: list[tuple[_State, int]] = []
+    for step in range(10):
+        states = [s for s in (row, other) if not (s is row and step == discard_at + 1)]
+        scores = torch.stack([logits[position[s.request_id], n] for n, s in enumerate(states)])
+        picked = (
+            sampler(scores, sampler.prepare_tensor_args([_Future(s) for s in states])).argmax(-1).tolist()
+        )
+        for state, token in in_flight:  # the step before is taken in once this one is launched
+            state.generated_tokens.append(token)
+        in_flight = []
+        for state, token in zip(states, picked, strict=True):
+            if not (state is row and step == discard_at):
+                in_flight.append((state, token))
+                position[state.request_id] += 1
+                kept += [token] if state is row else []
+    return (
+        row.generated_tokens[:6],
+        sampler.tables.counts[0, :64].clone(),
+        torch.bincount(torch.tensor(kept), minlength=64),
+    )
+
+
+def test_a_row_paused_with_its_step_in_flight_loses_that_steps_token_and_draw_and_nothing_else() -> None:
+    """Under async batching transformers may pause a request whose step is in flight and drop that step's
+    token: the row's tables forget the token and its seed draws that position again with the same uniform."""
+    tokens, counts, expected = _async_run(discard_at=-5)
+    assert torch.equal(counts, expected.int())
+    paused_tokens, paused_counts, paused_expected = _async_run(discard_at=2)
+    assert paused_tokens == tokens
+    assert torch.equal(paused_counts, paused_expected.int())

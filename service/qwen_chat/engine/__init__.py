@@ -1,7 +1,7 @@
 """The engine room: where tokens are generated. Its rooms, lowest first (each imports only those below it):
 
 - `wire.py`: the messages between the worker and its core; `grammar_spec.py`: a constraint's canonical form;
-  `hf_internals.py`: the only module that names transformers' internals, and the check of every one
+  `hf_internals/`: the only room that names transformers' internals, and the check of every one
 - `model/`: the families served, loading a checkpoint and its tokenizer, prompts and the client's text
 - `tiny/`: the offline tiny models for tests, demos (`serve --dev`) and CI, in each family's real layout
 - `core/`: the model on its device and the loop that decodes (batching, sampling, grammars, attention), and

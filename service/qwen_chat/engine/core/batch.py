@@ -53,7 +53,9 @@ class BatchCore:
         budget = input_budget(settings, loaded.context_length)
         self._geometry = cache_geometry(settings, loaded.context_length, budget, loaded.device.type)
         vocab_size = loaded.model.get_output_embeddings().out_features
-        self._sampler = BatchSampler(self.max_running, vocab_size, loaded.device)
+        # The manager schedules at most max_batch_tokens rows a step (its max_requests_per_batch).
+        rows = min(self.max_running, self._geometry.max_batch_tokens)
+        self._sampler = BatchSampler(self.max_running, vocab_size, loaded.device, rows=rows)
         self._sampler.tables.stream = lambda: hf_internals.compute_stream(self._manager)
         self._adding: deque[Submit] = deque()  # submitted, added to the manager at its next turn
         self._adding_lock = threading.Lock()
@@ -255,7 +257,7 @@ class BatchCore:
 
 
 def _require_hooks(manager: Any, started: bool) -> None:
-    """A transformers that renamed what we hook fails here, at start, naming it (`hf_internals.py`)."""
+    """A transformers that renamed what we hook fails here, at start, naming it (`hf_internals/`)."""
     missing = hf_internals.check_manager(manager, started)
     if missing:
         raise RuntimeError(f"this transformers lacks what the batch engine hooks: {', '.join(missing)}")

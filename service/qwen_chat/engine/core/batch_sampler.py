@@ -40,7 +40,15 @@ from qwen_chat.sampling_params import SamplingParams
 
 
 class BatchSampler(ContinuousBatchingLogitsProcessor):
-    def __init__(self, slots: int, vocab_size: int, device: torch.device, static: bool | None = None) -> None:
+    def __init__(
+        self,
+        slots: int,
+        vocab_size: int,
+        device: torch.device,
+        static: bool | None = None,
+        rows: int | None = None,
+    ) -> None:
+        """`rows`: the most logits rows a step holds (the manager's max_requests_per_batch; None: slots)."""
         # Parameters are looked up by request id, not passed to add_request.
         self.supported_kwargs: dict[str, type] = {}
         self.ignored_kwargs: tuple[str, ...] = ()
@@ -52,7 +60,8 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         self._free = list(range(slots - 1, -1, -1))
         self._requests: dict[str, RowRequest] = {}
         self._plan = Plan(0, False, False, False)
-        self._arg = torch.full((slots,), self.tables.null, dtype=torch.int32)
+        self._arg = torch.full((rows or slots,), self.tables.null, dtype=torch.int32)
+        self._prepares = 0  # steps prepared
 
     @property
     def active(self) -> int:
@@ -108,11 +117,12 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         states = [future.state for future in requests_with_new_token]
         rows: list[RowRequest | None] = [self._requests.get(state.request_id) for state in states]
         live = [row for row in rows if row is not None]
+        self._prepares += 1
         for row, state in zip(rows, states, strict=True):
-            if row is not None and row.initial_length != len(state.initial_tokens):
-                self._start(row, state)
+            if row is not None:
+                self._follow(row, state)
         drawing = [row for row in live if row.uniforms is not None]
-        self.tables.draw_next([row.slot for row in drawing], [row.uniforms.random() for row in drawing])  # type: ignore[union-attr]
+        self.tables.draw_next([row.slot for row in drawing], [_uniform(row) for row in drawing])
         self._plan = Plan(
             rows=len(rows),
             penalised=any(row.params.repetition_penalty != 1.0 for row in live),
@@ -124,16 +134,28 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         arg[: len(rows)] = torch.tensor([row.slot if row is not None else self.tables.null for row in rows])
         return arg
 
-    def _start(self, row: RowRequest, state: Any) -> None:
-        """The request's first step, or its first since the manager paused it and re-queued it with its
-        generated tokens moved into `initial_tokens` (the sequence is the same, and what was generated
-        starts where the prompt first ended)."""
+    def _follow(self, row: RowRequest, state: Any) -> None:
+        """Bring the row's tables in line with its request before its step. They are (re)written from the
+        request's state at its first step; at its first since the manager paused it and re-queued it with
+        its generated tokens moved into `initial_tokens` (the sequence is the same, and what was generated
+        starts where the prompt first ended); and when they hold tokens of steps whose results the manager
+        discarded (under async batching, a request paused while its step was in flight loses that step's
+        token): those steps' uniforms are drawn again, so a seed still gives the same reply."""
         initial, produced = state.initial_tokens, state.generated_tokens
         if row.prompt_length < 0:
             row.prompt_length = len(initial) + len(produced)
-        row.initial_length = len(initial)
-        sequence = [*initial, *produced]
-        self.tables.start(row.slot, row.params, sequence, sequence[row.prompt_length :])
+        generated = len(initial) + len(produced) - row.prompt_length
+        lag = row.added - generated  # 1 while the step before is in flight (async), else 0
+        start = row.initial_length != len(initial)
+        if lag > 0 and row.last_prepare != self._prepares - 1:
+            row.replay = row.drawn[-lag:]
+            start = True
+        if start:
+            row.initial_length, row.added = len(initial), generated
+            sequence = [*initial, *produced]
+            self.tables.start(row.slot, row.params, sequence, sequence[row.prompt_length :])
+        row.added += 1  # the step adds its token on the device
+        row.last_prepare = self._prepares
 
     def _host_work(self, rows: list[RowRequest | None], states: list[Any]) -> dict[str, Any]:
         """What only the host can do for a step: grammar masks, stop tokens banned, log-probabilities."""
@@ -219,6 +241,14 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
                 if request.logprobs is not None:
                     request.logprobs.append(entry)
         return scores
+
+
+def _uniform(row: RowRequest) -> float:
+    """The next uniform of a sampled row: one its discarded step drew, else the next of its stream."""
+    assert row.uniforms is not None
+    uniform = row.replay.pop(0) if row.replay else row.uniforms.random()
+    row.drawn = [*row.drawn[-1:], uniform]
+    return uniform
 
 
 def _penalise_all(scores: torch.Tensor, slots: torch.Tensor, tables: SlotTables) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,6 +23,10 @@ class RowRequest:
     matcher: Matcher | None = None
     prompt_length: int = -1  # the prompt as first seen; -1: row not started
     initial_length: int = -1  # its initial tokens when last started (a paused request comes back with more)
+    added: int = 0  # reply tokens its tables hold: those of its state when started, then one per step
+    last_prepare: int = -1  # the sampler's step count when it last had a row
+    drawn: list[float] = field(default_factory=list)  # the uniforms of its last two steps
+    replay: list[float] = field(default_factory=list)  # uniforms to draw again (their steps were discarded)
     accepted: int = 0  # generated tokens the matcher has taken
     top_logprobs: int = -1  # -1: none wanted
     logprobs: list[TokenLogprob] | None = None  # computed, not yet taken by the router

@@ -56,23 +56,23 @@ class SlotTables:
         )
         tables = (self.temperature, self.top_p, self.min_p, self.penalty, self.presence, self.frequency)
         with self._on_stream():
-            floats = torch.tensor(values, dtype=torch.float32).to(self._device, non_blocking=True)
+            floats = self._staged(values, torch.float32)
             for table, value in zip(tables, floats, strict=True):
                 table[slot] = value
             self.top_k[slot] = params.top_k
             self.seen[slot] = False
-            self.seen[slot, _on(sequence, self._device)] = True
+            self.seen[slot, self._staged(sequence, torch.long)] = True
             self.counts[slot] = 0
             if generated:
                 ones = torch.ones(len(generated), dtype=torch.int32, device=self._device)
-                self.counts[slot].index_add_(0, _on(generated, self._device), ones)
+                self.counts[slot].index_add_(0, self._staged(generated, torch.long), ones)
 
     def draw_next(self, slots: list[int], uniforms: list[float]) -> None:
         """The uniform each of `slots` draws its next token with."""
         if not slots:
             return
         with self._on_stream():
-            packed = torch.tensor([slots, uniforms], dtype=torch.float64).to(self._device, non_blocking=True)
+            packed = self._staged([slots, uniforms], torch.float64)
             self.uniform[packed[0].long()] = packed[1]
 
     def add(self, slots: torch.Tensor, tokens: torch.Tensor) -> None:
@@ -85,6 +85,10 @@ class SlotTables:
         stream = self.stream()
         return torch.cuda.stream(stream) if stream is not None else nullcontext()
 
-
-def _on(tokens: Sequence[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(list(tokens), dtype=torch.long).to(device, non_blocking=True)
+    def _staged(self, values: Any, dtype: torch.dtype) -> torch.Tensor:
+        """`values` on the device. On CUDA through pinned memory, so that the copy waits for nothing on the
+        host: from pageable memory it would wait for the step in flight, and undo async batching's overlap
+        (torch keeps the pinned block until the copy is done)."""
+        pinned = self._device.type == "cuda"
+        host = torch.tensor(list(values), dtype=dtype, pin_memory=pinned)
+        return host.to(self._device, non_blocking=True)

@@ -54,10 +54,13 @@ def turn(
 
 
 def _take_in(batch_processor: Any) -> None:
-    """Under async batching, after a launch: wait for the last launched step and update its requests."""
+    """Under async batching, after a launch: wait for the last launched step and update its requests. Its
+    IO pair then holds no request, so that no later update takes it in again (transformers' loop, when it
+    ends, takes in the pair it believes is in flight)."""
     io = batch_processor.inputs_and_outputs
     io.swap_io_pairs()
     batch_processor.update_batch()
+    io.io_pairs[io.current_pair].host_io.requests_in_batch = []
     io.swap_io_pairs()
 
 
