@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 import torch
 from transformers import (
@@ -18,18 +16,8 @@ from qwen_chat.engine.core import sampling
 from qwen_chat.engine.core.batch_sampler import BatchSampler
 from qwen_chat.engine.core.sampling import OccurrencePenalty, draw
 from qwen_chat.sampling_params import SamplingParams
-
-
-@dataclass
-class _State:
-    request_id: str
-    initial_tokens: list[int]
-    generated_tokens: list[int] = field(default_factory=list)
-
-
-@dataclass
-class _Future:
-    state: _State
+from tests.support.request_states import Future as _Future
+from tests.support.request_states import State as _State
 
 
 def _nucleus(logits: torch.Tensor, top_p: float) -> set[int]:

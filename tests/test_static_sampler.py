@@ -5,7 +5,6 @@ stand-in of transformers' async pipeline."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -15,6 +14,8 @@ from qwen_chat.engine.core.batch_sampler import BatchSampler
 from qwen_chat.engine.core.sampling import CANDIDATES
 from qwen_chat.engine.hf_internals import turns
 from qwen_chat.sampling_params import SamplingParams
+from tests.support.request_states import Future as _Future
+from tests.support.request_states import State as _State
 
 VOCAB = 3000
 PARAMS = {
@@ -27,18 +28,6 @@ PARAMS = {
     ),
     "greedy penalised": SamplingParams(64, 0.0, 1.0, 1.3, presence_penalty=0.5, frequency_penalty=0.25),
 }
-
-
-@dataclass
-class _State:
-    request_id: str
-    initial_tokens: list[int]
-    generated_tokens: list[int] = field(default_factory=list)
-
-
-@dataclass
-class _Future:
-    state: _State
 
 
 def _sampler(static: bool) -> tuple[BatchSampler, list[_State]]:
