@@ -12,7 +12,7 @@ from dashboards.panels import (
     target,
     timeseries_panel,
 )
-from dashboards.promql import mean_by_pod, request_ratio, series
+from dashboards.promql import mean_by_pod, rate, request_ratio, series, sum_by
 
 ADMITTED = 'outcome=~"stop|length|cancelled|timeout|error"'
 ERROR_RATIO = request_ratio('outcome="error"', (ADMITTED,))
@@ -194,16 +194,27 @@ def engine() -> list[Panel]:
             thresholds=steps("green", (1, "red")),
         ),
         timeseries_panel(
-            "Prompt tokens resumed from kept conversations",
-            "Per second, prompt tokens the hybrid engine (Qwen3.5/3.6, Qwen3-Next) resumed from a "
-            "conversation's kept state instead of prefilling them again "
-            "(qwen_chat_prompt_tokens_cached_total), "
-            "and the conversation states it keeps per pod (qwen_chat_kept_conversation_states; the least "
-            "recently used go first when requests need the memory). Other engines keep none.",
+            "Prefix cache hit ratio",
+            "Per pod, the share of prompt tokens found in the prefix cache and not prefilled again "
+            "(qwen_chat_prefix_cache_hits_total over qwen_chat_prefix_cache_queries_total, also exported as "
+            "vllm:prefix_cache_hits_total and vllm:prefix_cache_queries_total): the batch engine's shared KV "
+            "pages, the hybrid engine's kept conversation states. A conversation's later turns should hit; "
+            "a low ratio behind a prefix-aware router means requests do not land where their history is.",
             [
-                rate_by("prompt_tokens_cached_total", "pod"),
-                target(f"sum by (pod) ({series('kept_conversation_states')})", "{{pod}} kept states"),
+                target(
+                    f"{sum_by(('pod',), rate('prefix_cache_hits_total'))} / "
+                    f"{sum_by(('pod',), rate('prefix_cache_queries_total'))}",
+                    "{{pod}}",
+                )
             ],
+            unit="percentunit",
+        ),
+        timeseries_panel(
+            "Kept conversation states",
+            "The conversation states the hybrid engine (Qwen3.5/3.6, Qwen3-Next) keeps per pod for a next "
+            "turn (qwen_chat_kept_conversation_states; the least recently used go first when requests need "
+            "the memory). Other engines keep none.",
+            [target(f"sum by (pod) ({series('kept_conversation_states')})", "{{pod}} kept states")],
             unit="short",
         ),
     ]

@@ -35,6 +35,8 @@ CHATS = [
 
 TURNS = ["and then?", "why", "say it again, but shorter this time please", "thanks"]
 
+COUNTERS = ("queries", "hits")  # the prefix cache's, in prompt tokens
+
 
 @pytest.fixture(scope="module")
 def tiny_hybrid_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -133,10 +135,18 @@ async def test_hybrid_replies_equal_generate_alone_batched_after_cancels_and_res
         # A conversation: each turn resumes from the state the last one kept, and replies as `generate` does.
         conversation = [{"role": "user", "content": CHATS[5]}]
         history = 0
+        model = {"model": engine._settings.model_name}
         for n, content in enumerate(TURNS):
             ids = engine.prompts.encode_chat(conversation)
+            counted = [
+                REGISTRY.get_sample_value(f"qwen_chat_prefix_cache_{c}_total", model) or 0 for c in COUNTERS
+            ]
             reply, finished = await collect(engine, GenerationRequest(f"u{n}", ids, GREEDY))
             assert reply == turns_alone[n]
+            now = [
+                REGISTRY.get_sample_value(f"qwen_chat_prefix_cache_{c}_total", model) or 0 for c in COUNTERS
+            ]
+            assert [b - a for a, b in zip(counted, now, strict=True)] == [len(ids), finished.cached_tokens]
             if n:
                 assert finished.cached_tokens >= history, "the history was not prefilled again"
             history = max(

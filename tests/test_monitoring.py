@@ -71,7 +71,8 @@ METRICS_WITH_MODEL = {
     "engine_batch_size",
     "engine_preemptions_total",
     "engine_restarts_total",
-    "prompt_tokens_cached_total",
+    "prefix_cache_queries_total",
+    "prefix_cache_hits_total",
     "kept_conversation_states",
 }
 METRICS_WITHOUT_MODEL = {

@@ -62,3 +62,56 @@ def test_tokenizer_endpoints_need_the_key_and_name_what_is_wrong(server: LiveSer
         assert answer.status_code in (400, 404), (body, answer.text)
         error = answer.json()["error"]
         assert error["param"] == field or field in error["message"], (body, error)
+
+
+def test_render_gives_the_ids_the_chat_and_the_completion_are_prefilled_with(server: LiveServer) -> None:
+    """vLLM's render endpoints, as a prefix-aware router calls them: the ids equal what `usage` counts and
+    what /tokenize gives, in vLLM's shapes (one object for a chat, a list for completions)."""
+    model = server.service.settings.model_name
+    client = OpenAI(base_url=server.http + "/v1", api_key=KEYS["alice"], max_retries=0, timeout=60)
+    messages: Any = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "Sunny."},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+    body = {
+        "model": model,
+        "messages": messages,
+        "tools": [WEATHER],
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
+    rendered = httpx.post(server.http + "/v1/chat/completions/render", json=body, headers=AUTH)
+    assert rendered.status_code == 200, rendered.text
+    assert set(rendered.json()) == {"request_id", "model", "token_ids"} and rendered.json()["model"] == model
+    ids = rendered.json()["token_ids"]
+    chat = client.chat.completions.create(
+        model=model,
+        messages=messages,
+        tools=[WEATHER],
+        max_tokens=1,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    assert chat.usage is not None and len(ids) == chat.usage.prompt_tokens
+    assert ids == httpx.post(server.http + "/tokenize", json=body, headers=AUTH).json()["tokens"]
+
+    text = "The capital of France is"
+    rendered = httpx.post(
+        server.http + "/v1/completions/render", json={"model": model, "prompt": [text]}, headers=AUTH
+    )
+    completion = client.completions.create(model=model, prompt=text, max_tokens=1)
+    (one,) = rendered.json()
+    assert completion.usage is not None and len(one["token_ids"]) == completion.usage.prompt_tokens
+    assert (
+        one["token_ids"]
+        == httpx.post(server.http + "/tokenize", json={"prompt": text}, headers=AUTH).json()["tokens"]
+    )
+
+    assert (
+        httpx.post(server.http + "/v1/completions/render", json={"model": model, "prompt": text}).status_code
+        == 401
+    )
+    wrong = httpx.post(
+        server.http + "/v1/chat/completions/render", json={**body, "model": "other"}, headers=AUTH
+    )
+    assert wrong.status_code in (400, 404) and wrong.json()["error"]["param"] == "model"

@@ -25,6 +25,7 @@ from qwen_chat.http import (
     openai_responses,
     page,
     probes,
+    render_api,
     seed_api,
     tokenizer_api,
 )
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(openai_responses.router)
     app.include_router(seed_api.router)
     app.include_router(tokenizer_api.router)
+    app.include_router(render_api.router)
     app.mount("/static", page.static_files, name="static")
     app.add_exception_handler(Refusal, errors.on_refusal)
     app.add_exception_handler(EngineError, errors.on_engine_error)

@@ -62,10 +62,7 @@ class Admission:
             options = options or ReplyOptions()
             refuse_non_text(messages, field, "a message")
             prompts = self.prompts()
-            template_args = with_tools(prompts, template_args, options.tools)
-            if options.constraint is not None and prompts.reasons:
-                # The grammar shapes the answer from its first token: a thinking block would be cut off by it.
-                template_args = {**(template_args or {}), "enable_thinking": False}
+            template_args = chat_template_args(prompts, template_args, options)
 
             async def encode() -> tuple[list[Message], list[int]]:
                 # Tokenising a long conversation takes milliseconds: keep it off the event loop.
@@ -178,6 +175,32 @@ class Admission:
 
 def _at_capacity(exc: UserAtCapacity) -> Refusal:
     return Refusal(ErrorCode.RATE_LIMITED, str(exc), retry_after=exc.retry_after, cause=USER_REQUESTS)
+
+
+def chat_template_args(
+    prompts: Prompts, template_args: TemplateArgs | None, options: ReplyOptions
+) -> TemplateArgs | None:
+    """What a chat's template is given: the request's arguments, the tools it lists, and no thinking block
+    when a grammar shapes the answer from its first token (it would cut one off)."""
+    template_args = with_tools(prompts, template_args, options.tools)
+    if options.constraint is not None and prompts.reasons:
+        template_args = {**(template_args or {}), "enable_thinking": False}
+    return template_args
+
+
+async def render_chat(
+    prompts: Prompts, messages: list[Message], template_args: TemplateArgs | None, field: str
+) -> list[int]:
+    """The token ids a chat of `messages` would be prefilled with (its oldest turns dropped as `start`
+    drops them), without running it: what vLLM's render endpoints answer."""
+    refuse_non_text(messages, field, "a message")
+    try:
+        _, ids = await asyncio.to_thread(prompts.fit, messages, template_args)
+    except PromptTooLong as exc:
+        raise Refusal(ErrorCode.TOO_LONG, str(exc), param=field) from None
+    except TemplateRefused as exc:
+        raise Refusal(ErrorCode.BAD_REQUEST, str(exc), param=field) from None
+    return ids
 
 
 def with_tools(

@@ -62,9 +62,10 @@ class Row(msgspec.Struct, array_like=True, gc=False):
     state: RowState = RowState.RUNNING
     error: str = ""
     logprobs: list[TokenLogprob] = msgspec.field(default_factory=list)  # one per token, when asked for
-    cached_tokens: int = (
-        0  # on a request's first row: its prompt tokens taken from a kept state, not prefilled
-    )
+    # On a request's first row: its prompt tokens looked up in the prefix cache (the batch core's shared
+    # pages, the hybrid core's kept conversation states), and of those the ones taken from it, not prefilled.
+    queried_tokens: int = 0
+    cached_tokens: int = 0
 
 
 class Step(msgspec.Struct, array_like=True, gc=False, tag=True):

@@ -58,9 +58,16 @@ ENGINE_PREEMPTIONS = Counter(
     ["model"],
     namespace=NAMESPACE,
 )
-PROMPT_TOKENS_CACHED = Counter(
-    "prompt_tokens_cached",
-    "Prompt tokens resumed from a conversation state the engine kept, not prefilled again (the hybrid core).",
+PREFIX_CACHE_QUERIES = Counter(
+    "prefix_cache_queries",
+    "Prompt tokens looked up in the prefix cache: the batch core's shared KV pages, the hybrid core's kept "
+    "conversation states (vllm:prefix_cache_queries).",
+    ["model"],
+    namespace=NAMESPACE,
+)
+PREFIX_CACHE_HITS = Counter(
+    "prefix_cache_hits",
+    "Of those, the prompt tokens found there and not prefilled again (vllm:prefix_cache_hits).",
     ["model"],
     namespace=NAMESPACE,
 )
@@ -88,7 +95,8 @@ class EngineStepMetrics:
         self._seconds = ENGINE_STEP_SECONDS.labels(model)
         self._batch = ENGINE_BATCH_SIZE.labels(model)
         self._preemptions = ENGINE_PREEMPTIONS.labels(model)
-        self._cached = PROMPT_TOKENS_CACHED.labels(model)
+        self._queries = PREFIX_CACHE_QUERIES.labels(model)
+        self._hits = PREFIX_CACHE_HITS.labels(model)
 
     def observe(self, step: Any) -> None:
         if step.seconds > 0:  # cores that do not time steps (the simple one) send one row per token
@@ -98,9 +106,10 @@ class EngineStepMetrics:
             self._preemptions.inc(step.preempted)
         if step.cache_usage >= 0:
             KV_CACHE_USAGE.labels(self._model).set(step.cache_usage)
-        cached = sum(row.cached_tokens for row in step.rows)
-        if cached:
-            self._cached.inc(cached)
+        queried = sum(row.queried_tokens for row in step.rows)
+        if queried:
+            self._queries.inc(queried)
+            self._hits.inc(sum(row.cached_tokens for row in step.rows))
         if step.kept_states >= 0:
             KEPT_STATES.labels(self._model).set(step.kept_states)
 
@@ -141,6 +150,7 @@ def publish_zeros(model: str) -> None:
     ENGINE_BATCH_SIZE.labels(model)
     ENGINE_PREEMPTIONS.labels(model)
     ENGINE_RESTARTS.labels(model)
-    PROMPT_TOKENS_CACHED.labels(model)
+    PREFIX_CACHE_QUERIES.labels(model)
+    PREFIX_CACHE_HITS.labels(model)
     for gauge in (KV_CACHE_USAGE, KV_CACHE_PAGES, KV_CACHE_PAGE_SIZE, KEPT_STATES):
         gauge.labels(model).set(0)

@@ -14,7 +14,10 @@ They are not recorded twice: `aliases` derives them, at each scrape, from the `q
 - KVCacheUtilization: `vllm:kv_cache_usage_perc` (0-1), from `qwen_chat_kv_cache_usage_ratio` (the fullest
   worker's);
 - BlockSize, NumGPUBlocks: `vllm:cache_config_info{block_size, num_gpu_blocks}` = 1, from
-  `qwen_chat_kv_cache_page_size_tokens` and `qwen_chat_kv_cache_pages` (pages over all workers).
+  `qwen_chat_kv_cache_page_size_tokens` and `qwen_chat_kv_cache_pages` (pages over all workers);
+- the prefix cache's hit signal: the counters `vllm:prefix_cache_queries_total` and
+  `vllm:prefix_cache_hits_total` (prompt tokens looked up, and found), from `qwen_chat_prefix_cache_queries`
+  and `qwen_chat_prefix_cache_hits` (sums over workers).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LABEL = "model_name"
 # vLLM's gauge: the qwen_chat_ gauge it is read from, and its help text.
@@ -40,6 +43,17 @@ _GAUGES = {
         "KV cache usage, 1 means 100 percent (qwen_chat_kv_cache_usage_ratio).",
     ),
 }
+# vLLM's counter (without `_total`): the qwen_chat_ counter it is read from, and its help text.
+_COUNTERS = {
+    "vllm:prefix_cache_queries": (
+        "qwen_chat_prefix_cache_queries",
+        "Prompt tokens looked up in the prefix cache (qwen_chat_prefix_cache_queries_total).",
+    ),
+    "vllm:prefix_cache_hits": (
+        "qwen_chat_prefix_cache_hits",
+        "Prompt tokens found in the prefix cache (qwen_chat_prefix_cache_hits_total).",
+    ),
+}
 _PAGES = "qwen_chat_kv_cache_pages"
 _PAGE_SIZE = "qwen_chat_kv_cache_page_size_tokens"
 CACHE_CONFIG = "vllm:cache_config_info"
@@ -55,9 +69,25 @@ def _by_model(family: Any) -> dict[str, float]:
     return values
 
 
-def aliases(families: Iterable[Any]) -> Iterator[GaugeMetricFamily]:
-    """vLLM's series for the qwen_chat_ gauges among `families` (one scrape's, already collected)."""
+def _totals(family: Any) -> dict[str, float]:
+    """A counter's total per `model` label, summed over its samples (one per worker, unless merged)."""
+    totals: dict[str, float] = {}
+    for sample in family.samples:
+        model = sample.labels.get("model")
+        if model is not None and sample.name.endswith("_total"):
+            totals[model] = totals.get(model, 0.0) + sample.value
+    return totals
+
+
+def aliases(families: Iterable[Any]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """vLLM's series for the qwen_chat_ gauges and counters among `families` (one scrape's, collected)."""
     by_name = {family.name: family for family in families}
+    for name, (source, documentation) in _COUNTERS.items():
+        if source in by_name:
+            counter = CounterMetricFamily(name, documentation, labels=[LABEL])
+            for model, value in _totals(by_name[source]).items():
+                counter.add_metric([model], value)
+            yield counter
     for name, (source, documentation) in _GAUGES.items():
         if source in by_name:
             gauge = GaugeMetricFamily(name, documentation, labels=[LABEL])

@@ -179,7 +179,8 @@ class BatchCore:
             self._emit([Row(request_id, [], RowState.FAILED, f"response_format: {exc}")])
             return
         self._sampler.admit(request, matcher)
-        self._router.track(request_id)  # before the request exists, so not even its first token is missed
+        # Before the request exists, so not even its first token is missed.
+        self._router.track(request_id, len(request.prompt_ids))
         with self._adding_lock:
             self._adding.append(request)
         hf_internals.wake(self._manager)
@@ -237,8 +238,10 @@ class BatchCore:
         return hf_internals.held_share(self._manager)
 
     def _count_preempted(self) -> int:
-        """Requests the manager paused since the last step (`hf_internals.count_preemptions`)."""
+        """Requests the manager paused since the last step (`hf_internals.count_preemptions`); the prefix
+        cache's hits followed from the first step on (`hf_internals.follow_prefix_hits`)."""
         hf_internals.count_preemptions(self._manager, self._requeued)
+        hf_internals.follow_prefix_hits(self._manager, self._router.prefix_hit)
         return self._preempted
 
     def _requeued(self, requests: int) -> None:

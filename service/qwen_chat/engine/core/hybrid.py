@@ -269,8 +269,8 @@ class HybridCore:
         logprobs = self._sampler.take_logprobs(request.request_id, 1)
         ended = token in submit.stop_token_ids or len(generated) >= submit.max_new_tokens
         state = RowState.FINISHED if ended else RowState.RUNNING
-        cached = request.reused if len(generated) == 1 else 0
-        rows.append(Row(request.request_id, [token], state, logprobs=logprobs, cached_tokens=cached))
+        first = (len(request.tokens.initial_tokens), request.reused) if len(generated) == 1 else (0, 0)
+        rows.append(Row(request.request_id, [token], state, "", logprobs, *first))
         return ended
 
     def _leave(self, row: int) -> None:

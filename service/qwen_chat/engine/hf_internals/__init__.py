@@ -24,7 +24,8 @@ What is hooked, and why:
   `cache_allocators[*].block_table` and `.bytes_per_block`) and `.max_batch_tokens`: read, for the cache's
   pages and the share live requests hold (the endpoint picker's `kv_cache_usage_perc`)
 - `manager.batch_processor.offloading_manager.offload_requests` (wrapped) and `.scheduler.waiting_requests`
-  (read): preemptions counted
+  (read): preemptions counted; `.cache.search_prefix_match` (wrapped): the prefix cache's hits
+  (`followed.py`)
 - `manager.is_running()`, `manager.background_thread_status.fatal_error`: read, so a dead manager thread is
   restarted; `model.config._attn_implementation`: read, to say which attention runs
 - `AttentionInterface.register("sdpa", ...)` and `integrations.sdpa_attention.sdpa_attention_forward`:
@@ -47,6 +48,8 @@ from collections.abc import Callable
 from typing import Any
 
 from qwen_chat.engine.hf_internals import turns
+from qwen_chat.engine.hf_internals.followed import count_preemptions as count_preemptions
+from qwen_chat.engine.hf_internals.followed import follow_prefix_hits as follow_prefix_hits
 from qwen_chat.engine.hf_internals.introspect import fields, has_path, takes
 
 # Module-level names, imported on first use (`from qwen_chat.engine.hf_internals import OutputRouter`).
@@ -95,7 +98,6 @@ CACHE_PROTOCOL = {
     "update_recurrent_state": ["self", "recurrent_states", "layer_idx", "state_idx"],
     "update": ["self", "key_states", "value_states", "layer_idx"],
 }
-_COUNTED = "_qwen_chat_counted"  # set on an offloading manager whose `offload_requests` we wrapped
 
 
 def __getattr__(name: str) -> Any:
@@ -174,26 +176,6 @@ def held_share(manager: Any) -> float:
     return min(1.0, held / total)
 
 
-def count_preemptions(manager: Any, requeued: Callable[[int], None]) -> None:
-    """Tell `requeued` how many requests each offload paused: the offloading manager requeues each one it
-    frees the cache of, so the waiting list grows by that many inside `offload_requests`. Idempotent."""
-    processor = batch_processor(manager)
-    offloading = getattr(processor, "offloading_manager", None)
-    if offloading is None or getattr(offloading, _COUNTED, False):
-        return
-    scheduler = processor.scheduler  # type: ignore[union-attr]
-    offload = offloading.offload_requests
-
-    def counted() -> bool:
-        before = len(scheduler.waiting_requests)
-        result = offload()
-        requeued(max(0, len(scheduler.waiting_requests) - before))
-        return bool(result)
-
-    offloading.offload_requests = counted
-    setattr(offloading, _COUNTED, True)
-
-
 def manager_alive(manager: Any) -> bool:
     return bool(
         manager is not None and manager.is_running() and manager.background_thread_status.fatal_error is None
@@ -261,6 +243,7 @@ _STARTED_PATHS = [
     "batch_processor.scheduler.waiting_requests",
     "batch_processor.offloading_manager.offload_requests",
     "batch_processor.cache.num_blocks",
+    "batch_processor.cache.search_prefix_match",
     "batch_processor.cache.num_sectors",
     "batch_processor.cache.bytes_per_sector",
     "batch_processor.cache.cache_allocators",
