@@ -181,7 +181,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         matchers: list[Matcher] = []
         for i in constrained:
             row, state = rows[i], states[i]
-            assert row is not None and row.matcher is not None  # its prompt_length set by _start
+            assert row is not None and row.matcher is not None  # its prompt_length set by _follow
             sequence = [*state.initial_tokens, *state.generated_tokens]
             for token in sequence[row.prompt_length + row.accepted :]:
                 row.matcher.accept(token)
