@@ -191,9 +191,14 @@ async def test_metrics_pass_promtool_and_auth_failures_are_counted(server: Serve
     )
     complaints = {line.split(" ", 1)[1] for line in (check.stdout + check.stderr).splitlines() if line}
     assert complaints == {"metric names should not contain ':'"}, check.stdout + check.stderr
-    assert theirs.count("# TYPE vllm:") == 4
+    assert theirs.count("# TYPE vllm:") == 6
     # What the picker reads of this two-worker pod: the same figures as ours, the cache's pages summed.
     assert server.metric("vllm:kv_cache_usage_perc") == usage
+    # The prefix cache's counters, summed over the workers: every chat above looked its prompt up.
+    for counter in ("queries", "hits"):
+        summed = server.metric(f"qwen_chat_prefix_cache_{counter}_total")
+        assert summed is not None and server.metric(f"vllm:prefix_cache_{counter}_total") == summed
+    assert (server.metric("qwen_chat_prefix_cache_queries_total") or 0) > 0
     assert server.metric("vllm:num_requests_running") == server.metric("qwen_chat_requests_running") == 0
     info = next(
         s for f in text_string_to_metric_families(text) for s in f.samples if s.name.startswith("vllm:cache")

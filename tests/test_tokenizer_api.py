@@ -111,6 +111,9 @@ def test_render_gives_the_ids_the_chat_and_the_completion_are_prefilled_with(ser
         httpx.post(server.http + "/v1/completions/render", json={"model": model, "prompt": text}).status_code
         == 401
     )
+    long = {"model": model, "prompt": " ".join(["word"] * 3000)}
+    too_long = httpx.post(server.http + "/v1/completions/render", json=long, headers=AUTH)
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "prompt", too_long.text
     wrong = httpx.post(
         server.http + "/v1/chat/completions/render", json={**body, "model": "other"}, headers=AUTH
     )

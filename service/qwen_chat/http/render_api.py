@@ -18,6 +18,8 @@ from fastapi import APIRouter
 
 from qwen_chat.chat.admission import chat_template_args, render_chat
 from qwen_chat.chat.reply_options import reply_options
+from qwen_chat.engine.model.prompts import PromptTooLong
+from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.openai_api import check_request
 from qwen_chat.http.openai_completions import prompt_ids
@@ -50,4 +52,8 @@ async def render_completion(
     body: CompletionRequest, service: ServiceDep, _principal: PrincipalDep
 ) -> list[dict[str, Any]]:
     check_request(service.settings, body.model, body.n)
-    return [_rendered(service, await prompt_ids(service, body.prompt))]  # type: ignore[arg-type]
+    ids = await prompt_ids(service, body.prompt)  # type: ignore[arg-type]
+    budget = service.admission.prompts().max_input_tokens
+    if len(ids) > budget:  # refused as /v1/completions refuses it
+        raise Refusal(ErrorCode.TOO_LONG, str(PromptTooLong(len(ids), budget)), param="prompt")
+    return [_rendered(service, ids)]

@@ -61,13 +61,13 @@ ENGINE_PREEMPTIONS = Counter(
 PREFIX_CACHE_QUERIES = Counter(
     "prefix_cache_queries",
     "Prompt tokens looked up in the prefix cache: the batch core's shared KV pages, the hybrid core's kept "
-    "conversation states (vllm:prefix_cache_queries).",
+    "conversation states (exported under vLLM's name too, prefix_cache_queries).",
     ["model"],
     namespace=NAMESPACE,
 )
 PREFIX_CACHE_HITS = Counter(
     "prefix_cache_hits",
-    "Of those, the prompt tokens found there and not prefilled again (vllm:prefix_cache_hits).",
+    "Of those, the prompt tokens found there and not prefilled again (exported under vLLM's name too).",
     ["model"],
     namespace=NAMESPACE,
 )

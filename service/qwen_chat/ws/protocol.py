@@ -176,8 +176,8 @@ def done(
     tokens_per_second: float,
     cached_tokens: int = 0,
 ) -> dict[str, Any]:
-    """`usage.prompt_tokens_details.cached_tokens`: the prompt tokens resumed from the conversation's kept
-    state instead of prefilled (OpenAI's field)."""
+    """`usage.prompt_tokens_details.cached_tokens`: the prompt tokens found in the engine's prefix cache (its
+    shared pages, or the conversation's kept state) instead of prefilled (OpenAI's field)."""
     usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,

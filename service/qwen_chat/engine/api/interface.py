@@ -100,7 +100,7 @@ class Finished:
     completion_tokens: int
     queue_seconds: float  # accepted until decoding started
     generation_seconds: float  # decoding started until finished
-    cached_tokens: int = 0  # of the prompt tokens, those resumed from a kept state instead of prefilled
+    cached_tokens: int = 0  # of the prompt tokens, those found in the prefix cache instead of prefilled
 
 
 GenerationEvent = Queued | TextDelta | Finished

@@ -34,7 +34,7 @@ class _Stream:
     stop_ids: frozenset[int]
     generated: list[int] = field(default_factory=list)
     logprobs: list[tuple[int, TokenLogprob]] = field(default_factory=list)  # not yet handed out
-    cached_tokens: int = 0  # prompt tokens the core resumed from a kept state
+    cached_tokens: int = 0  # prompt tokens the core found in its prefix cache (shared pages, a kept state)
 
     def delta(self, text: str) -> TextDelta:
         logprobs, self.logprobs = tuple(self.logprobs), []

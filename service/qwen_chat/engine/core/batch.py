@@ -127,7 +127,12 @@ class BatchCore:
         )
         _require_hooks(manager, started=False)
         hf_internals.hook_manager(
-            manager, self._router, self._timed, self._measured_after_cancel, self._sampler, self._turn
+            manager,
+            self._router,
+            self._timed,
+            self._measured_after_cancel,
+            self._sampler,
+            lambda: self._turn(manager),
         )
         manager.start()
         self._manager = manager
@@ -199,15 +204,19 @@ class BatchCore:
 
     # --- the manager's thread ---
 
-    def _turn(self) -> bool:
-        """At each loop turn: add what was submitted since the last one, then say whether this turn's step
-        must run synchronously (a request whose logits need the host: `BatchSampler.needs_sync`). Adding
-        requests here, not on the submitting thread, means none joins a step that was not told so."""
+    def _turn(self, manager: Any) -> bool:
+        """At each loop turn of `manager` (on its thread, before it schedules): follow what it does (once
+        per batch processor: preemptions, prefix-cache hits), add what was submitted since the last turn,
+        then say whether this turn's step must run synchronously (a request whose logits need the host:
+        `BatchSampler.needs_sync`). Adding requests here, not on the submitting thread, means none joins a
+        step that was not told so."""
+        hf_internals.count_preemptions(manager, self._requeued)
+        hf_internals.follow_prefix_hits(manager, self._router.prefix_hit)
         with self._adding_lock:
             adding, self._adding = self._adding, deque()
         for request in adding:
             request_id = request.request_id
-            accepted = self._manager.add_request(
+            accepted = manager.add_request(
                 request.prompt_ids,
                 request_id=request_id,
                 max_new_tokens=request.max_new_tokens,
@@ -231,18 +240,11 @@ class BatchCore:
         if ended or now - self._cache_measured > _CACHE_USAGE_SECONDS:
             usage = self._cache_usage()
             self._cache_measured = now
-        preempted, self._preempted = self._count_preempted(), 0
+        preempted, self._preempted = self._preempted, 0  # counted since the last step (`_turn`)
         self._sink(Step(rows, self._step_seconds, preempted, usage))
 
     def _cache_usage(self) -> float:
         return hf_internals.held_share(self._manager)
-
-    def _count_preempted(self) -> int:
-        """Requests the manager paused since the last step (`hf_internals.count_preemptions`); the prefix
-        cache's hits followed from the first step on (`hf_internals.follow_prefix_hits`)."""
-        hf_internals.count_preemptions(self._manager, self._requeued)
-        hf_internals.follow_prefix_hits(self._manager, self._router.prefix_hit)
-        return self._preempted
 
     def _requeued(self, requests: int) -> None:
         self._preempted += requests

@@ -33,10 +33,12 @@ class StepRouter(OutputRouter):
         self._hits.pop(request_id, None)
 
     def prefix_hit(self, request_id: str, tokens: int) -> None:
-        """The manager's first prefix-cache lookup for a request found `tokens` of its prompt (a request it
-        pauses and re-queues is looked up again: that match is its own reply, not a hit)."""
+        """A prefix-cache lookup of the manager found `tokens` of a request's prompt. The manager looks a
+        waiting request up at each scheduling pass, and again when it re-queues one: the last lookup before
+        the request's first row is the one its prefill used. After that row, a lookup (a request paused and
+        re-queued) finds its own reply: not a hit."""
         if request_id in self._prompts:
-            self._hits.setdefault(request_id, tokens)
+            self._hits[request_id] = tokens
 
     def deliver(self, output: Any) -> None:
         self.deliver_batch([output])
