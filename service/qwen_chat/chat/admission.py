@@ -94,10 +94,7 @@ class Admission:
         usage = self._usage(None, user, transport, "text_completion")
 
         async def encode() -> tuple[list[Message], list[int]]:
-            budget = self._engine.prompts.max_input_tokens
-            if len(prompt_ids) > budget:
-                raise PromptTooLong(len(prompt_ids), budget)
-            return [], prompt_ids
+            return [], within_budget(self._engine.prompts, prompt_ids)
 
         with tracing.ended_by_exception(usage.trace):
             return await self._admit(
@@ -201,6 +198,21 @@ async def render_chat(
     except TemplateRefused as exc:
         raise Refusal(ErrorCode.BAD_REQUEST, str(exc), param=field) from None
     return ids
+
+
+def within_budget(prompts: Prompts, prompt_ids: list[int]) -> list[int]:
+    """A raw prompt (no turns to drop) as it is; `PromptTooLong` past the input budget."""
+    if len(prompt_ids) > prompts.max_input_tokens:
+        raise PromptTooLong(len(prompt_ids), prompts.max_input_tokens)
+    return prompt_ids
+
+
+def render_prompt(prompts: Prompts, prompt_ids: list[int], field: str) -> list[int]:
+    """`render_chat` for a raw prompt: its ids, or the refusal `start_prompt` gives it."""
+    try:
+        return within_budget(prompts, prompt_ids)
+    except PromptTooLong as exc:
+        raise Refusal(ErrorCode.TOO_LONG, str(exc), param=field) from None
 
 
 def with_tools(

@@ -16,10 +16,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from qwen_chat.chat.admission import chat_template_args, render_chat
+from qwen_chat.chat.admission import chat_template_args, render_chat, render_prompt
 from qwen_chat.chat.reply_options import reply_options
-from qwen_chat.engine.model.prompts import PromptTooLong
-from qwen_chat.errors import ErrorCode, Refusal
 from qwen_chat.http.bearer import PrincipalDep
 from qwen_chat.http.openai_api import check_request
 from qwen_chat.http.openai_completions import prompt_ids
@@ -53,7 +51,4 @@ async def render_completion(
 ) -> list[dict[str, Any]]:
     check_request(service.settings, body.model, body.n)
     ids = await prompt_ids(service, body.prompt)  # type: ignore[arg-type]
-    budget = service.admission.prompts().max_input_tokens
-    if len(ids) > budget:  # refused as /v1/completions refuses it
-        raise Refusal(ErrorCode.TOO_LONG, str(PromptTooLong(len(ids), budget)), param="prompt")
-    return [_rendered(service, ids)]
+    return [_rendered(service, render_prompt(service.admission.prompts(), ids, "prompt"))]

@@ -59,6 +59,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         self._masks = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
         self._free = list(range(slots - 1, -1, -1))
         self._requests: dict[str, RowRequest] = {}
+        self._syncing: set[str] = set()  # the requests that need synchronous steps (asked every loop turn)
         self._plan = Plan(0, False, False, False)
         self._arg = torch.full((rows or slots,), self.tables.null, dtype=torch.int32)
         self._prepares = 0  # steps prepared
@@ -70,7 +71,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
     @property
     def needs_sync(self) -> bool:
         """Some request's steps need the previous step's tokens on the host (`RowRequest.needs_sync`)."""
-        return any(request.needs_sync for request in list(self._requests.values()))
+        return bool(self._syncing)
 
     def register(
         self,
@@ -89,6 +90,8 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
         if top_logprobs >= 0:
             request.logprobs = []
         self._requests[request_id] = request
+        if request.needs_sync:
+            self._syncing.add(request_id)
 
     def admit(self, submit: Submit, matcher: Matcher | None = None) -> None:
         """`register` for a core's request."""
@@ -105,6 +108,7 @@ class BatchSampler(ContinuousBatchingLogitsProcessor):
 
     def forget(self, request_id: str) -> None:
         request = self._requests.pop(request_id, None)
+        self._syncing.discard(request_id)
         if request is not None:
             self._free.append(request.slot)
 

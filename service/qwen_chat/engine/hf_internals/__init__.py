@@ -136,12 +136,13 @@ def batch_processor(manager: Any) -> Any | None:
 
 
 def wake(manager: Any) -> None:
-    turns.wake(manager)
+    """The manager's loop stops waiting for requests (it sleeps up to 0.1 s when it has none)."""
+    manager._wake_up_loop.set()
 
 
 def compute_stream(manager: Any) -> Any:
     """The stream the manager's steps run on (None on CPU, or before its thread built it)."""
-    return turns.compute_stream(batch_processor(manager))
+    return getattr(getattr(batch_processor(manager), "inputs_and_outputs", None), "compute_stream", None)
 
 
 def cache_pages(manager: Any) -> int:

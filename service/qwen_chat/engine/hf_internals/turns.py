@@ -75,13 +75,3 @@ def _eager(batch_processor: Any, eager: bool) -> Iterator[None]:
         yield
     finally:
         runner.use_cuda_graph_varlen, runner.use_cuda_graph_decode = graphs
-
-
-def wake(manager: Any) -> None:
-    """The manager's loop stops waiting for requests (it sleeps up to 0.1 s when it has none)."""
-    manager._wake_up_loop.set()
-
-
-def compute_stream(batch_processor: Any) -> Any:
-    """The stream the manager's steps run on (None on CPU)."""
-    return getattr(getattr(batch_processor, "inputs_and_outputs", None), "compute_stream", None)
