@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from qwen_chat import tracing
@@ -137,7 +138,8 @@ class Admission:
             message = f"rate limit {self._settings.rate_limit} reached"
             raise Refusal(ErrorCode.RATE_LIMITED, message, retry_after=retry_after)
         try:
-            kept, prompt_ids = await encode()
+            with prompt_refusals(prompt_field):
+                kept, prompt_ids = await encode()
             request = GenerationRequest(
                 uuid.uuid4().hex,
                 prompt_ids,
@@ -148,10 +150,6 @@ class Admission:
             )
             events = engine.generate(request)
             first = await anext(events)
-        except PromptTooLong as exc:
-            raise Refusal(ErrorCode.TOO_LONG, str(exc), param=prompt_field) from None
-        except TemplateRefused as exc:
-            raise Refusal(ErrorCode.BAD_REQUEST, str(exc), param=prompt_field) from None
         except UserAtCapacity as exc:  # it reached the cap while its prompt was encoded
             raise _at_capacity(exc) from None
         except (EngineNotReady, EngineOverloaded) as exc:
@@ -191,13 +189,21 @@ async def render_chat(
     """The token ids a chat of `messages` would be prefilled with (its oldest turns dropped as `start`
     drops them), without running it: what vLLM's render endpoints answer."""
     refuse_non_text(messages, field, "a message")
-    try:
+    with prompt_refusals(field):
         _, ids = await asyncio.to_thread(prompts.fit, messages, template_args)
+    return ids
+
+
+@contextmanager
+def prompt_refusals(field: str) -> Iterator[None]:
+    """A prompt that cannot be served, as the refusal naming the client's `field`: too long, or a
+    conversation the model's template refuses."""
+    try:
+        yield
     except PromptTooLong as exc:
         raise Refusal(ErrorCode.TOO_LONG, str(exc), param=field) from None
     except TemplateRefused as exc:
         raise Refusal(ErrorCode.BAD_REQUEST, str(exc), param=field) from None
-    return ids
 
 
 def within_budget(prompts: Prompts, prompt_ids: list[int]) -> list[int]:
@@ -209,10 +215,8 @@ def within_budget(prompts: Prompts, prompt_ids: list[int]) -> list[int]:
 
 def render_prompt(prompts: Prompts, prompt_ids: list[int], field: str) -> list[int]:
     """`render_chat` for a raw prompt: its ids, or the refusal `start_prompt` gives it."""
-    try:
+    with prompt_refusals(field):
         return within_budget(prompts, prompt_ids)
-    except PromptTooLong as exc:
-        raise Refusal(ErrorCode.TOO_LONG, str(exc), param=field) from None
 
 
 def with_tools(
