@@ -87,6 +87,13 @@ class Settings(BaseSettings, SamplingFields):
     # Where gunicorn workers share readiness and metrics files; `qwen-chat serve` picks a fresh
     # temporary folder when unset. It must be writable (an emptyDir in Kubernetes).
     state_dir: Path | None = None
+    # The pod's KV-cache events (vLLM's ZMQ format, for llm-d's precise prefix-cache scorer): the PUB
+    # endpoint, e.g. `tcp://*:5557`; empty publishes nothing. KV_EVENTS_TOPIC empty is
+    # `kv@<POD_IP or host name>:<PORT>@<model name>`. See docs/scale-out.md.
+    kv_events_endpoint: str = ""
+    kv_events_topic: str = ""
+    # The render endpoints (`/v1/*/render`) answer without a key: llm-d's token producer sends none.
+    render_without_key: bool = False
 
     # Authentication.
     credentials_dir: Path = Path("/etc/qwen-chat/credentials")
@@ -157,6 +164,14 @@ class Settings(BaseSettings, SamplingFields):
     @classmethod
     def _zero_is_off(cls, value: float | None) -> float | None:
         return value or None
+
+    @field_validator("kv_events_endpoint")
+    @classmethod
+    def _check_kv_events_endpoint(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"{value!r} is not a ZMQ endpoint to bind, e.g. `tcp://*:5557`")
+        return value
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

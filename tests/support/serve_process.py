@@ -27,9 +27,14 @@ class ServeProcess(Loopback):
         self.log = log
 
     def workers(self) -> list[int]:
+        """The master's children but the pod's KV-event publisher (`runtime/kv_events.py`)."""
+        workers = []
         with suppress(psutil.NoSuchProcess):
-            return sorted(child.pid for child in psutil.Process(self.proc.pid).children())
-        return []
+            for child in psutil.Process(self.proc.pid).children():
+                with suppress(psutil.NoSuchProcess):
+                    if "qwen_chat.runtime.kv_events" not in " ".join(child.cmdline()):
+                        workers.append(child.pid)
+        return sorted(workers)
 
     def engine_of(self, worker: int) -> int | None:
         """The pid of the worker's engine process (`engine/core/child.py`), while it has one."""

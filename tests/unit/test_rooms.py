@@ -37,6 +37,7 @@ TOP = {"app", "cli", "smoke_test", "__main__", "__init__"}
 ENGINE_RANKS = {
     "__init__": 0,
     "wire": 0,  # the messages between the worker and its core
+    "block_events": 0,  # what a core's cache stores and removes, to the pod's KV-event publisher
     "grammar_spec": 0,
     "hf_internals": 0,  # the one module that touches transformers' internals
     "model": 1,

@@ -63,6 +63,10 @@ def on_starting(server: Any) -> None:
     metrics_dir.mkdir(parents=True, exist_ok=True)
     reset(_state_dir.workers)
     _state_dir.boot_failed.unlink(missing_ok=True)
+    if _settings.kv_events_endpoint:
+        from qwen_chat.runtime.kv_events import start_publisher
+
+        server.kv_events = start_publisher(_settings, _state_dir.root)
 
 
 def _check_credentials_dir(server: Any) -> None:
@@ -98,5 +102,10 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
+    publisher = getattr(server, "kv_events", None)
+    if publisher is not None:
+        from qwen_chat.runtime.kv_events import stop_publisher
+
+        stop_publisher(publisher)
     if _own_state_dir:
         shutil.rmtree(_state_dir.root, ignore_errors=True)

@@ -32,13 +32,29 @@ def make_core(settings: Settings, loaded: LoadedModel, sink: StepSink) -> Engine
     if settings.engine == "simple":
         from qwen_chat.engine.core.simple import SimpleCore
 
+        _no_block_events(settings, "the simple engine keeps no prefix cache")
         return SimpleCore(settings, loaded, sink)
     from qwen_chat.engine.model.families import HYBRID
 
     if loaded.family in HYBRID:
         from qwen_chat.engine.core.hybrid import HybridCore
 
+        _no_block_events(settings, _HYBRID_BLOCKS)
         return HybridCore(settings, loaded, sink)
     from qwen_chat.engine.core.batch import BatchCore
 
     return BatchCore(settings, loaded, sink)
+
+
+# Why a hybrid's pod publishes no KV-cache events (docs/scale-out.md).
+_HYBRID_BLOCKS = (
+    "a hybrid model resumes a conversation only at the exact end of a kept state, never at a block boundary "
+    "of its tokens: blocks announced to a router would promise hits the engine cannot give"
+)
+
+
+def _no_block_events(settings: Settings, reason: str) -> None:
+    if settings.kv_events_endpoint:
+        import structlog
+
+        structlog.get_logger(__name__).warning("kv_events_not_published", reason=reason)

@@ -20,6 +20,7 @@ import structlog
 from transformers import ContinuousBatchingConfig
 
 from qwen_chat.engine import hf_internals
+from qwen_chat.engine.block_events import BlockEvents, socket_address
 from qwen_chat.engine.core import cpu_attention, fast_paths
 from qwen_chat.engine.core.base import StepSink, WarmingSink, grammar_eos, model_facts
 from qwen_chat.engine.core.batch_sampler import BatchSampler
@@ -68,6 +69,7 @@ class BatchCore:
         self._cancels = 0  # cancels sent to the manager (written by `cancel` only)
         self._cancels_measured = 0  # of those, how many the cache was measured after (the loop's only)
         self._fast: list[str] = []  # the manager's fast paths, once started (`fast_paths.py`)
+        self._blocks = _block_events(settings)  # the pod's KV-cache events, when it publishes them
 
     # --- lifecycle ---
 
@@ -104,6 +106,8 @@ class BatchCore:
         manager, self._manager = self._manager, None
         if manager is not None:
             manager.stop(block=True, timeout=30, hard_stop=True)
+        if self._blocks is not None:
+            self._blocks.close()
 
     def _start_manager(self) -> None:
         loaded = self._loaded
@@ -212,6 +216,10 @@ class BatchCore:
         step that was not told so."""
         hf_internals.count_preemptions(manager, self._requeued)
         hf_internals.follow_prefix_hits(manager, self._router.prefix_hit)
+        if self._blocks is not None:
+            unfollowed = hf_internals.follow_blocks(manager, self._blocks)
+            if unfollowed:
+                log.warning("kv_events_not_published", reason=unfollowed)
         with self._adding_lock:
             adding, self._adding = self._adding, deque()
         for request in adding:
@@ -259,6 +267,12 @@ class BatchCore:
         if old is not None:
             old.stop(block=False, hard_stop=True)
         self._start_manager()
+
+
+def _block_events(settings: Settings) -> BlockEvents | None:
+    if not settings.kv_events_endpoint or settings.state_dir is None:
+        return None
+    return BlockEvents(socket_address(settings.state_dir))
 
 
 def _require_hooks(manager: Any, started: bool) -> None:

@@ -25,7 +25,9 @@ What is hooked, and why:
   pages and the share live requests hold (the endpoint picker's `kv_cache_usage_perc`)
 - `manager.batch_processor.offloading_manager.offload_requests` (wrapped) and `.scheduler.waiting_requests`
   (read): preemptions counted; `.cache.search_prefix_match` (wrapped): the prefix cache's hits
-  (`followed.py`)
+  (`followed.py`); `.cache.use_prefix_sharing` and, of its block-sharing allocator, `mark_complete_blocks`
+  and its `ledger`'s `register_new_hash`, `release`, `evict_cached_blocks` and `reset` (wrapped), to follow
+  the blocks it stores and removes for the pod's KV-cache events (`blocks.py`, `ALLOCATOR_PATHS`)
 - `manager.is_running()`, `manager.background_thread_status.fatal_error`: read, so a dead manager thread is
   restarted; `model.config._attn_implementation`: read, to say which attention runs
 - `AttentionInterface.register("sdpa", ...)` and `integrations.sdpa_attention.sdpa_attention_forward`:
@@ -48,6 +50,8 @@ from collections.abc import Callable
 from typing import Any
 
 from qwen_chat.engine.hf_internals import turns
+from qwen_chat.engine.hf_internals.blocks import ALLOCATOR_PATHS
+from qwen_chat.engine.hf_internals.blocks import follow_blocks as follow_blocks
 from qwen_chat.engine.hf_internals.followed import count_preemptions as count_preemptions
 from qwen_chat.engine.hf_internals.followed import follow_prefix_hits as follow_prefix_hits
 from qwen_chat.engine.hf_internals.introspect import fields, has_path, takes
@@ -226,8 +230,8 @@ def check_manager(manager: Any, started: bool) -> list[str]:
     missing += [f"manager.{path}" for path in paths if not has_path(manager, path)]
     processor = batch_processor(manager)
     for allocator in getattr(getattr(processor, "cache", None), "cache_allocators", {}).values():
-        for attribute in ("block_table", "bytes_per_block"):
-            if not hasattr(allocator, attribute):
+        for attribute in ("bytes_per_block", *ALLOCATOR_PATHS):
+            if not has_path(allocator, attribute):
                 missing.append(f"manager.batch_processor.cache.cache_allocators[*].{attribute}")
     return sorted(set(missing))
 
@@ -245,6 +249,7 @@ _STARTED_PATHS = [
     "batch_processor.offloading_manager.offload_requests",
     "batch_processor.cache.num_blocks",
     "batch_processor.cache.search_prefix_match",
+    "batch_processor.cache.use_prefix_sharing",
     "batch_processor.cache.num_sectors",
     "batch_processor.cache.bytes_per_sector",
     "batch_processor.cache.cache_allocators",
