@@ -237,7 +237,7 @@ def test_the_hub_token_is_a_mounted_file_not_an_environment_variable() -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_probes_use_the_service_endpoints_and_the_load_budget(scenario: str) -> None:
     container = server(scenario)
-    (port,) = container["ports"]
+    port = container["ports"][0]  # then the KV-events port, where those are on
     assert port["name"] == "http" and port["containerPort"] == int(env_of(container)["QWEN_CHAT_PORT"])
     startup, readiness, liveness = (
         container[f"{kind}Probe"] for kind in ("startup", "readiness", "liveness")
@@ -388,6 +388,32 @@ def test_the_inference_pool_validates_against_its_crd_and_points_the_picker_at_t
     assert (
         "llm-d.ai/engine-type" not in deployment("cpu-values.yaml")["spec"]["template"]["metadata"]["labels"]
     )
+
+
+def test_kv_events_publish_on_a_port_the_picker_may_reach() -> None:
+    """The inference-pool scenario turns the events on: the pod publishes on 5557 (what llm-d's precise
+    prefix-cache producer dials on each pod), the NetworkPolicy admits the picker to it, and the render
+    endpoints answer the picker's token producer without a key. Off by default."""
+    docs = render("inference-pool-values.yaml")
+    pod = deployment("inference-pool-values.yaml")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert {"name": "kv-events", "containerPort": 5557, "protocol": "TCP"} in container["ports"]
+    env = env_of(container)
+    assert env["QWEN_CHAT_KV_EVENTS_ENDPOINT"] == "tcp://*:5557"
+    assert env["QWEN_CHAT_RENDER_WITHOUT_KEY"] == "true"
+    (pod_ip,) = [item for item in container["env"] if item["name"] == "POD_IP"]
+    assert pod_ip["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert pod["metadata"]["labels"]["llm-d.ai/inference-serving"] == "true"
+    (policy,) = find(docs, "NetworkPolicy")
+    (rule,) = policy["spec"]["ingress"]
+    assert {"port": "kv-events", "protocol": "TCP"} in rule["ports"]
+    moved = deployment("inference-pool-values.yaml", "kvEvents.port=6000")["spec"]["template"]
+    assert env_of(moved["spec"]["containers"][0])["QWEN_CHAT_KV_EVENTS_ENDPOINT"] == "tcp://*:6000"
+    quiet = server("cpu-values.yaml")
+    assert "QWEN_CHAT_KV_EVENTS_ENDPOINT" not in env_of(quiet)
+    assert [p["name"] for p in quiet["ports"]] == ["http"]
+    refused = helm_template("--set", "kvEvents.enabled=true,kvEvents.port=8000")
+    assert refused.returncode != 0 and "port" in refused.stderr, "the events cannot take the server's port"
 
 
 def test_the_crd_check_rejects_what_the_api_server_would() -> None:

@@ -21,4 +21,13 @@ def http_principal(request: Request, service: ServiceDep) -> Principal:
         raise
 
 
+def render_principal(request: Request, service: ServiceDep) -> Principal | None:
+    """The render endpoints' caller: none asked for with RENDER_WITHOUT_KEY (llm-d's token producer sends
+    no key), else as every other route."""
+    if service.settings.render_without_key:
+        return None
+    return http_principal(request, service)
+
+
 PrincipalDep = Annotated[Principal, Depends(http_principal)]
+RenderPrincipalDep = Annotated[Principal | None, Depends(render_principal)]
