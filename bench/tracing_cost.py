@@ -97,13 +97,13 @@ def main() -> None:
     print_table(rounds, levels)
 
 
-def print_table(rounds: list[list[ChatLevel]], levels: list[int]) -> None:
+def print_table(rounds: list[list[ChatLevel]], levels: list[int], off: str = OFF, on: str = ON) -> None:
     """Per level and server: the median over rounds, their spread, and on / off."""
     print("| clients | server | tokens/s (median) | runs' spread | TTFT p50 (ms) | ITL p50 (ms) | on / off |")
     print("|---|---|---|---|---|---|---|")
     for clients in levels:
         rows = {}
-        for server in (OFF, ON):
+        for server in (off, on):
             runs = [
                 lv.summary() for run in rounds for lv in run if lv.server == server and lv.clients == clients
             ]
@@ -116,7 +116,7 @@ def print_table(rounds: list[list[ChatLevel]], levels: list[int]) -> None:
                 sum(r["errors"] for r in runs),
             )
         for server, (speed, spread, ttft, itl, errors) in rows.items():
-            ratio = f"{speed / rows[OFF][0]:.3f}" if server == ON else "1"
+            ratio = f"{speed / rows[off][0]:.3f}" if server == on else "1"
             note = f" ({errors} errors)" if errors else ""
             cells = [
                 str(clients),

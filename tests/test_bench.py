@@ -14,7 +14,7 @@ from tests.support.chart_tools import REPO
 SCRIPTS = [
     "suite", "fairness", "tracing_cost", "prompt_encoding", "startup", "single_stream", "openai_fields",
     "machine_limits", "grammar_cost", "sampler_cost", "shaped_model", "hybrid", "guidellm_run", "device.wheels",
-    "step_overhead", "prefix_cache",
+    "step_overhead", "prefix_cache", "kv_events_cost",
 ]  # fmt: skip
 
 
