@@ -207,9 +207,8 @@ async def test_the_pod_publishes_its_blocks_as_the_precise_prefix_scorer_reads_t
 
         subscriber.wait_for(removed_now)
         assert not removed & set(shared_chain), "the other worker still holds the shared prompt's blocks"
-        assert subscriber.events("AllBlocksCleared") == [], (
-            "never cleared for the pod while a worker holds blocks"
-        )
+        cleared = [seq for _, seq, events in subscriber.messages if ["AllBlocksCleared"] in events]
+        assert cleared in ([], [0]), "cleared only as the publisher starts, never while a worker holds blocks"
 
         # Prompts that do not fit beside each other: the cache evicts, and says which blocks went.
         story_ids: list[list[int]] = []
