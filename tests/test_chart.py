@@ -403,7 +403,8 @@ def test_kv_events_publish_on_a_port_the_picker_may_reach() -> None:
     assert env["QWEN_CHAT_RENDER_WITHOUT_KEY"] == "true"
     (pod_ip,) = [item for item in container["env"] if item["name"] == "POD_IP"]
     assert pod_ip["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
-    assert pod["metadata"]["labels"]["llm-d.ai/inference-serving"] == "true"
+    labels = pod["metadata"]["labels"]
+    assert labels["llm-d.ai/inference-serving"] == labels["llm-d.ai/inferenceServing"] == "true"
     (policy,) = find(docs, "NetworkPolicy")
     (rule,) = policy["spec"]["ingress"]
     assert {"port": "kv-events", "protocol": "TCP"} in rule["ports"]

@@ -207,8 +207,7 @@ async def test_the_pod_publishes_its_blocks_as_the_precise_prefix_scorer_reads_t
 
         subscriber.wait_for(removed_now)
         assert not removed & set(shared_chain), "the other worker still holds the shared prompt's blocks"
-        cleared = [seq for _, seq, events in subscriber.messages if ["AllBlocksCleared"] in events]
-        assert cleared in ([], [0]), "cleared only as the publisher starts, never while a worker holds blocks"
+        assert subscriber.events("AllBlocksCleared") == [], "never cleared while a worker holds blocks"
 
         # Prompts that do not fit beside each other: the cache evicts, and says which blocks went.
         story_ids: list[list[int]] = []
@@ -216,7 +215,8 @@ async def test_the_pod_publishes_its_blocks_as_the_precise_prefix_scorer_reads_t
             story = [{"role": "user", "content": " ".join(f"Story {n} part {k} goes on." for k in range(25))}]
             story_ids.append(_render(live, story))
             await _chat(second, story)
-            subscriber.receive(0.5)
+            ids = story_ids[-1]
+            subscriber.wait_for(lambda ids=ids: len(_stored_chain(subscriber, ids)) == len(ids) // PAGE)
             first_story = _stored_chain(subscriber, story_ids[0])
             assert len(first_story) == len(story_ids[0]) // PAGE
             if removed_now() and set(first_story) <= removed:
@@ -229,3 +229,19 @@ async def test_the_pod_publishes_its_blocks_as_the_precise_prefix_scorer_reads_t
     assert len(topics) == 1 and topics.pop().split("@")[0::2] == ["kv", MODEL]
     sequences = [sequence for _, sequence, _ in subscriber.messages]
     assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))
+
+
+def test_an_events_endpoint_the_pod_cannot_bind_stops_serve_with_the_reason(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        with serve_process(tmp_path, tiny_model_dir, workers=1, kv_events_endpoint=endpoint) as live:
+            assert live.proc.wait(timeout=60) == 2, "the configuration's exit status"
+        lines = [json.loads(line) for line in live.log_lines() if line.startswith("{")]
+        (failed,) = [line for line in lines if line.get("event") == "kv_events_start_failed"]
+        assert "Address already in use" in failed["error"] and failed["endpoint"] == endpoint
+        assert [line for line in lines if line.get("event") == "kv_events_unavailable"]
+        assert not [line for line in lines if line.get("event") == "model_loaded"], "no worker started"

@@ -10,11 +10,11 @@ from typing import Any
 
 import yaml
 
+from qwen_chat.engine.core.kv_cache import cache_geometry
 from qwen_chat.runtime.kv_events import topic
 from qwen_chat.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-GPU_PAGE, CPU_PAGE = 256, 32  # engine/core/kv_cache.py's page sizes
 
 
 def _precise_config() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -33,7 +33,8 @@ def test_the_precise_scorer_config_matches_the_chart() -> None:
     assert events["podDiscoveryConfig"]["socketPort"] == chart["kvEvents"]["port"]
     assert topic(Settings(served_model_name="m")).startswith(events["topicFilter"])
     block = plugins["precise-prefix-cache-producer"]["tokenProcessorConfig"]["blockSizeTokens"]
-    assert GPU_PAGE % block == 0, "the router's blocks must tile the pods' pages"
+    gpu_page = cache_geometry(Settings(), 32768, 8192, "cuda").page_size
+    assert block == gpu_page, "the router's blocks are the pods' pages (older llm-d needs them equal)"
     producer = plugins["token-producer"]
     assert producer["modelName"] == chart["model"]["name"]
     assert producer["vllm"]["url"].endswith(f":{chart['service']['port']}")

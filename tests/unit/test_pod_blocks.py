@@ -35,13 +35,22 @@ def test_a_block_is_announced_once_and_removed_with_its_last_holder() -> None:
 
 def test_only_the_runs_new_to_the_pod_are_announced_each_with_its_parent() -> None:
     pod = PodBlocks()
-    pod.apply(A, _stored(1, 2))
-    pod.apply(A, _stored(4, parent=3))  # B's chain below shares 4 but not 3
-    events = pod.apply(B, _stored(1, 2, 3, 4, 5))
+    pod.apply(A, _stored(1, 2, 3))
+    assert pod.apply(A, Removed([2])) == [BlockRemoved(_keys(2))]  # its page went; 3 stayed
+    events = pod.apply(B, _stored(1, 2, 3, 4))
     assert events == [
-        BlockStored(_keys(3), block_key(2), _tokens(3), SIZE),
-        BlockStored(_keys(5), block_key(4), _tokens(5), SIZE),
+        BlockStored(_keys(2), block_key(1), _tokens(2), SIZE),
+        BlockStored(_keys(4), block_key(3), _tokens(4), SIZE),
     ]
+
+
+def test_a_block_whose_parent_was_never_announced_waits_and_is_never_removed_unannounced() -> None:
+    pod = PodBlocks()
+    assert pod.apply(A, _stored(8, 9, parent=7)) == [], "a subscriber could not chain it"
+    assert pod.apply(A, Removed([9])) == [], "nor hear of it going"
+    assert pod.apply(B, _stored(7)) == [BlockStored(_keys(7), None, _tokens(7), SIZE)]
+    assert pod.apply(B, _stored(7, 8)) == [BlockStored(_keys(8), block_key(7), _tokens(8), SIZE)]
+    assert pod.forget_all() == [BlockRemoved(_keys(7, 8))] and len(pod) == 0
 
 
 def test_an_engine_that_ended_or_cleared_removes_only_what_it_alone_held() -> None:

@@ -23,8 +23,8 @@ log = structlog.get_logger(__name__)
 
 # Under STATE_DIR: where the pod's publisher pulls the engines' changes from.
 SOCKET_NAME = "kv-events.sock"
-# Changes queued in the socket before pushes drop them (the publisher is gone or stalled).
-_SEND_QUEUE = 10_000
+# Pushes queued in the socket before further ones are dropped (the publisher is stalled).
+_SEND_QUEUE = 1_000
 
 
 class Stored(msgspec.Struct, array_like=True, gc=False, tag=True):
@@ -74,39 +74,52 @@ def socket_address(state_dir: Path) -> str:
 
 class BlockEvents:
     """The engine's side (a `hf_internals.blocks.BlockSink`): queue from the manager's thread, push from
-    a thread of its own (a ZMQ socket belongs to one thread)."""
+    a thread of its own (a ZMQ socket belongs to one thread). If that thread fails, changes are no longer
+    queued: the engine decodes on, and the pod's publisher forgets this engine when it ends."""
 
     def __init__(self, address: str) -> None:
         self._address = address
         self._queue: queue.SimpleQueue[Change | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._push, name="kv-events", daemon=True)
-        self._thread.start()
         self.dropped = 0
         self._stale = False  # changes were dropped: the next push starts over with Cleared
+        self._failed = False
+        self._thread = threading.Thread(target=self._push, name="kv-events", daemon=True)
+        self._thread.start()
 
     def stored(self, hashes: list[int], parent: int | None, tokens: list[int], block_size: int) -> None:
-        self._queue.put(Stored(hashes, parent, tokens, block_size))
+        if not self._failed:
+            self._queue.put(Stored(hashes, parent, tokens, block_size))
 
     def removed(self, hashes: list[int]) -> None:
-        self._queue.put(Removed(hashes))
+        if not self._failed:
+            self._queue.put(Removed(hashes))
 
     def cleared(self) -> None:
-        self._queue.put(Cleared())
+        if not self._failed:
+            self._queue.put(Cleared())
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=2)
 
     def _push(self) -> None:
+        try:
+            self._push_until_closed()
+        except Exception as exc:  # a socket that cannot connect, a full disk...: never the decoding's
+            self._failed = True
+            log.error("kv_events_failed", address=self._address, error=f"{type(exc).__name__}: {exc}")
+
+    def _push_until_closed(self) -> None:
         import zmq
 
         context = zmq.Context()
         socket = context.socket(zmq.PUSH)
         socket.setsockopt(zmq.SNDHWM, _SEND_QUEUE)
+        socket.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues while the publisher is not there
         socket.setsockopt(zmq.LINGER, 1000)  # what is queued at exit gets a second to leave
-        socket.connect(self._address)
         source = os.getpid()
         try:
+            socket.connect(self._address)
             while True:
                 changes = [self._queue.get()]
                 while len(changes) < 256 and not self._queue.empty():
@@ -124,18 +137,22 @@ class BlockEvents:
     def _send(self, socket: object, changes: Changes) -> None:
         import zmq
 
-        if self._stale:  # what the publisher knows of this engine is wrong: it forgets all of it
+        stale = self._stale
+        if stale:  # what the publisher knows of this engine is wrong: it forgets all of it
             changes.changes.insert(0, Cleared())
         try:
             socket.send(encode(changes), zmq.NOBLOCK)  # type: ignore[attr-defined]
-            self._stale = False
         except zmq.Again:
             self._stale = True
             if not self.dropped:
                 log.warning(
                     "kv_events_dropped",
                     address=self._address,
-                    detail="the pod's KV-event publisher takes no changes; the router's view of this pod's "
-                    "cache is stale until this engine restarts",
+                    detail="the pod's KV-event publisher takes no changes: it forgets this engine's blocks "
+                    "when changes go through again, and announces only blocks stored after that",
                 )
             self.dropped += len(changes.changes)
+            return
+        self._stale = False
+        if stale:
+            log.info("kv_events_resumed", dropped=self.dropped)

@@ -64,9 +64,7 @@ def on_starting(server: Any) -> None:
     reset(_state_dir.workers)
     _state_dir.boot_failed.unlink(missing_ok=True)
     if _settings.kv_events_endpoint:
-        from qwen_chat.runtime.kv_events import start_publisher
-
-        server.kv_events = start_publisher(_settings, _state_dir.root)
+        _start_kv_events(server)
 
 
 def _check_credentials_dir(server: Any) -> None:
@@ -90,6 +88,25 @@ def _check_credentials_dir(server: Any) -> None:
     )
     on_exit(server)
     sys.exit(CONFIG_ERROR)
+
+
+def _start_kv_events(server: Any) -> None:
+    """The pod's KV-event publisher (runtime/kv_events.py); an endpoint it cannot bind stops the service,
+    as a port the server cannot bind does."""
+    from qwen_chat.runtime.kv_events import PublisherFailed, start_publisher
+
+    try:
+        server.kv_events = start_publisher(_settings, _state_dir.root)
+    except PublisherFailed as exc:
+        import structlog
+
+        structlog.get_logger(__name__).error(
+            "kv_events_unavailable",
+            error=str(exc),
+            detail="QWEN_CHAT_KV_EVENTS_ENDPOINT must be a ZMQ endpoint this pod can bind, e.g. tcp://*:5557",
+        )
+        on_exit(server)
+        sys.exit(CONFIG_ERROR)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -8,11 +8,14 @@ frames, the topic, a sequence number (8 bytes, big-endian, counting from 0 per p
 payload `[timestamp, [event, ...], data_parallel_rank]`.
 
 Every half second it looks for engine processes that ended (a worker's engine restarted or the worker
-died) and removes what they alone held. It exits when the master that started it is gone."""
+died) and removes what they alone held. On SIGTERM (the master stopping), or when the master is gone, it
+removes every block it announced and exits."""
 
 from __future__ import annotations
 
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -24,10 +27,10 @@ import structlog
 
 from qwen_chat.engine import block_events
 from qwen_chat.logging_setup import configure_logging
-from qwen_chat.runtime.pod_blocks import AllBlocksCleared, Event, PodBlocks
+from qwen_chat.runtime.pod_blocks import Event, PodBlocks
 from qwen_chat.settings import Settings
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("qwen_chat.runtime.kv_events")  # also when run as __main__
 
 # How often ended engine processes are looked for.
 SWEEP_SECONDS = 0.5
@@ -50,10 +53,32 @@ def topic(settings: Settings) -> str:
     return f"kv@{pod}@{settings.model_name}"
 
 
+class PublisherFailed(RuntimeError):
+    pass
+
+
+# How long the master waits for the publisher to bind its sockets.
+_START_SECONDS = 15.0
+
+
 def start_publisher(settings: Settings, state_dir: Path) -> subprocess.Popen[bytes]:
-    """The publisher, as a child of the calling process (gunicorn's master), before any worker starts."""
-    arguments = [str(state_dir), settings.kv_events_endpoint, topic(settings)]
-    return subprocess.Popen([sys.executable, "-m", "qwen_chat.runtime.kv_events", *arguments])
+    """The publisher, as a child of the calling process (gunicorn's master), before any worker starts;
+    `PublisherFailed` if it cannot bind its sockets (a taken port, a bad endpoint: it logs why)."""
+    read, write = os.pipe()  # it writes one byte there once bound
+    arguments = [str(state_dir), settings.kv_events_endpoint, topic(settings), str(write)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qwen_chat.runtime.kv_events", *arguments], pass_fds=(write,)
+    )
+    os.close(write)
+    try:
+        ready, _, _ = select.select([read], [], [], _START_SECONDS)
+        bound = bool(ready) and os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+    if not bound:
+        stop_publisher(process)
+        raise PublisherFailed(f"the KV-event publisher could not bind {settings.kv_events_endpoint}")
+    return process
 
 
 def stop_publisher(process: subprocess.Popen[bytes]) -> None:
@@ -64,19 +89,15 @@ def stop_publisher(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def process_ended(pid: int) -> bool:
-    """No such process, or only its zombie (a worker that has not reaped its engine yet)."""
+def started_at(pid: int) -> bytes | None:
+    """When the process `pid` started (its clock ticks since boot), or None when it has ended (its
+    zombie included: a worker that has not reaped its engine yet). Two processes of one pid differ."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except FileNotFoundError:
-        return True
+            fields = stat.read().rsplit(b")", 1)[1].split()
     except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
+        return None
+    return None if fields[0] == b"Z" else fields[19]
 
 
 class Publisher:
@@ -85,14 +106,21 @@ class Publisher:
 
         self._context = zmq.Context()
         self._pull = self._context.socket(zmq.PULL)
-        self._pull.bind(pull)
         self._pub = self._context.socket(zmq.PUB)
         self._pub.setsockopt(zmq.SNDHWM, 100_000)
-        self._pub.bind(endpoint)
+        self._pub.setsockopt(zmq.LINGER, 1000)  # the last removals get a second to leave
+        try:
+            self._pull.bind(pull)
+            self._pub.bind(endpoint)
+        except zmq.ZMQError:
+            self.close()
+            raise
         self._topic = topic_name.encode()
         self._sequence = 0
         self._blocks = PodBlocks()
+        self._started: dict[int, bytes | None] = {}  # engine pid -> its start time
         self._encoder = msgspec.msgpack.Encoder()
+        self.stopping = False
 
     def publish(self, events: list[Event]) -> None:
         if not events:
@@ -102,18 +130,19 @@ class Publisher:
         self._sequence += 1
 
     def run(self, parent: int) -> None:
+        """Until SIGTERM (`stopping`) or the master is gone; then every announced block is removed."""
         import zmq
 
-        # Whatever an earlier publisher of this pod announced is gone with it.
-        self.publish([AllBlocksCleared()])
         swept = time.monotonic()
-        while os.getppid() == parent:
+        while not self.stopping and os.getppid() == parent:
             if self._pull.poll(int(SWEEP_SECONDS * 1000)):
                 try:
                     changes = block_events.decode(self._pull.recv(zmq.NOBLOCK))
                 except msgspec.DecodeError as exc:
                     log.warning("kv_events_bad_message", error=str(exc))
                     continue
+                if changes.source not in self._started:
+                    self._started[changes.source] = started_at(changes.source)
                 events: list[Event] = []
                 for change in changes.changes:
                     events += self._blocks.apply(changes.source, change)
@@ -121,28 +150,38 @@ class Publisher:
             if time.monotonic() - swept >= SWEEP_SECONDS:
                 swept = time.monotonic()
                 self.sweep()
+        self.publish(self._blocks.forget_all())
 
     def sweep(self) -> None:
         for source in sorted(self._blocks.sources):
-            if process_ended(source):
+            if started_at(source) is None or started_at(source) != self._started.get(source):
+                self._started.pop(source, None)
                 self.publish(self._blocks.forget(source))
 
     def close(self) -> None:
         self._pull.close(linger=0)
-        self._pub.close(linger=0)
+        self._pub.close()
         self._context.term()
 
 
 def main(argv: list[str]) -> int:
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level, {"process": "kv-events"})
-    state_dir, endpoint, topic_name = Path(argv[1]), argv[2], argv[3]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the master's to act on
+    state_dir, endpoint, topic_name, ready = Path(argv[1]), argv[2], argv[3], int(argv[4])
     parent = os.getppid()
     try:
         publisher = Publisher(block_events.socket_address(state_dir), endpoint, topic_name)
-    except Exception as exc:  # zmq.ZMQError: a taken port, a bad endpoint
+    except Exception as exc:  # zmq.ZMQError: a taken port, a bad endpoint, a socket path too long
         log.error("kv_events_start_failed", endpoint=endpoint, error=str(exc))
         return 1
+    os.write(ready, b"1")
+    os.close(ready)
+
+    def stop(signum: int, frame: object) -> None:
+        publisher.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
     log.info("kv_events_publishing", endpoint=endpoint, topic=topic_name)
     try:
         publisher.run(parent)

@@ -1,7 +1,8 @@
 """Which prefix-cache blocks a pod holds, from what each of its engine processes stores and removes
 (`engine/block_events.py`): the pod speaks for all its workers. A block is announced when the first engine
 holds it and removed when the last one drops it, so one engine's restart removes only what that engine
-alone held, and the pod never says `AllBlocksCleared` while another engine keeps blocks.
+alone held. The pod never sends vLLM's `AllBlocksCleared` (a router would forget every worker's blocks, and
+llm-d ignores it): when it stops, it removes each block it announced.
 
 The events are vLLM's (`vllm/distributed/kv_events.py`), the format llm-d's precise prefix-cache scorer
 reads; `runtime/kv_events.py` publishes them."""
@@ -40,17 +41,14 @@ class BlockRemoved(msgspec.Struct, array_like=True, gc=False, tag=True):
     medium: str | None = MEDIUM
 
 
-class AllBlocksCleared(msgspec.Struct, array_like=True, gc=False, tag=True):
-    pass
-
-
-Event = BlockStored | BlockRemoved | AllBlocksCleared
+Event = BlockStored | BlockRemoved
 
 
 class PodBlocks:
     def __init__(self) -> None:
         self._holders: dict[int, set[int]] = {}  # block hash -> the engines (pids) holding it
         self._held: defaultdict[int, set[int]] = defaultdict(set)  # engine -> the hashes it holds
+        self._announced: set[int] = set()  # hashes the subscribers were told of, and not told gone
         self._gone: set[int] = set()  # engines forgotten for good (their process ended)
 
     @property
@@ -80,28 +78,43 @@ class PodBlocks:
         self._gone.add(source)
         return self._removed(source, list(self._held.pop(source, ())))
 
+    def forget_all(self) -> list[Event]:
+        """The publisher stops: every block it announced is gone as far as subscribers can tell."""
+        removed = sorted(self._announced)
+        self._holders.clear()
+        self._held.clear()
+        self._announced.clear()
+        return [BlockRemoved([block_key(h) for h in removed])] if removed else []
+
     def _stored(self, source: int, change: Stored) -> list[Event]:
+        """A block is announced once, and only after its parent: a subscriber rebuilds each block's key
+        from its parent's, so a block whose parent it was never told of (an engine's changes were dropped,
+        and it started over with `Cleared` while its cache kept the blocks) waits, unannounced, until some
+        engine stores its parent again."""
         held = self._held[source]
-        size = change.block_size
         events: list[Event] = []
-        run: list[int] = []  # consecutive hashes new to the pod, announced as one event
+        run: list[int] = []  # consecutive positions announced now, as one event
         for index, block_hash in enumerate(change.hashes):
-            holders = self._holders.setdefault(block_hash, set())
-            new_to_pod = not holders
-            holders.add(source)
+            self._holders.setdefault(block_hash, set()).add(source)
             held.add(block_hash)
-            if new_to_pod:
+            parent = change.hashes[index - 1] if index else change.parent
+            if block_hash not in self._announced and (parent is None or parent in self._announced):
+                self._announced.add(block_hash)
                 run.append(index)
-            if run and (not new_to_pod or index == len(change.hashes) - 1):
-                last = run[-1]
-                first = run[0]
-                parent = change.hashes[first - 1] if first else change.parent
-                tokens = change.tokens[first * size : (last + 1) * size]
-                hashes = [block_key(h) for h in change.hashes[first : last + 1]]
-                parent_key = None if parent is None else block_key(parent)
-                events.append(BlockStored(hashes, parent_key, tokens, size))
+            elif run:
+                events.append(self._event(change, run))
                 run = []
+        if run:
+            events.append(self._event(change, run))
         return events
+
+    @staticmethod
+    def _event(change: Stored, run: list[int]) -> BlockStored:
+        first, last, size = run[0], run[-1], change.block_size
+        parent = change.hashes[first - 1] if first else change.parent
+        hashes = [block_key(h) for h in change.hashes[first : last + 1]]
+        tokens = change.tokens[first * size : (last + 1) * size]
+        return BlockStored(hashes, None if parent is None else block_key(parent), tokens, size)
 
     def _removed(self, source: int, hashes: list[int]) -> list[Event]:
         held = self._held.get(source, set())
@@ -114,5 +127,7 @@ class PodBlocks:
             held.discard(block_hash)
             if not holders:
                 del self._holders[block_hash]
-                removed.append(block_hash)
+                if block_hash in self._announced:
+                    self._announced.discard(block_hash)
+                    removed.append(block_hash)
         return [BlockRemoved([block_key(h) for h in removed])] if removed else []
