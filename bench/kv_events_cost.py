@@ -9,21 +9,14 @@ reverse order at every other round (bench/tracing_cost.py); each figure is the m
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import socket
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 import zmq
 
-from bench.chat_workload import measure_chat
-from bench.serving import serve
-from bench.tracing_cost import print_table
-from qwen_chat.engine.tiny import make_tiny_model
+from bench.on_off import arguments, levels, print_table, run_on_off
 
 OFF, ON = "events off (as shipped)", "events on, a subscriber reading them"
 
@@ -63,39 +56,13 @@ def _free_port() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", help="model path (default: a freshly built tiny model)")
-    parser.add_argument("--clients", default="16", help="clients of the chat workload, per level")
-    parser.add_argument("--rounds", type=int, default=1, help="rounds of every level on both servers")
-    parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--max-reply", type=int, default=64, help="cap every reply at this")
-    args = parser.parse_args()
-    levels = [int(n) for n in args.clients.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="qwen-chat-kv-events-"))
-    model = args.model or str(make_tiny_model(work / "tiny-model"))
-    # One bench key stands for every client: its per-user caps are lifted, as in `make bench`.
-    settings = {
-        "rate_limit": "1000000/minute",
-        "max_user_requests": 1000,
-        "max_user_connections": 1000,
-        "log_level": "warning",
-    }
+    args = arguments(__doc__, clients="16", rounds=1, turns=5)
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     with ExitStack() as stack:
-        for name in ("off", "on"):
-            (work / name).mkdir()
-        off = stack.enter_context(serve(model, work / "off", **settings))
-        on = stack.enter_context(serve(model, work / "on", kv_events_endpoint=endpoint, **settings))
         seen = stack.enter_context(subscriber(endpoint))
-        ours = {OFF: off.ws, ON: on.ws}
-        rounds = [
-            asyncio.run(measure_chat(ours, None, "", levels, args.turns, args.max_reply))
-            for _ in range(args.rounds)
-        ]
+        rounds = run_on_off(stack, args, (OFF, ON), {"kv_events_endpoint": endpoint})
     print(f"the subscriber received {seen['messages']} messages, {seen['bytes']} payload bytes", flush=True)
-    print_table(rounds, levels, OFF, ON)
+    print_table(rounds, levels(args), OFF, ON)
 
 
 if __name__ == "__main__":

@@ -12,20 +12,13 @@ falls on both alike; each figure is the median over --rounds.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import statistics
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-from bench.chat_workload import ChatLevel, measure_chat
-from bench.serving import serve
-from qwen_chat.engine.tiny import make_tiny_model
+from bench.on_off import arguments, levels, print_table, run_on_off
 
 OFF, ON = "traces off (as shipped)", "traces on, every chat exported"
 
@@ -59,74 +52,16 @@ def otlp_sink() -> Iterator[dict[str, int]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", help="model path (default: a freshly built tiny model)")
-    parser.add_argument("--clients", default="1,16", help="clients of the chat workload, per level")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every level on both servers")
-    parser.add_argument("--turns", type=int, default=3)
-    parser.add_argument("--max-reply", type=int, default=64, help="cap every reply at this")
-    args = parser.parse_args()
-    levels = [int(n) for n in args.clients.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="qwen-chat-tracing-"))
-    model = args.model or str(make_tiny_model(work / "tiny-model"))
-    # One bench key stands for every client: its per-user caps are lifted, as in `make bench`.
-    settings = {
-        "rate_limit": "1000000/minute",
-        "max_user_requests": 1000,
-        "max_user_connections": 1000,
-        "log_level": "warning",
-    }
+    args = arguments(__doc__, clients="1,16", rounds=3, turns=3)
     with ExitStack() as stack:
         sink = stack.enter_context(otlp_sink())
         traced = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink['port']}",
             "OTEL_TRACES_SAMPLER": "always_on",
         }
-        for name in ("off", "on"):
-            (work / name).mkdir()
-        off = stack.enter_context(serve(model, work / "off", **settings))
-        on = stack.enter_context(serve(model, work / "on", environ=traced, **settings))
-        ours = {OFF: off.ws, ON: on.ws}
-        rounds = [
-            asyncio.run(measure_chat(ours, None, "", levels, args.turns, args.max_reply))
-            for _ in range(args.rounds)
-        ]
+        rounds = run_on_off(stack, args, (OFF, ON), {}, traced)
     print(f"the OTLP sink received {sink['requests']} exports, {sink['bytes']} bytes", flush=True)
-    print_table(rounds, levels)
-
-
-def print_table(rounds: list[list[ChatLevel]], levels: list[int], off: str = OFF, on: str = ON) -> None:
-    """Per level and server: the median over rounds, their spread, and on / off."""
-    print("| clients | server | tokens/s (median) | runs' spread | TTFT p50 (ms) | ITL p50 (ms) | on / off |")
-    print("|---|---|---|---|---|---|---|")
-    for clients in levels:
-        rows = {}
-        for server in (off, on):
-            runs = [
-                lv.summary() for run in rounds for lv in run if lv.server == server and lv.clients == clients
-            ]
-            speeds = [r["tokens_per_second"] for r in runs]
-            rows[server] = (
-                statistics.median(speeds),
-                (max(speeds) - min(speeds)) / statistics.median(speeds) if speeds else 0.0,
-                statistics.median(r["ttft_ms_p50"] or 0 for r in runs),
-                statistics.median(r["itl_ms_p50"] or 0 for r in runs),
-                sum(r["errors"] for r in runs),
-            )
-        for server, (speed, spread, ttft, itl, errors) in rows.items():
-            ratio = f"{speed / rows[off][0]:.3f}" if server == on else "1"
-            note = f" ({errors} errors)" if errors else ""
-            cells = [
-                str(clients),
-                server + note,
-                f"{speed:.1f}",
-                f"{spread:.1%}",
-                f"{ttft:.1f}",
-                f"{itl:.1f}",
-            ]
-            print("| " + " | ".join([*cells, ratio]) + " |", flush=True)
+    print_table(rounds, levels(args), OFF, ON)
 
 
 if __name__ == "__main__":
