@@ -1,5 +1,6 @@
-"""The pod's KV-cache event publisher: `python -m qwen_chat.runtime.kv_events STATE_DIR ENDPOINT TOPIC`,
-started by gunicorn's master when QWEN_CHAT_KV_EVENTS_ENDPOINT is set (`gunicorn_conf.py`).
+"""The pod's KV-cache event publisher: `python -m qwen_chat.runtime.kv_events STATE_DIR ENDPOINT TOPIC
+READY_FD`, started by gunicorn's master when QWEN_CHAT_KV_EVENTS_ENDPOINT is set (`gunicorn_conf.py`),
+which waits for the byte it writes to READY_FD once its sockets are bound.
 
 It pulls every engine process's block changes (`engine/block_events.py`) from a socket in the state folder,
 keeps which engine holds which block (`pod_blocks.py`), and publishes the pod's events on one ZMQ PUB
