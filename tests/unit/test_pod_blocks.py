@@ -4,7 +4,12 @@ that ended removes only what it alone held."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from qwen_chat.engine.block_events import Cleared, Removed, Stored
+from qwen_chat.runtime.kv_events import started_at
 from qwen_chat.runtime.pod_blocks import BlockRemoved, BlockStored, PodBlocks, block_key
 
 A, B = 101, 202  # two engine processes
@@ -71,3 +76,10 @@ def test_removing_what_was_never_announced_says_nothing() -> None:
 
 def test_hashes_are_eight_big_endian_bytes() -> None:
     assert block_key(1) == b"\0" * 7 + b"\1" and block_key(2**64 - 1) == b"\xff" * 8
+
+
+def test_a_process_start_time_tells_a_live_process_from_an_ended_one() -> None:
+    assert started_at(os.getpid()) is not None
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert started_at(child.pid) is None

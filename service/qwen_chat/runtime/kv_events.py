@@ -93,6 +93,14 @@ def stop_publisher(process: subprocess.Popen[bytes]) -> None:
 def started_at(pid: int) -> bytes | None:
     """When the process `pid` started (its clock ticks since boot), or None when it has ended (its
     zombie included: a worker that has not reaped its engine yet). Two processes of one pid differ."""
+    if not os.path.isdir("/proc/self"):  # no procfs (macOS): whether the pid exists is all there is
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return b""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()
