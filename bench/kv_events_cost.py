@@ -9,7 +9,6 @@ reverse order at every other round (bench/tracing_cost.py); each figure is the m
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -17,6 +16,7 @@ from contextlib import ExitStack, contextmanager
 import zmq
 
 from bench.on_off import arguments, levels, print_table, run_on_off
+from bench.serving import free_port
 
 OFF, ON = "events off (as shipped)", "events on, a subscriber reading them"
 
@@ -49,15 +49,9 @@ def subscriber(endpoint: str) -> Iterator[dict[str, int]]:
         context.term()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def main() -> None:
     args = arguments(__doc__, clients="16", rounds=1, turns=5)
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     with ExitStack() as stack:
         seen = stack.enter_context(subscriber(endpoint))
         rounds = run_on_off(stack, args, (OFF, ON), {"kv_events_endpoint": endpoint})

@@ -25,6 +25,7 @@ import msgpack
 import pytest
 import zmq
 
+from tests.support.live_server import free_port
 from tests.support.serve_process import ServeProcess, open_on_every_worker, serve_process
 from tests.support.wsclient import until_end
 
@@ -33,12 +34,6 @@ pytestmark = pytest.mark.anyio
 PAGE = 32  # the batch engine's page on CPU: the block size of every event
 SHARED = " ".join(f"Rule {n}: answer briefly and politely." for n in range(14))  # several pages
 MODEL = "tiny-events"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Subscriber:
@@ -121,7 +116,7 @@ def _stored_chain(subscriber: Subscriber, prompt: list[int]) -> list[bytes]:
 
 @pytest.fixture
 def server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[ServeProcess, Subscriber]]:
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     settings = {
         "kv_events_endpoint": endpoint,
         "served_model_name": MODEL,

@@ -72,22 +72,19 @@ def _check_credentials_dir(server: Any) -> None:
     starts, with one clear line; an empty one is allowed (see auth/credentials.py)."""
     if not _settings.auth_enabled:
         return
-    import structlog
-
     from qwen_chat.auth.credentials import check_directory
 
     problem = check_directory(_settings.credentials_dir)
     if problem is None:
         return
-    structlog.get_logger(__name__).error(
+    _stop_unconfigured(
+        server,
         "credentials_dir_unusable",
         directory=str(_settings.credentials_dir),
         error=problem,
         detail="QWEN_CHAT_CREDENTIALS_DIR must be a readable directory with one file per user "
         "(the mounted Secret); QWEN_CHAT_AUTH_ENABLED=false turns authentication off for local development",
     )
-    on_exit(server)
-    sys.exit(CONFIG_ERROR)
 
 
 def _start_kv_events(server: Any) -> None:
@@ -98,15 +95,21 @@ def _start_kv_events(server: Any) -> None:
     try:
         server.kv_events = start_publisher(_settings, _state_dir.root)
     except PublisherFailed as exc:
-        import structlog
-
-        structlog.get_logger(__name__).error(
+        _stop_unconfigured(
+            server,
             "kv_events_unavailable",
             error=str(exc),
             detail="QWEN_CHAT_KV_EVENTS_ENDPOINT must be a ZMQ endpoint this pod can bind, e.g. tcp://*:5557",
         )
-        on_exit(server)
-        sys.exit(CONFIG_ERROR)
+
+
+def _stop_unconfigured(server: Any, event: str, **fields: str) -> None:
+    """A configuration that cannot work: one error line, then the master exits with CONFIG_ERROR."""
+    import structlog
+
+    structlog.get_logger(__name__).error(event, **fields)
+    on_exit(server)
+    sys.exit(CONFIG_ERROR)
 
 
 def child_exit(server: Any, worker: Any) -> None:

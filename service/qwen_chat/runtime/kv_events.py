@@ -163,7 +163,8 @@ class Publisher:
 
     def sweep(self) -> None:
         for source in sorted(self._blocks.sources):
-            if started_at(source) is None or started_at(source) != self._started.get(source):
+            now = started_at(source)
+            if now is None or now != self._started.get(source):
                 self._started.pop(source, None)
                 self.publish(self._blocks.forget(source))
 
